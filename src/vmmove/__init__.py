@@ -1,0 +1,160 @@
+"""vmmove: move running virtual machines between hosts on any hypervisor through one API.
+
+>>> import vmmove
+>>> with vmmove.connect("sim://") as conn:
+...     record = conn.migrate("web-1", to="host-b").wait()
+...     record.phase
+<Phase.COMPLETED: 'completed'>
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
+from vmmove.engine import Connection, Migration
+from vmmove.errors import (
+    AuthenticationFailed,
+    BackendNotFound,
+    BackendProtocolError,
+    Conflict,
+    ConnectionFailed,
+    InvalidInput,
+    MigrationCancelled,
+    MigrationError,
+    MigrationFailed,
+    MigrationTimedOut,
+    NotFound,
+    NotSupported,
+    PostcopyFailed,
+    PrecheckFailed,
+    ReservationRefused,
+    VMMoveError,
+    WaitTimeout,
+)
+from vmmove.events import EventKind, MigrationEvent
+from vmmove.hookspecs import hookimpl
+from vmmove.machine import Phase, Side
+from vmmove.model import (
+    Capacity,
+    CpuInfo,
+    Figures,
+    HostInfo,
+    HostState,
+    MigrationMode,
+    MigrationRecord,
+    MigrationSpec,
+    PowerState,
+    Problem,
+    Progress,
+    Storage,
+    VMInfo,
+)
+from vmmove.policy import PRESETS, Policy, Step
+from vmmove.secrets import Secret
+from vmmove.store import MemoryStore, RecordStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "AuthenticationFailed",
+    "Backend",
+    "BackendNotFound",
+    "BackendProtocolError",
+    "Capabilities",
+    "Capacity",
+    "Conflict",
+    "Connection",
+    "ConnectionFailed",
+    "CpuInfo",
+    "EventKind",
+    "Figures",
+    "HostInfo",
+    "HostState",
+    "InvalidInput",
+    "Job",
+    "JobStatus",
+    "MemoryStore",
+    "Migration",
+    "MigrationCancelled",
+    "MigrationError",
+    "MigrationEvent",
+    "MigrationFailed",
+    "MigrationMode",
+    "MigrationRecord",
+    "MigrationSpec",
+    "MigrationTimedOut",
+    "NotFound",
+    "NotSupported",
+    "Phase",
+    "Policy",
+    "PostcopyFailed",
+    "PowerState",
+    "PrecheckFailed",
+    "Problem",
+    "Progress",
+    "RecordStore",
+    "Reservation",
+    "ReservationRefused",
+    "Secret",
+    "Side",
+    "Step",
+    "Storage",
+    "VMInfo",
+    "VMMoveError",
+    "WaitTimeout",
+    "__version__",
+    "connect",
+    "hookimpl",
+]
+
+DEFAULT_URI = "sim://"
+
+
+def connect(
+    uri: str | None = None,
+    *,
+    store: RecordStore | None = None,
+    max_concurrent: int | None = None,
+    **options: Any,
+) -> Connection:
+    """Connect to the estate behind ``uri`` through the backend plugin for its scheme.
+
+    ``uri`` defaults to ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
+    ``options`` go to the backend (credentials as :class:`Secret`, TLS settings...).
+    """
+    from vmmove.plugins import plugin_manager  # noqa: PLC0415 (plugins load on first use)
+
+    uri = uri or os.environ.get("VMMOVE_URI") or DEFAULT_URI
+    if not isinstance(uri, str):
+        raise InvalidInput(f"a URI is a string, not {type(uri).__name__}")
+    try:
+        scheme = urlsplit(uri).scheme
+    except ValueError as exc:
+        raise InvalidInput(f"malformed URI: {exc}") from None
+    if not scheme:
+        raise InvalidInput(f"URI {uri!r} has no scheme; for example sim:// or qemu+tcp://host/system")
+    plugins = plugin_manager()
+    backend = plugins.backends.get(scheme).factory(uri, options)
+    return Connection(
+        backend,
+        uri=_redact(uri),
+        plugins=plugins,
+        store=store,
+        max_concurrent=max_concurrent,
+    )
+
+
+def _redact(uri: str) -> str:
+    """The URI without any password, for reprs, logs and records."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else host
+    return parts._replace(netloc=netloc).geturl()

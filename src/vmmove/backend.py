@@ -1,0 +1,198 @@
+"""The contract between the engine and a hypervisor backend.
+
+A backend is a thin adapter: it lists inventory, runs platform pre-checks, and starts,
+polls, tunes and aborts *jobs*. Everything true of every hypervisor (the state machine,
+policy, progress smoothing, timeouts, records, placement) lives in the engine.
+
+Every method must answer promptly: one supervisor loop drives thousands of migrations.
+A platform call that blocks (libvirt's ``migrateToURI3``) runs in the backend's own
+worker while ``poll`` answers from the latest sample.
+
+Capabilities are declared data, never discovered by trying: the engine skips (and
+records) any policy step whose capability is not declared.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import ClassVar
+
+from vmmove.clock import Clock, RealClock
+from vmmove.errors import NotFound, NotSupported
+from vmmove.machine import Phase
+from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
+from vmmove.policy import Action
+
+__all__ = ["Backend", "Capabilities", "Job", "JobStatus", "Reservation"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Capabilities:
+    live: bool = True
+    cold: bool = True
+    cancel: bool = True  # abort a running job before its commit point
+    postcopy: bool = False
+    max_downtime: bool = False
+    bandwidth: bool = False
+    auto_converge: bool = False
+    progress_bytes: bool = False  # poll reports byte counts, not only a percentage
+    reserve: bool = False  # the target reserves resources before the transfer starts
+    storage_move: bool = False
+    choose_target: bool = True  # the caller may name the target host
+
+    def has(self, name: str) -> bool:
+        return bool(getattr(self, name, False))
+
+    def names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reservation:
+    id: str
+    host: str
+    memory: int
+    cpus: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """A started migration on the platform. ``ref`` is plain strings: enough for
+    :meth:`Backend.attach` to find the job again from a durable record."""
+
+    id: str
+    vm: str
+    source: str
+    target: str
+    mode: MigrationMode
+    ref: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobStatus:
+    """One answer from :meth:`Backend.poll`: the native status mapped onto a phase.
+
+    Backends map and pass figures through; the engine smooths, times and judges.
+    ``vm_host`` must be set once the job is terminal (``COMPLETED``, ``FAILED``,
+    ``CANCELLED``); a backend that cannot tell leaves it ``None`` and the engine asks
+    :meth:`Backend.locate`.
+    """
+
+    phase: Phase
+    native: str
+    data_total: int | None = None
+    data_processed: int | None = None
+    data_remaining: int | None = None
+    transfer_rate: float | None = None
+    dirty_rate: float | None = None
+    iteration: int | None = None
+    expected_downtime_ms: int | None = None
+    percent: float | None = None  # the platform's own percentage, where it has one
+    vm_host: str | None = None
+    error: str | None = None
+    figures: Figures | None = None
+
+
+class Backend(abc.ABC):
+    """Base class for backends. Subclass it and register a factory through the
+    ``vmmove_add_backends`` hook; see ``docs/plugins.md``."""
+
+    #: URI scheme served, for messages.
+    scheme: ClassVar[str] = ""
+    capabilities: Capabilities = Capabilities()
+    #: How often the engine polls a running job, in seconds of this backend's clock.
+    poll_interval: float = 1.0
+
+    @property
+    def clock(self) -> Clock:
+        return _REAL_CLOCK
+
+    # ---- inventory ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def hosts(self) -> list[HostInfo]: ...
+
+    @abc.abstractmethod
+    def vms(self) -> list[VMInfo]: ...
+
+    def vm(self, ref: str) -> VMInfo:
+        """A VM by id, or by name when no id matches."""
+        vms = self.vms()
+        for vm in vms:
+            if vm.id == ref:
+                return vm
+        named = [vm for vm in vms if vm.name == ref]
+        if len(named) == 1:
+            return named[0]
+        raise NotFound(f"no VM {ref!r}" if not named else f"VM name {ref!r} is ambiguous")
+
+    def host(self, ref: str) -> HostInfo:
+        """A host by id, or by name when no id matches."""
+        hosts = self.hosts()
+        for host in hosts:
+            if host.id == ref:
+                return host
+        named = [h for h in hosts if h.name == ref]
+        if len(named) == 1:
+            return named[0]
+        raise NotFound(f"no host {ref!r}" if not named else f"host name {ref!r} is ambiguous")
+
+    def locate(self, vm_id: str) -> str | None:
+        """Where the VM runs now (host id), or ``None`` if no host runs it."""
+        try:
+            return self.vm(vm_id).host
+        except NotFound:
+            return None
+
+    # ---- migration ---------------------------------------------------------------------
+    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+        """Platform pre-checks beyond the engine's own (CPU, storage, name clashes)."""
+        return []
+
+    def reserve(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Reservation | None:
+        """Reserve the VM's resources on the target, or raise ReservationRefused."""
+        return None
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation that was not used."""
+
+    @abc.abstractmethod
+    def start(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        mode: MigrationMode,
+        *,
+        needs: frozenset[str],
+        reservation: Reservation | None,
+    ) -> Job:
+        """Start the job. ``mode`` is LIVE or COLD (never AUTO). ``needs`` lists the
+        capabilities the policy may use later, for platforms that must enable them at start."""
+
+    @abc.abstractmethod
+    def poll(self, job: Job) -> JobStatus: ...
+
+    def tune(self, job: Job, action: Action) -> None:
+        """Apply a policy action to a running job."""
+        raise NotSupported(f"{type(self).__name__} cannot apply {action}")
+
+    @abc.abstractmethod
+    def abort(self, job: Job) -> None:
+        """Ask the platform to abort the job. The outcome is observed through ``poll``."""
+
+    def finish(self, job: Job) -> None:
+        """Release whatever the backend holds for a job that reached a terminal phase."""
+
+    def attach(self, ref: Mapping[str, str]) -> Job:
+        """Find a job again from its ``ref`` (after the client that started it died)."""
+        raise NotSupported(f"{type(self).__name__} cannot re-attach to jobs")
+
+    def close(self) -> None:
+        """Close connections; the backend is not used afterwards."""
+
+
+_REAL_CLOCK = RealClock()

@@ -1,0 +1,921 @@
+"""The engine: one supervisor loop drives every migration of a connection.
+
+Each migration is a small state machine (:class:`_Run`) that the supervisor advances
+whenever it is due: run the pre-checks, reserve, start the backend job, then poll it,
+apply the policy, enforce the budgets, and close the record. There is no thread per
+migration: on a real clock one supervisor thread sleeps until the next poll is due; on
+a virtual clock the callers who wait drive the loop and time jumps to the next due poll.
+
+Guarantees, whatever the backend does:
+- every transition is checked against :mod:`vmmove.machine` and saved before it is acted on;
+- before the commit point a failure or cancel leaves the VM on its source, and a terminal
+  record always names where the VM runs (asking the backend when the job cannot tell);
+- progress never goes backwards, and reads 100 only once the migration completed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from vmmove.backend import Backend, Job, JobStatus, Reservation
+from vmmove.clock import Clock, VirtualClock
+from vmmove.errors import (
+    BackendProtocolError,
+    Conflict,
+    InvalidInput,
+    MigrationCancelled,
+    MigrationFailed,
+    MigrationTimedOut,
+    NotFound,
+    NotSupported,
+    PostcopyFailed,
+    PrecheckFailed,
+    ReservationRefused,
+    VMMoveError,
+    WaitTimeout,
+)
+from vmmove.events import EventKind, MigrationEvent
+from vmmove.machine import TRANSITIONS, Phase
+from vmmove.model import (
+    Figures,
+    HostInfo,
+    MigrationMode,
+    MigrationRecord,
+    MigrationSpec,
+    PowerState,
+    Problem,
+    Progress,
+    StepRecord,
+    Transition,
+    VMInfo,
+)
+from vmmove.placement import PlacementContext, choose, explain
+from vmmove.plugins import Plugins
+from vmmove.policy import (
+    START_TIME_CAPABILITIES,
+    Abort,
+    AtIteration,
+    BudgetShare,
+    ColdFallback,
+    Policy,
+    Stalled,
+    Step,
+    resolve,
+)
+from vmmove.store import MemoryStore, RecordStore
+
+__all__ = ["Connection", "Migration"]
+
+log = logging.getLogger("vmmove.engine")
+
+# Where each phase sits on the progress bar; transfer fills the span up to switchover.
+_PHASE_PERCENT = {
+    Phase.PENDING: 0.0,
+    Phase.PREPARING: 1.0,
+    Phase.REQUESTING: 2.0,
+    Phase.TRANSFERRING: 5.0,
+    Phase.SWITCHING_OVER: 92.0,
+    Phase.POSTCOPY: 93.0,
+    Phase.COMPLETING: 99.0,
+}
+_TRANSFER_SPAN = (5.0, 91.0)
+_POSTCOPY_SPAN = (93.0, 98.0)
+_MAX_EVENTS = 10_000  # per migration; older events drop off the front
+
+
+def _path(current: Phase, new: Phase) -> list[Phase] | None:
+    """The shortest forward path of legal transitions from ``current`` to ``new``.
+
+    Backends may skip phases they could not observe (a fast job polled slowly); the
+    engine fills them in. Terminal phases are never passed through, and the one
+    backward edge (transferring -> requesting) is the engine's own, never inferred.
+    """
+    if new == current:
+        return []
+    queue: deque[tuple[Phase, list[Phase]]] = deque([(current, [])])
+    seen = {current}
+    while queue:
+        phase, path = queue.popleft()
+        for nxt in TRANSITIONS[phase]:
+            if nxt in seen or (phase is Phase.TRANSFERRING and nxt is Phase.REQUESTING):
+                continue
+            if nxt == new:
+                return [*path, nxt]
+            if not nxt.terminal:
+                seen.add(nxt)
+                queue.append((nxt, [*path, nxt]))
+    return None
+
+
+class _EventLog:
+    """Append-only, bounded; readers keep absolute positions."""
+
+    def __init__(self) -> None:
+        self._items: deque[MigrationEvent] = deque(maxlen=_MAX_EVENTS)
+        self._base = 0
+
+    def append(self, event: MigrationEvent) -> None:
+        if len(self._items) == _MAX_EVENTS:
+            self._base += 1
+        self._items.append(event)
+
+    @property
+    def end(self) -> int:
+        return self._base + len(self._items)
+
+    def read(self, pos: int) -> tuple[list[MigrationEvent], int]:
+        start = max(pos, self._base)
+        items = list(itertools.islice(self._items, start - self._base, None))
+        return items, start + len(items)
+
+
+class _Run:
+    """One migration as the supervisor sees it. Only the supervisor mutates it."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        spec: MigrationSpec,
+        vm: VMInfo,
+        policy: Policy,
+    ) -> None:
+        self.conn = conn
+        self.backend = conn.backend
+        self.clock = conn.clock
+        self.spec = spec
+        self.vm = vm
+        self.policy = policy
+        self.target: HostInfo | None = None
+        self.mode = spec.mode
+        self.job: Job | None = None
+        self.reservation: Reservation | None = None
+        self.error: VMMoveError | None = None
+        self.cancel_requested = False
+        self.holds_slot = False
+        self.abort_sent = False
+        self.abort_reason: str | None = None  # "timeout", "policy", "fallback" or None
+        self.fired: set[int] = set()
+        self.started_at: float | None = None
+        self.low_remaining: int | None = None
+        self.low_at = 0.0
+        self.last_iteration = 0
+        self.events = _EventLog()
+        now = self.clock.time()
+        self.record = MigrationRecord(
+            id=uuid.uuid4().hex[:12],
+            backend=conn.backend_name,
+            vm=vm.id,
+            vm_name=vm.name,
+            source=vm.host,
+            target=spec.target,
+            mode=spec.mode,
+            policy=policy.name,
+            phase=Phase.PENDING,
+            vm_host=vm.host,
+            history=(Transition(phase=Phase.PENDING, at=now),),
+            created_at=now,
+            updated_at=now,
+        )
+        self.progress = Progress(phase=Phase.PENDING)
+        self._t0 = self.clock.now()
+
+    # ---- record keeping ----------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return self.record.phase
+
+    def _save(self, **changes: Any) -> None:
+        self.record = replace(self.record, updated_at=self.clock.time(), **changes)
+        self.conn.store.save(self.record)
+
+    def _emit(self, kind: EventKind, message: str = "") -> None:
+        event = MigrationEvent(
+            migration=self.record.id,
+            vm=self.record.vm,
+            kind=kind,
+            phase=self.phase,
+            at=self.clock.time(),
+            progress=self.progress,
+            message=message,
+        )
+        self.events.append(event)
+        self.conn._observe(event)
+
+    def _enter(self, phase: Phase, note: str = "", **changes: Any) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise BackendProtocolError(f"illegal transition {self.phase} -> {phase}")
+        at = self.clock.time()
+        history = (*self.record.history, Transition(phase=phase, at=at, note=note))
+        self._save(phase=phase, history=history, **changes)
+        self._update_progress(None)
+        self._emit(EventKind.PHASE, note)
+        log.debug("migration %s: %s %s", self.record.id, phase, note)
+
+    def _warn(self, message: str) -> None:
+        self._save(warnings=(*self.record.warnings, message))
+        self._emit(EventKind.WARNING, message)
+
+    def _step_record(self, step: Step, applied: bool, reason: str = "") -> None:
+        rec = StepRecord(step=str(step), at=self.clock.time(), applied=applied, reason=reason)
+        self._save(steps=(*self.record.steps, rec))
+        self._emit(EventKind.STEP, f"{step}: {'applied' if applied else 'skipped'} {reason}")
+
+    # ---- progress ----------------------------------------------------------------------
+    def _update_progress(self, status: JobStatus | None) -> None:
+        phase = self.phase
+        prev = self.progress
+        if phase is Phase.COMPLETED:
+            percent = 100.0
+        else:
+            percent = _PHASE_PERCENT.get(phase, prev.percent)
+            if status is not None and phase in (Phase.TRANSFERRING, Phase.POSTCOPY):
+                lo, hi = _TRANSFER_SPAN if phase is Phase.TRANSFERRING else _POSTCOPY_SPAN
+                share: float | None = None
+                if status.data_total and status.data_remaining is not None:
+                    share = 1.0 - status.data_remaining / status.data_total
+                elif status.percent is not None:
+                    share = status.percent / 100.0
+                if share is not None:
+                    percent = lo + (hi - lo) * min(max(share, 0.0), 1.0)
+            percent = min(max(percent, prev.percent), 99.0)
+        if status is None:
+            self.progress = replace(
+                prev, phase=phase, percent=percent, elapsed=self.clock.now() - self._t0
+            )
+            return
+        eta = None
+        if status.data_remaining is not None and status.transfer_rate:
+            eta = status.data_remaining / status.transfer_rate
+        self.progress = Progress(
+            phase=phase,
+            percent=percent,
+            data_total=status.data_total,
+            data_processed=status.data_processed,
+            data_remaining=status.data_remaining,
+            transfer_rate=status.transfer_rate,
+            dirty_rate=status.dirty_rate,
+            iteration=status.iteration,
+            expected_downtime_ms=status.expected_downtime_ms,
+            elapsed=self.clock.now() - self._t0,
+            eta=eta,
+        )
+
+    # ---- the state machine -------------------------------------------------------------
+    def advance(self, now: float) -> float | None:
+        """Do what is due; return when to come back, or ``None`` once terminal."""
+        try:
+            return self._advance(now)
+        except VMMoveError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a backend bug must not kill the supervisor
+            log.exception("backend raised during migration %s", self.record.id)
+            self._fail(BackendProtocolError(f"backend raised {type(exc).__name__}: {exc}"))
+        return None
+
+    def _advance(self, now: float) -> float | None:
+        if self.phase is Phase.PENDING:
+            if self.cancel_requested:
+                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled while queued")
+                return None
+            if not self.conn._take_slot(self):
+                return now + self.backend.poll_interval
+            self._enter(Phase.PREPARING)
+            self._prepare()
+        if self.phase is Phase.REQUESTING and self.job is None:
+            if self.cancel_requested:
+                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled before start")
+                return None
+            self._start()
+        if self.job is None:
+            return None if self.phase.terminal else now + self.backend.poll_interval
+        if self.cancel_requested and not self.abort_sent:
+            self._abort("cancel")
+        status = self.backend.poll(self.job)
+        self._observe(status, now)
+        return None if self.phase.terminal else now + self.backend.poll_interval
+
+    def _prepare(self) -> None:
+        self.vm = self.backend.vm(self.vm.id)
+        mode, target, problems = self.conn._precheck(self.vm, self.spec, exclude=self)
+        errors = [p for p in problems if p.severity == "error"]
+        warnings = [p.message for p in problems if p.severity == "warning"]
+        if warnings:
+            self._save(warnings=(*self.record.warnings, *warnings))
+        if errors or target is None:
+            raise PrecheckFailed(f"cannot migrate {self.vm.name}", errors)
+        self.mode = mode
+        self.target = target
+        self._enter(Phase.REQUESTING, target=target.id, mode=mode, source=self.vm.host)
+
+    def _start(self) -> None:
+        assert self.target is not None
+        caps = self.backend.capabilities
+        if caps.reserve and self.reservation is None:
+            self.reservation = self.backend.reserve(self.vm, self.target, self.spec)
+        needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
+        self.job = self.backend.start(
+            self.vm, self.target, self.spec, self.mode, needs=needs, reservation=self.reservation
+        )
+        self.started_at = self.clock.now()
+        self._save(job_ref=dict(self.job.ref))
+
+    def _abort(self, reason: str) -> None:
+        assert self.job is not None
+        if not self.phase.cancellable:
+            if reason == "cancel":
+                self._warn(f"cancel arrived in {self.phase}, past the commit point: going on")
+            self.abort_sent = True  # never ask twice
+            return
+        if not self.backend.capabilities.cancel:
+            self._warn(f"{reason}: the platform cannot abort this migration; it goes on")
+            self.abort_sent = True
+            return
+        self.abort_sent = True
+        self.abort_reason = self.abort_reason or reason
+        self.backend.abort(self.job)
+
+    def _observe(self, status: JobStatus, now: float) -> None:
+        new = status.phase
+        if new is Phase.FAILED and self.phase is Phase.COMPLETING:
+            self._warn(f"cleanup after the commit failed: {status.error or status.native}")
+            new = Phase.COMPLETED
+        if not new.terminal:
+            path = _path(self.phase, new)
+            if path is None:
+                raise BackendProtocolError(f"backend reported {status.native!r} ({new}) while {self.phase}")
+            for i, phase in enumerate(path):
+                self._enter(phase, "" if i == len(path) - 1 else "inferred: not observed")
+            self._update_progress(status)
+            self._emit(EventKind.PROGRESS)
+            if self.phase is Phase.TRANSFERRING and not self.abort_sent:
+                self._police(status, now)
+            elif (
+                self.phase is Phase.REQUESTING
+                and self.started_at is not None
+                and not self.abort_sent
+                and now - self.started_at > self._budget()
+            ):
+                self._abort("timeout")
+            return
+        self._update_progress(status)
+        self._terminal(new, status)
+
+    def _budget(self) -> float:
+        per_gib = self.spec.completion_budget_per_gib or self.policy.completion_budget_per_gib
+        return per_gib * max(self.vm.memory / (1 << 30), 2.0)
+
+    def _police(self, status: JobStatus, now: float) -> None:
+        """Apply the policy schedule, the completion budget and the stall timeout."""
+        remaining = status.data_remaining
+        if remaining is not None and (self.low_remaining is None or remaining < self.low_remaining):
+            self.low_remaining, self.low_at = remaining, now
+        elif self.low_remaining is None:
+            self.low_at = now
+        stalled_for = now - self.low_at if remaining is not None else 0.0
+        elapsed = now - (self.started_at or now)
+        budget = self._budget()
+        for index, step in enumerate(self.policy.steps):
+            if index in self.fired:
+                continue
+            trig = step.trigger
+            holds = (
+                (isinstance(trig, AtIteration) and (status.iteration or 0) >= trig.n)
+                or (isinstance(trig, Stalled) and stalled_for >= trig.seconds)
+                or (isinstance(trig, BudgetShare) and elapsed >= trig.share * budget)
+            )
+            if not holds:
+                continue
+            self.fired.add(index)
+            self._apply(step)
+            if self.abort_sent:
+                return
+        stall_limit = self.spec.stall_timeout or self.policy.stall_timeout
+        if elapsed > budget:
+            self._abort("timeout")
+        elif stalled_for > stall_limit:
+            self._abort("stall")
+
+    def _apply(self, step: Step) -> None:
+        action = step.action
+        caps = self.backend.capabilities
+        if not caps.has(action.capability):
+            self._step_record(step, applied=False, reason=f"backend lacks {action.capability}")
+            return
+        assert self.job is not None
+        if isinstance(action, Abort):
+            self._step_record(step, applied=True)
+            self._abort("policy")
+            return
+        if isinstance(action, ColdFallback):
+            if not caps.cancel:
+                self._step_record(step, applied=False, reason="backend cannot abort the live job")
+                return
+            self._step_record(step, applied=True)
+            self._abort("fallback")
+            return
+        try:
+            self.backend.tune(self.job, action)
+        except NotSupported as exc:
+            self._step_record(step, applied=False, reason=str(exc))
+            return
+        self._step_record(step, applied=True)
+
+    def _terminal(self, new: Phase, status: JobStatus) -> None:
+        assert self.job is not None
+        vm_host = status.vm_host or self.backend.locate(self.vm.id)
+        figures = status.figures or self.record.figures
+        if new is Phase.COMPLETED:
+            for phase in _path(self.phase, Phase.COMPLETING) or []:
+                self._enter(phase, "inferred: not observed")
+            self._save(figures=figures)
+            self._cleanup()
+            self._finish(Phase.COMPLETED, None, "", vm_host=vm_host or (self.target.id if self.target else None))
+            return
+        if new is Phase.CANCELLED and self.abort_reason == "fallback" and self.phase.cancellable:
+            self._cleanup(release=False)
+            self.job = None
+            self.abort_sent = False
+            self.abort_reason = None
+            self.mode = MigrationMode.COLD
+            self._enter(Phase.REQUESTING, "falling back to cold migration", mode=MigrationMode.COLD, vm_host=vm_host)
+            return
+        self._cleanup()
+        error = status.error or status.native
+        if new is Phase.CANCELLED:
+            if self.abort_reason in ("timeout", "stall", "policy"):
+                why = {
+                    "timeout": "completion budget exhausted",
+                    "stall": "stalled: remaining data stopped falling",
+                    "policy": "aborted by policy",
+                }[self.abort_reason]
+                self._finish(Phase.FAILED, MigrationTimedOut, why, vm_host=vm_host, figures=figures)
+            elif self.cancel_requested:
+                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled", vm_host=vm_host, figures=figures)
+            else:
+                self._finish(Phase.FAILED, MigrationFailed, f"cancelled by the platform: {error}", vm_host=vm_host, figures=figures)
+            return
+        kind = PostcopyFailed if self.phase is Phase.POSTCOPY else MigrationFailed
+        self._finish(Phase.FAILED, kind, error, vm_host=vm_host, figures=figures)
+
+    def _cleanup(self, release: bool = True) -> None:
+        if self.job is not None:
+            try:
+                self.backend.finish(self.job)
+            except VMMoveError as exc:
+                self._warn(f"backend cleanup failed: {exc}")
+        if release and self.reservation is not None:
+            try:
+                self.backend.release(self.reservation)
+            except VMMoveError as exc:
+                self._warn(f"releasing the reservation failed: {exc}")
+            self.reservation = None
+
+    def _finish(
+        self,
+        phase: Phase,
+        kind: type[VMMoveError] | None,
+        message: str,
+        *,
+        vm_host: str | None = None,
+        figures: Figures | None = None,
+    ) -> None:
+        if vm_host is None and phase is not Phase.COMPLETED:
+            vm_host = self.backend.locate(self.vm.id)
+        changes: dict[str, Any] = {"vm_host": vm_host}
+        if figures is not None:
+            changes["figures"] = figures
+        if kind is not None:
+            changes.update(error=message, error_type=kind.__name__)
+            if issubclass(kind, MigrationFailed | MigrationCancelled | MigrationTimedOut):
+                self.error = kind(f"migration of {self.vm.name}: {message}", vm_host=vm_host)
+            else:
+                self.error = kind(message)
+        self._enter(phase, message, **changes)
+        if self.error is not None and hasattr(self.error, "record"):
+            self.error.record = self.record
+        self.conn._release(self)
+
+    def _fail(self, exc: VMMoveError) -> None:
+        """Bring a migration that hit an error to a true terminal record."""
+        if self.phase.terminal:
+            return
+        if self.job is not None and not self.phase.committed:
+            try:
+                if not self.abort_sent and self.backend.capabilities.cancel:
+                    self.backend.abort(self.job)
+            except Exception:  # best effort: the record below says where the VM is
+                log.exception("abort after error failed")
+        try:
+            self._cleanup()
+        except Exception:
+            log.exception("cleanup after error failed")
+        vm_host: str | None
+        try:
+            vm_host = self.backend.locate(self.vm.id)
+        except Exception:
+            vm_host = None
+        changes: dict[str, Any] = {
+            "vm_host": vm_host,
+            "error": str(exc),
+            "error_type": type(exc).__name__,
+        }
+        if isinstance(exc, PrecheckFailed | ReservationRefused | NotFound | InvalidInput):
+            self.error = exc
+        elif isinstance(exc, MigrationFailed):
+            self.error = exc
+        else:
+            self.error = MigrationFailed(f"migration of {self.vm.name}: {exc}", vm_host=vm_host)
+        # Force the terminal transition: the error itself may be an illegal backend report.
+        at = self.clock.time()
+        history = (*self.record.history, Transition(phase=Phase.FAILED, at=at, note=str(exc)))
+        self._save(phase=Phase.FAILED, history=history, **changes)
+        self._update_progress(None)
+        self._emit(EventKind.PHASE, str(exc))
+        self.conn._release(self)
+
+
+class _Supervisor:
+    """One loop for all migrations of a connection."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.cond = threading.Condition(threading.RLock())
+        self._heap: list[tuple[float, int, _Run]] = []
+        self._seq = itertools.count()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, run: _Run) -> None:
+        with self.cond:
+            heapq.heappush(self._heap, (self.clock.now(), next(self._seq), run))
+            if not self.clock.virtual and self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="vmmove-supervisor", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def poke(self, run: _Run) -> None:
+        """Make ``run`` due now (a cancel was asked)."""
+        with self.cond:
+            heapq.heappush(self._heap, (self.clock.now(), next(self._seq), run))
+        self._wake.set()
+
+    def _step(self) -> float | None:
+        """Advance everything due; return the next due time (``None``: nothing left)."""
+        with self.cond:
+            now = self.clock.now()
+            advanced: set[int] = set()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, run = heapq.heappop(self._heap)
+                if run.phase.terminal or id(run) in advanced:
+                    continue  # a poke left a duplicate entry
+                advanced.add(id(run))
+                due = run.advance(now)
+                if due is not None:
+                    heapq.heappush(self._heap, (due, next(self._seq), run))
+            self.cond.notify_all()
+            return self._heap[0][0] if self._heap else None
+
+    def _loop(self) -> None:
+        while True:
+            due = self._step()
+            with self.cond:
+                if due is None or self._closed:
+                    self._thread = None
+                    return
+            self._wake.clear()
+            self.clock.wait(self._wake, due - self.clock.now())
+
+    def drive_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Return once ``done()`` holds, or ``False`` after ``timeout`` seconds of the clock."""
+        clock = self.clock
+        deadline = None if timeout is None else clock.now() + timeout
+        if isinstance(clock, VirtualClock):
+            while True:
+                with self.cond:
+                    if done():
+                        return True
+                    if not self._heap:
+                        return done()
+                    due = self._heap[0][0]
+                    if deadline is not None and due > deadline:
+                        clock.advance_to(deadline)
+                        return done()
+                    clock.advance_to(due)
+                    self._step()
+        with self.cond:
+            while not done():
+                left = None if deadline is None else deadline - clock.now()
+                if left is not None and left <= 0:
+                    return False
+                # Real seconds to wait for a notify: scaled clocks run faster than real time.
+                speed = getattr(clock, "speed", 1.0)
+                self.cond.wait(None if left is None else left / speed)
+            return True
+
+    def close(self) -> None:
+        with self.cond:
+            self._closed = True
+        self._wake.set()
+
+
+class Migration:
+    """A handle on one migration. Cheap to keep; all state lives in :attr:`record`."""
+
+    def __init__(self, run: _Run, supervisor: _Supervisor) -> None:
+        self._run = run
+        self._sup = supervisor
+
+    def __repr__(self) -> str:
+        rec = self._run.record
+        return f"<Migration {rec.id} {rec.vm_name} {rec.phase} on {rec.vm_host}>"
+
+    @property
+    def id(self) -> str:
+        return self._run.record.id
+
+    @property
+    def record(self) -> MigrationRecord:
+        return self._run.record
+
+    @property
+    def progress(self) -> Progress:
+        return self._run.progress
+
+    @property
+    def done(self) -> bool:
+        return self._run.phase.terminal
+
+    def wait(self, timeout: float | None = None) -> MigrationRecord:
+        """Wait for the end; return the record if completed, else raise its error.
+
+        ``timeout`` is in seconds of the connection's clock (simulated seconds on a
+        virtual clock). :class:`WaitTimeout` leaves the migration running.
+        """
+        if not self._sup.drive_until(lambda: self._run.phase.terminal, timeout):
+            raise WaitTimeout(f"migration {self.id} still {self._run.phase} after {timeout}s")
+        if self._run.error is not None:
+            raise self._run.error
+        return self._run.record
+
+    def cancel(self) -> bool:
+        """Ask for a cancel. ``False`` when it comes too late (past the commit point or done);
+        the outcome is read from :attr:`record`."""
+        run = self._run
+        with self._sup.cond:
+            if not run.phase.cancellable or run.cancel_requested:
+                return run.cancel_requested and not run.phase.terminal
+            run.cancel_requested = True
+        self._sup.poke(run)
+        return True
+
+    def events(self, timeout: float | None = None) -> Iterator[MigrationEvent]:
+        """Every event from the start, then live ones, until the migration ends."""
+        pos = 0
+        log_ = self._run.events
+        while True:
+            items, pos = log_.read(pos)
+            yield from items
+            if self._run.phase.terminal and pos >= log_.end:
+                return
+            if not self._sup.drive_until(lambda p=pos: log_.end > p or self._run.phase.terminal, timeout):
+                raise WaitTimeout(f"no event from migration {self.id} for {timeout}s")
+
+
+class Connection:
+    """A connection to one hypervisor estate through one backend. Use :func:`vmmove.connect`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        uri: str,
+        plugins: Plugins,
+        store: RecordStore | None = None,
+        max_concurrent: int | None = None,
+    ) -> None:
+        if max_concurrent is not None and max_concurrent < 1:
+            raise InvalidInput("max_concurrent must be at least 1")
+        self.backend = backend
+        self.uri = uri
+        self.backend_name = backend.scheme or type(backend).__name__
+        self.plugins = plugins
+        self.store: RecordStore = store or MemoryStore()
+        self.max_concurrent = max_concurrent
+        self.clock = backend.clock
+        self._sup = _Supervisor(self.clock)
+        self._runs: dict[str, _Run] = {}
+        self._by_vm: dict[str, _Run] = {}
+        self._active = 0
+
+    def __repr__(self) -> str:
+        return f"<vmmove.Connection {self.uri}>"
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def capabilities(self) -> Any:
+        return self.backend.capabilities
+
+    # ---- inventory ---------------------------------------------------------------------
+    def hosts(self) -> list[HostInfo]:
+        return self.backend.hosts()
+
+    def vms(self) -> list[VMInfo]:
+        return self.backend.vms()
+
+    def vm(self, ref: str) -> VMInfo:
+        return self.backend.vm(ref)
+
+    def host(self, ref: str) -> HostInfo:
+        return self.backend.host(ref)
+
+    # ---- migrations --------------------------------------------------------------------
+    def _spec(self, vm: str | VMInfo | None, to: str | HostInfo | None, spec: MigrationSpec | None, options: Mapping[str, Any]) -> MigrationSpec:
+        if spec is not None and not isinstance(spec, MigrationSpec):
+            raise InvalidInput(f"spec must be a MigrationSpec, not {type(spec).__name__}")
+        vm_ref = vm.id if isinstance(vm, VMInfo) else vm
+        to_ref = to.id if isinstance(to, HostInfo) else to
+        if spec is None:
+            if vm_ref is None:
+                raise InvalidInput("name the VM to migrate")
+            try:
+                return MigrationSpec(vm=vm_ref, target=to_ref, **options)
+            except TypeError as exc:
+                raise InvalidInput(str(exc)) from None
+        changes: dict[str, Any] = dict(options)
+        if vm_ref is not None:
+            changes["vm"] = vm_ref
+        if to_ref is not None:
+            changes["target"] = to_ref
+        try:
+            return replace(spec, **changes) if changes else spec
+        except TypeError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _precheck(
+        self, vm: VMInfo, spec: MigrationSpec, exclude: _Run | None = None
+    ) -> tuple[MigrationMode, HostInfo | None, list[Problem]]:
+        """Every pre-check, the engine's and the backend's; chooses the target if needed."""
+        backend = self.backend
+        caps = backend.capabilities
+        problems: list[Problem] = []
+
+        def refuse(code: str, message: str, severity: str = "error") -> None:
+            problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
+
+        mode = spec.mode
+        if mode is MigrationMode.AUTO:
+            mode = MigrationMode.LIVE if vm.power is PowerState.RUNNING else MigrationMode.COLD
+        if mode is MigrationMode.LIVE:
+            if vm.power is not PowerState.RUNNING:
+                refuse("not-running", f"live migration needs a running VM; {vm.name} is {vm.power}")
+            elif not vm.live_migratable:
+                why = vm.not_migratable_reason or "the platform says so"
+                refuse("not-migratable", f"{vm.name} cannot migrate live: {why}")
+            if not caps.live:
+                refuse("unsupported", "this backend cannot migrate live")
+        elif not caps.cold:
+            refuse("unsupported", "this backend cannot migrate cold")
+        for name in ("bandwidth", "max_downtime"):
+            if getattr(spec, name) is not None and not caps.has(name):
+                refuse("unsupported", f"{name} is not supported by this backend; ignored", "warning")
+        target: HostInfo | None = None
+        cluster = next((h.cluster for h in backend.hosts() if h.id == vm.host), "")
+        ctx = self._placement_context(exclude, cluster)
+        placement = self.plugins.placement
+        if spec.target is not None:
+            target = backend.host(spec.target)
+            if not caps.choose_target:
+                refuse("unsupported", "this backend lets the platform choose the target host")
+            if target.id == vm.host:
+                refuse("same-host", f"{vm.name} already runs on {target.name}")
+            else:
+                verdict = explain(vm, [target], ctx, placement)[0]
+                for reason in verdict.rejected:
+                    refuse("placement", f"{target.name}: {reason}")
+        elif not problems or all(p.severity == "warning" for p in problems):
+            try:
+                target = choose(vm, backend.hosts(), ctx, placement)
+            except PrecheckFailed as exc:
+                problems.extend(exc.problems)
+        if target is not None and all(p.severity == "warning" for p in problems):
+            problems.extend(backend.check(vm, target, spec))
+        return mode, target, problems
+
+    def check(
+        self,
+        vm: str | VMInfo | None = None,
+        to: str | HostInfo | None = None,
+        *,
+        spec: MigrationSpec | None = None,
+        **options: Any,
+    ) -> list[Problem]:
+        """Run every pre-check without moving anything: no errors in the list means it would go."""
+        spec = self._spec(vm, to, spec, options)
+        resolve(spec.policy, self.plugins.policies)
+        info = self.backend.vm(spec.vm)
+        with self._sup.cond:
+            return self._precheck(info, spec)[2]
+
+    def migrate(
+        self,
+        vm: str | VMInfo | None = None,
+        to: str | HostInfo | None = None,
+        *,
+        spec: MigrationSpec | None = None,
+        **options: Any,
+    ) -> Migration:
+        """Start migrating ``vm`` to ``to`` (``None``: let placement choose).
+
+        ``options`` are :class:`MigrationSpec` fields (``mode``, ``policy``, ``bandwidth``,
+        ``max_downtime``...). Unknown VMs, hosts and malformed options raise at once and
+        change nothing; everything else is reported through the returned handle.
+        """
+        spec = self._spec(vm, to, spec, options)
+        policy = resolve(spec.policy, self.plugins.policies)
+        info = self.backend.vm(spec.vm)
+        if spec.target is not None:
+            self.backend.host(spec.target)  # NotFound now, not later
+        spec = replace(spec, vm=info.id)
+        run = _Run(self, spec, info, policy)
+        with self._sup.cond:
+            if info.id in self._by_vm:
+                other = self._by_vm[info.id].record.id
+                raise Conflict(f"VM {info.name} is already migrating (migration {other})")
+            self._by_vm[info.id] = run
+            self._runs[run.record.id] = run
+            self.store.save(run.record)
+            run._emit(EventKind.PHASE)
+        self._sup.submit(run)
+        return Migration(run, self._sup)
+
+    def migrations(self) -> list[Migration]:
+        return [Migration(r, self._sup) for r in self._runs.values()]
+
+    def migration(self, record_id: str) -> Migration:
+        try:
+            return Migration(self._runs[record_id], self._sup)
+        except KeyError:
+            raise NotFound(f"no migration {record_id!r} in this connection") from None
+
+    def wait_all(self, timeout: float | None = None) -> list[MigrationRecord]:
+        """Wait until every migration of this connection ended; return their records."""
+        runs = list(self._runs.values())
+        if not self._sup.drive_until(lambda: all(r.phase.terminal for r in runs), timeout):
+            raise WaitTimeout(f"migrations still running after {timeout}s")
+        return [r.record for r in runs]
+
+    def close(self) -> None:
+        self._sup.close()
+        self.backend.close()
+
+    # ---- supervisor callbacks (called with the supervisor lock held) -------------------
+    def _take_slot(self, run: _Run) -> bool:
+        if self.max_concurrent is not None and self._active >= self.max_concurrent:
+            return False
+        self._active += 1
+        run.holds_slot = True
+        return True
+
+    def _release(self, run: _Run) -> None:
+        if self._by_vm.get(run.vm.id) is run:
+            del self._by_vm[run.vm.id]
+        if run.holds_slot:
+            run.holds_slot = False
+            self._active -= 1
+
+    def _placement_context(
+        self, exclude: _Run | None = None, source_cluster: str = ""
+    ) -> PlacementContext:
+        reserved: dict[str, int] = {}
+        inflight: dict[str, int] = {}
+        for run in self._by_vm.values():
+            if run is exclude or run.target is None or run.phase.terminal:
+                continue
+            reserved[run.target.id] = reserved.get(run.target.id, 0) + run.vm.memory
+            inflight[run.target.id] = inflight.get(run.target.id, 0) + 1
+            inflight[run.vm.host] = inflight.get(run.vm.host, 0) + 1
+        return PlacementContext(
+            reserved_memory=reserved, inflight=inflight, source_cluster=source_cluster
+        )
+
+    def _observe(self, event: MigrationEvent) -> None:
+        if not self.plugins.has_observers:
+            return
+        try:
+            self.plugins.pm.hook.vmmove_migration_event(event=event)
+        except Exception:
+            log.exception("a vmmove_migration_event observer raised")

@@ -1,0 +1,251 @@
+"""The data vmmove speaks: frozen, keyword-only dataclasses.
+
+Units are fixed across the whole API: bytes for sizes, bytes per second for rates,
+seconds (float) for durations, except ``max_downtime`` and ``downtime_ms`` in
+milliseconds and ``bandwidth`` in MiB/s, the units every hypervisor uses for them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+from vmmove.errors import InvalidInput
+from vmmove.machine import Phase
+
+if TYPE_CHECKING:
+    from vmmove.policy import Policy
+
+__all__ = [
+    "GiB",
+    "MiB",
+    "Capacity",
+    "CpuInfo",
+    "Figures",
+    "HostInfo",
+    "HostState",
+    "MigrationMode",
+    "MigrationRecord",
+    "MigrationSpec",
+    "PowerState",
+    "Problem",
+    "Progress",
+    "StepRecord",
+    "Storage",
+    "Transition",
+    "VMInfo",
+]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+def _empty() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+class HostState(enum.StrEnum):
+    UP = "up"
+    MAINTENANCE = "maintenance"  # up, but accepts no incoming VMs
+    DOWN = "down"
+
+
+class PowerState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Storage(enum.StrEnum):
+    SHARED = "shared"  # every host of the cluster sees the disks
+    LOCAL = "local"  # disks must be copied with the VM
+    NONE = "none"  # diskless
+
+
+class MigrationMode(enum.StrEnum):
+    LIVE = "live"
+    COLD = "cold"
+    AUTO = "auto"  # live for a running VM, cold for a stopped one; never stops a running VM
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Capacity:
+    cpus: int
+    memory: int  # bytes
+
+    def fits(self, *, cpus: int, memory: int) -> bool:
+        return cpus <= self.cpus and memory <= self.memory
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CpuInfo:
+    arch: str = "x86_64"
+    model: str = ""
+    vendor: str = ""
+    features: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HostInfo:
+    id: str
+    name: str
+    cluster: str = ""
+    state: HostState = HostState.UP
+    capacity: Capacity
+    allocated: Capacity = field(default_factory=lambda: Capacity(cpus=0, memory=0))
+    cpu: CpuInfo = field(default_factory=CpuInfo)
+    extra: Mapping[str, str] = field(default_factory=_empty)  # backend-specific facts, shown but never relied on
+
+    @property
+    def free_memory(self) -> int:
+        return self.capacity.memory - self.allocated.memory
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VMInfo:
+    id: str
+    name: str
+    host: str  # id of the host that runs (or holds) it
+    power: PowerState
+    memory: int  # bytes
+    vcpus: int
+    storage: Storage = Storage.SHARED
+    live_migratable: bool = True
+    not_migratable_reason: str | None = None
+    dirty_rate: float | None = None  # bytes/s, where the platform knows it
+    extra: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Problem:
+    """One pre-check finding. Errors refuse the migration; warnings are kept in the record."""
+
+    code: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrationSpec:
+    """What to move, where, and how.
+
+    ``max_downtime`` (ms) and ``bandwidth`` (MiB/s) are the starting values; the policy may
+    raise the downtime limit as its schedule says. ``completion_budget_per_gib`` and
+    ``stall_timeout`` override the policy's own.
+    """
+
+    vm: str
+    target: str | None = None
+    mode: MigrationMode = MigrationMode.AUTO
+    policy: str | Policy = "balanced"
+    bandwidth: int | None = None
+    max_downtime: int | None = None
+    completion_budget_per_gib: float | None = None
+    stall_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vm, str) or not self.vm:
+            raise InvalidInput("MigrationSpec.vm must be a non-empty VM id or name")
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
+            raise InvalidInput("MigrationSpec.target must be a host id or name, or None")
+        try:
+            object.__setattr__(self, "mode", MigrationMode(self.mode))
+        except ValueError:
+            modes = ", ".join(m.value for m in MigrationMode)
+            raise InvalidInput(f"mode must be one of {modes}, not {self.mode!r}") from None
+        for name in ("bandwidth", "max_downtime"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise InvalidInput(f"{name} must be a positive integer, not {value!r}")
+        for name in ("completion_budget_per_gib", "stall_timeout"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise InvalidInput(f"{name} must be a positive number, not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Progress:
+    """A smoothed view of a migration: ``percent`` never goes backwards and is 100 only when done.
+
+    Byte figures are ``None`` where the platform reports none (KubeVirt, for one);
+    ``percent`` is then derived from the phase alone.
+    """
+
+    phase: Phase
+    percent: float = 0.0
+    data_total: int | None = None
+    data_processed: int | None = None
+    data_remaining: int | None = None
+    transfer_rate: float | None = None  # bytes/s
+    dirty_rate: float | None = None  # bytes/s
+    iteration: int | None = None
+    expected_downtime_ms: int | None = None
+    elapsed: float = 0.0
+    eta: float | None = None  # seconds, where it can be estimated
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Figures:
+    """What a finished migration cost. ``None`` where the platform does not report it."""
+
+    total_time: float | None = None
+    downtime_ms: float | None = None
+    data_sent: int | None = None
+    iterations: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transition:
+    phase: Phase
+    at: float  # seconds since the epoch, on the connection's clock
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepRecord:
+    """A policy step that fired: applied, or skipped because the backend cannot honour it."""
+
+    step: str
+    at: float
+    applied: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrationRecord:
+    """The durable truth about one migration. ``vm_host`` is where the VM runs now."""
+
+    id: str
+    backend: str
+    vm: str
+    vm_name: str
+    source: str
+    target: str | None
+    mode: MigrationMode
+    policy: str
+    phase: Phase
+    vm_host: str | None
+    history: tuple[Transition, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    error_type: str | None = None
+    figures: Figures = field(default_factory=Figures)
+    job_ref: Mapping[str, str] = field(default_factory=_empty)  # what the backend needs to find the job again
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.phase.terminal
+
+    @property
+    def outcome(self) -> Phase | None:
+        """The terminal phase, or ``None`` while the migration runs."""
+        return self.phase if self.phase.terminal else None

@@ -1,0 +1,146 @@
+"""The plugin manager: hook specs, then blocked names, then entry points, then built-ins.
+
+Set ``VMMOVE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry points (only built-ins load), and
+``VMMOVE_BLOCK_PLUGINS=name,name`` to block plugins by entry-point name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from vmmove import hookspecs
+from vmmove.errors import BackendNotFound, InvalidInput
+
+if TYPE_CHECKING:
+    from vmmove.backend import Backend, Capabilities
+    from vmmove.placement import PlacementRegistry
+    from vmmove.policy import Policy
+
+__all__ = ["BackendFactory", "BackendRegistry", "BackendSpec", "plugin_manager"]
+
+log = logging.getLogger(__name__)
+
+#: ``factory(uri, options) -> Backend``; ``options`` come from the config file and the
+#: environment (secrets arrive as :class:`vmmove.secrets.Secret`).
+BackendFactory = Callable[[str, Mapping[str, Any]], "Backend"]
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_BUILTINS = {"sim": "vmmove.sim.plugin"}  # entry-point name -> module
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSpec:
+    scheme: str
+    factory: BackendFactory
+    description: str
+    capabilities: Capabilities | None
+    plugin: str
+
+
+class BackendRegistry:
+    """Handed to ``vmmove_add_backends``: a plugin calls :meth:`add` once per scheme."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, BackendSpec] = {}
+        self._current_plugin = ""
+
+    def add(
+        self,
+        scheme: str,
+        factory: BackendFactory,
+        *,
+        description: str = "",
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        if not _SCHEME.match(scheme):
+            raise InvalidInput(f"invalid URI scheme {scheme!r}")
+        if scheme in self._specs:
+            other = self._specs[scheme].plugin
+            raise InvalidInput(f"scheme {scheme!r} is registered twice ({other}, {self._current_plugin})")
+        self._specs[scheme] = BackendSpec(
+            scheme=scheme,
+            factory=factory,
+            description=description,
+            capabilities=capabilities,
+            plugin=self._current_plugin,
+        )
+
+    def get(self, scheme: str) -> BackendSpec:
+        """The backend for ``scheme``; ``qemu+tcp`` falls back to ``qemu``."""
+        spec = self._specs.get(scheme) or self._specs.get(scheme.split("+", 1)[0])
+        if spec is not None:
+            return spec
+        known = ", ".join(sorted(self._specs)) or "none"
+        raise BackendNotFound(
+            f"no backend serves {scheme}:// (installed: {known}); "
+            f"install its plugin, e.g. pip install vmmove-{scheme.split('+', 1)[0]}"
+        )
+
+    def all(self) -> list[BackendSpec]:
+        return sorted(self._specs.values(), key=lambda s: s.scheme)
+
+
+class Plugins:
+    """What the loaded plugins contribute, gathered once."""
+
+    def __init__(self, pm: pluggy.PluginManager, broken: dict[str, str]) -> None:
+        from vmmove.placement import PlacementRegistry  # noqa: PLC0415 (cycle)
+
+        self.pm = pm
+        self.broken = broken  # entry-point name -> why it failed to load
+        self.backends = BackendRegistry()
+        for impl in pm.hook.vmmove_add_backends.get_hookimpls():
+            self.backends._current_plugin = impl.plugin_name
+            impl.function(registry=self.backends)
+        self.backends._current_plugin = ""
+        self.policies: list[Policy] = [p for ps in pm.hook.vmmove_add_policies() for p in ps]
+        self.placement: PlacementRegistry = PlacementRegistry()
+        pm.hook.vmmove_add_placement(registry=self.placement)
+        self.has_observers = bool(pm.hook.vmmove_migration_event.get_hookimpls())
+
+
+_lock = threading.Lock()
+_loaded: Plugins | None = None
+
+
+def _load() -> Plugins:
+    pm = pluggy.PluginManager("vmmove")
+    pm.add_hookspecs(hookspecs)
+    for name in filter(None, os.environ.get("VMMOVE_BLOCK_PLUGINS", "").split(",")):
+        pm.set_blocked(name.strip())
+    broken: dict[str, str] = {}
+    if not os.environ.get("VMMOVE_DISABLE_PLUGIN_AUTOLOAD"):
+        for ep in importlib.metadata.entry_points(group="vmmove"):
+            if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken third-party plugin must not break the rest
+                broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("vmmove plugin %r failed to load: %s", ep.name, exc)
+    for name, module in _BUILTINS.items():
+        if pm.is_blocked(name) or pm.get_plugin(name) is not None:
+            continue
+        plugin = importlib.import_module(module)
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=name)
+    pm.check_pending()
+    return Plugins(pm, broken)
+
+
+def plugin_manager(reload: bool = False) -> Plugins:
+    """The process-wide plugins, loaded on first use (``import vmmove`` loads none)."""
+    global _loaded
+    with _lock:
+        if _loaded is None or reload:
+            _loaded = _load()
+        return _loaded

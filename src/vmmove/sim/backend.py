@@ -1,0 +1,434 @@
+"""The simulated hypervisor: a backend like any other, over :mod:`vmmove.sim.physics`."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
+from vmmove.clock import Clock, ScaledClock, VirtualClock
+from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported, ReservationRefused
+from vmmove.machine import Phase
+from vmmove.model import (
+    Capacity,
+    CpuInfo,
+    Figures,
+    HostInfo,
+    HostState,
+    MiB,
+    MigrationMode,
+    MigrationSpec,
+    PowerState,
+    Problem,
+    Storage,
+    VMInfo,
+)
+from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
+from vmmove.sim import inventory as inv
+from vmmove.sim.physics import DEFAULT_DOWNTIME_MS, Link, SimJob
+
+__all__ = ["Fault", "SimBackend"]
+
+FAULT_KINDS = ("target-fails", "link-drop", "reserve-refused")
+
+# Native job states -> shared phases. Cold jobs reuse the same machine.
+_PHASES = {
+    "setup": Phase.REQUESTING,
+    "precopy": Phase.TRANSFERRING,
+    "aborting": Phase.TRANSFERRING,
+    "shutdown": Phase.TRANSFERRING,
+    "copy": Phase.TRANSFERRING,
+    "switch": Phase.SWITCHING_OVER,
+    "stopcopy": Phase.SWITCHING_OVER,
+    "boot": Phase.SWITCHING_OVER,
+    "postcopy": Phase.POSTCOPY,
+    "cleanup": Phase.COMPLETING,
+    "completed": Phase.COMPLETED,
+    "failed": Phase.FAILED,
+    "cancelled": Phase.CANCELLED,
+}
+_FAULT_STATES = {
+    Phase.REQUESTING: ("setup", "setup"),
+    Phase.TRANSFERRING: ("precopy", "copy"),
+    Phase.SWITCHING_OVER: ("stopcopy", "boot"),
+    Phase.POSTCOPY: ("postcopy", "postcopy"),
+    Phase.COMPLETING: ("cleanup", "cleanup"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    """An injected fault: the next migration of ``vm`` (or to ``host``) meets it.
+
+    ``kind``: ``target-fails`` or ``link-drop`` (the job fails ``after`` seconds into
+    ``phase``), or ``reserve-refused`` (the target refuses the reservation).
+    """
+
+    kind: str
+    vm: str | None = None
+    host: str | None = None
+    phase: Phase = Phase.TRANSFERRING
+    after: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise InvalidInput(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
+        if self.phase not in _FAULT_STATES:
+            raise InvalidInput(f"faults can be injected in {', '.join(_FAULT_STATES)}, not {self.phase}")
+
+
+class SimBackend(Backend):
+    """``sim://`` (built-in sample), ``sim:///path/inventory.toml``; ``?speed=N`` runs in
+    real time N times faster instead of on a virtual clock."""
+
+    scheme = "sim"
+    capabilities = Capabilities(
+        live=True,
+        cold=True,
+        cancel=True,
+        postcopy=True,
+        max_downtime=True,
+        bandwidth=True,
+        auto_converge=True,
+        progress_bytes=True,
+        reserve=True,
+        storage_move=True,
+    )
+    poll_interval = 0.5
+
+    def __init__(
+        self,
+        inventory: inv.SimInventory | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.inventory = inventory or inv.sample()
+        self._clock: Clock = clock or VirtualClock()
+        self._lock = threading.RLock()
+        self._links = {h.id: Link(h.link) for h in self.inventory.hosts.values()}
+        self._jobs: dict[str, SimJob] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._faults: list[Fault] = []
+        self._ids = itertools.count(1)
+        self._lost: set[str] = set()
+
+    @classmethod
+    def from_uri(cls, uri: str, options: Mapping[str, Any]) -> SimBackend:
+        parts = urlsplit(uri)
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"speed"}
+        if unknown:
+            raise InvalidInput(f"unknown sim:// option(s): {', '.join(sorted(unknown))}")
+        clock: Clock | None = options.get("clock")
+        if "speed" in query:
+            try:
+                clock = ScaledClock(float(query["speed"][-1]))
+            except ValueError:
+                raise InvalidInput("sim:// speed must be a positive number") from None
+        path = (parts.netloc + parts.path) if parts.netloc not in ("", "localhost") else parts.path
+        inventory = options.get("inventory") or (inv.load(path) if path else None)
+        return cls(inventory, clock=clock)
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # ---- the world -----------------------------------------------------------------------
+    def _sync(self) -> None:
+        now = self._clock.now()
+        for link in self._links.values():
+            if link.jobs:
+                link.advance(now, self._on_end)
+            else:
+                link.t = now
+
+    def _on_end(self, job: SimJob) -> None:
+        vm = self.inventory.vms[job.vm]
+        vm.migrating = None
+        if job.vm_host is None:
+            self._lost.add(vm.id)
+            vm.power = PowerState.STOPPED
+            return
+        vm.host = job.vm_host
+        if not job.live:
+            vm.power = PowerState.RUNNING if job.was_running else PowerState.STOPPED
+
+    def inject(self, fault: Fault) -> None:
+        """Arm a fault for the next matching migration."""
+        with self._lock:
+            if fault.vm is not None:
+                self._vm(fault.vm)
+            if fault.host is not None:
+                self._host(fault.host)
+            self._faults.append(fault)
+
+    def set_link(self, host: str, mib_s: float) -> None:
+        """Change a host's link speed now (a slow or congested host)."""
+        if not mib_s > 0:
+            raise InvalidInput("link speed must be positive")
+        with self._lock:
+            self._sync()
+            self._links[self._host(host).id].capacity = mib_s * MiB
+
+    def set_host_state(self, host: str, state: HostState) -> None:
+        with self._lock:
+            self._host(host).state = HostState(state)
+
+    def _vm(self, ref: str) -> inv.SimVM:
+        vms = self.inventory.vms
+        if ref in vms:
+            return vms[ref]
+        for vm in vms.values():
+            if vm.name == ref:
+                return vm
+        raise NotFound(f"no VM {ref!r}")
+
+    def _host(self, ref: str) -> inv.SimHost:
+        hosts = self.inventory.hosts
+        if ref in hosts:
+            return hosts[ref]
+        for host in hosts.values():
+            if host.name == ref:
+                return host
+        raise NotFound(f"no host {ref!r}")
+
+    def _take_fault(self, vm: str, host: str, kinds: tuple[str, ...]) -> Fault | None:
+        for fault in self._faults:
+            if fault.kind in kinds and (fault.vm in (None, vm)) and (fault.host in (None, host)):
+                self._faults.remove(fault)
+                return fault
+        return None
+
+    # ---- inventory -------------------------------------------------------------------------
+    def hosts(self) -> list[HostInfo]:
+        with self._lock:
+            self._sync()
+            used: dict[str, list[int]] = {h: [0, 0] for h in self.inventory.hosts}
+            for vm in self.inventory.vms.values():
+                if vm.id not in self._lost:
+                    used[vm.host][0] += vm.vcpus
+                    used[vm.host][1] += vm.memory
+            for r in self._reservations.values():
+                used[r.host][0] += r.cpus
+                used[r.host][1] += r.memory
+            return [
+                HostInfo(
+                    id=h.id,
+                    name=h.name,
+                    cluster=h.cluster,
+                    state=h.state,
+                    capacity=Capacity(cpus=h.cpus, memory=h.memory),
+                    allocated=Capacity(cpus=used[h.id][0], memory=used[h.id][1]),
+                    cpu=CpuInfo(arch="x86_64", model=h.cpu_model, vendor="GenuineIntel"),
+                    extra={"link_mib_s": f"{self._links[h.id].capacity / MiB:g}"},
+                )
+                for h in self.inventory.hosts.values()
+            ]
+
+    def vms(self) -> list[VMInfo]:
+        with self._lock:
+            self._sync()
+            return [self._info(vm) for vm in self.inventory.vms.values()]
+
+    def vm(self, ref: str) -> VMInfo:
+        with self._lock:
+            self._sync()
+            return self._info(self._vm(ref))
+
+    def host(self, ref: str) -> HostInfo:
+        host_id = self._host(ref).id
+        return next(h for h in self.hosts() if h.id == host_id)
+
+    def _info(self, vm: inv.SimVM) -> VMInfo:
+        power = vm.power
+        job = self._jobs.get(vm.migrating) if vm.migrating else None
+        if job is not None and not job.live and job.state in ("copy", "boot"):
+            power = PowerState.STOPPED
+        return VMInfo(
+            id=vm.id,
+            name=vm.name,
+            host=vm.host,
+            power=power,
+            memory=vm.memory,
+            vcpus=vm.vcpus,
+            storage=vm.storage,
+            live_migratable=vm.live_migratable,
+            not_migratable_reason=vm.not_migratable_reason or None,
+            dirty_rate=vm.dirty_rate,
+            extra={"working_set_mib": f"{vm.working_set / MiB:g}"},
+        )
+
+    def locate(self, vm_id: str) -> str | None:
+        with self._lock:
+            self._sync()
+            if vm_id in self._lost:
+                return None
+            return self._vm(vm_id).host
+
+    # ---- migration -------------------------------------------------------------------------
+    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+        problems = []
+        with self._lock:
+            if self._vm(vm.id).migrating:
+                problems.append(Problem(code="busy", message=f"{vm.name} is already migrating"))
+            source = self._host(vm.host)
+        if target.cpu.model != source.cpu_model:
+            problems.append(
+                Problem(
+                    code="cpu-model",
+                    severity="warning",
+                    message=f"CPU model differs ({source.cpu_model} -> {target.cpu.model})",
+                )
+            )
+        if vm.storage is Storage.LOCAL:
+            problems.append(
+                Problem(code="local-storage", severity="warning", message="local disks are copied too")
+            )
+        return problems
+
+    def reserve(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Reservation:
+        with self._lock:
+            if self._take_fault(vm.id, target.id, ("reserve-refused",)):
+                raise ReservationRefused(f"{target.name} refused to reserve {vm.memory >> 20} MiB (injected)")
+            host = self.host(target.id)
+            if host.free_memory < vm.memory:
+                raise ReservationRefused(
+                    f"{host.name} has {host.free_memory >> 20} MiB free, {vm.name} needs {vm.memory >> 20} MiB"
+                )
+            r = Reservation(id=f"r{next(self._ids)}", host=target.id, memory=vm.memory, cpus=vm.vcpus)
+            self._reservations[r.id] = r
+            return r
+
+    def release(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._reservations.pop(reservation.id, None)
+
+    def start(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        mode: MigrationMode,
+        *,
+        needs: frozenset[str],
+        reservation: Reservation | None,
+    ) -> Job:
+        with self._lock:
+            self._sync()
+            svm = self._vm(vm.id)
+            if svm.migrating:
+                raise Conflict(f"{svm.name} is already migrating (job {svm.migrating})")
+            live = mode is MigrationMode.LIVE
+            job = SimJob(
+                id=f"job-{next(self._ids)}",
+                vm=svm.id,
+                source=svm.host,
+                target=target.id,
+                live=live,
+                memory=svm.memory,
+                resident=svm.resident,
+                working_set=svm.working_set,
+                dirty_rate=svm.dirty_rate,
+                disk=svm.disk if svm.storage is Storage.LOCAL else 0,
+                was_running=svm.power is PowerState.RUNNING,
+                cap=spec.bandwidth * MiB if spec.bandwidth else None,
+                downtime_limit=(spec.max_downtime or DEFAULT_DOWNTIME_MS) / 1000,
+                auto_converge_allowed="auto_converge" in needs,
+                postcopy_allowed="postcopy" in needs,
+            )
+            fault = self._take_fault(svm.id, target.id, ("target-fails", "link-drop"))
+            if fault is not None:
+                state = _FAULT_STATES[fault.phase][0 if live else 1]
+                job.fault = (fault.kind, state, fault.after)
+            link = self._links[svm.host]
+            job.started = link.t
+            link.jobs.append(job)
+            self._jobs[job.id] = job
+            svm.migrating = job.id
+            return Job(
+                id=job.id,
+                vm=svm.id,
+                source=job.source,
+                target=job.target,
+                mode=mode,
+                ref={"job": job.id},
+            )
+
+    def _job(self, job: Job) -> SimJob:
+        try:
+            return self._jobs[job.id]
+        except KeyError:
+            raise NotFound(f"no simulator job {job.id!r}") from None
+
+    def poll(self, job: Job) -> JobStatus:
+        with self._lock:
+            self._sync()
+            sj = self._job(job)
+            phase = _PHASES[sj.state]
+            pending = sj.pending
+            if sj.live and sj.iteration == 1 and sj.state == "precopy":
+                # Zero pages are still "remaining" in pass 1, as QEMU counts them.
+                pending = sj.pass_left * sj.memory / max(sj.resident, 1)
+            expected = int(pending / sj.rate * 1000) if sj.rate else None
+            figures = None
+            if phase.terminal:
+                figures = Figures(
+                    total_time=(sj.ended or 0.0) - sj.started,
+                    downtime_ms=sj.downtime * 1000 if sj.state == "completed" else None,
+                    data_sent=int(sj.sent),
+                    iterations=sj.iteration,
+                )
+            return JobStatus(
+                phase=phase,
+                native=sj.state,
+                data_total=sj.memory if sj.live else sj.disk + MiB,
+                data_processed=int(sj.sent),
+                data_remaining=int(pending) if not phase.terminal else 0,
+                transfer_rate=sj.rate or None,
+                dirty_rate=sj.effective_dirty_rate if sj.live else None,
+                iteration=sj.iteration or None,
+                expected_downtime_ms=expected,
+                vm_host=sj.vm_host if phase.terminal else None,
+                error=sj.error,
+                figures=figures,
+            )
+
+    def tune(self, job: Job, action: Action) -> None:
+        with self._lock:
+            self._sync()
+            sj = self._job(job)
+            if isinstance(action, SetDowntime):
+                sj.downtime_limit = action.ms / 1000
+                sj.recheck = True
+            elif isinstance(action, SetBandwidth):
+                sj.cap = action.mib_s * MiB
+                sj.recheck = True
+            elif isinstance(action, AutoConverge):
+                if not sj.auto_converge_allowed:
+                    raise NotSupported("auto-converge must be enabled when the job starts")
+                sj.auto_converge = True
+            elif isinstance(action, PostCopy):
+                if not sj.postcopy_allowed:
+                    raise NotSupported("post-copy must be enabled when the job starts")
+                sj.postcopy_requested = True
+            else:
+                raise NotSupported(f"the simulator cannot apply {action}")
+
+    def abort(self, job: Job) -> None:
+        with self._lock:
+            self._sync()
+            sj = self._job(job)
+            if sj.ended is None:
+                sj.abort_requested = True
+
+    def attach(self, ref: Mapping[str, str]) -> Job:
+        with self._lock:
+            sj = self._jobs.get(ref.get("job", ""))
+            if sj is None:
+                raise NotFound(f"no simulator job {ref.get('job')!r}")
+            mode = MigrationMode.LIVE if sj.live else MigrationMode.COLD
+            return Job(id=sj.id, vm=sj.vm, source=sj.source, target=sj.target, mode=mode, ref=dict(ref))
