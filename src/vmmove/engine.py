@@ -66,6 +66,7 @@ from vmmove.policy import (
     BudgetShare,
     ColdFallback,
     Policy,
+    SetDowntime,
     Stalled,
     Step,
     resolve,
@@ -421,12 +422,16 @@ class _Run:
             self._step_record(step, applied=True)
             self._abort("fallback")
             return
+        note = ""
+        cap = self.spec.max_downtime
+        if isinstance(action, SetDowntime) and cap is not None and action.ms > cap:
+            action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
         try:
             self.backend.tune(self.job, action)
         except NotSupported as exc:
             self._step_record(step, applied=False, reason=str(exc))
             return
-        self._step_record(step, applied=True)
+        self._step_record(step, applied=True, reason=note)
 
     def _terminal(self, new: Phase, status: JobStatus) -> None:
         assert self.job is not None

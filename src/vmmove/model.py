@@ -131,9 +131,11 @@ class Problem:
 class MigrationSpec:
     """What to move, where, and how.
 
-    ``max_downtime`` (ms) and ``bandwidth`` (MiB/s) are the starting values; the policy may
-    raise the downtime limit as its schedule says. ``completion_budget_per_gib`` and
-    ``stall_timeout`` override the policy's own.
+    ``max_downtime`` (ms) caps the switchover pause the policy may allow: migrations start
+    at the hypervisor's default limit (300 ms for QEMU) or the cap if lower, and policy
+    steps are clamped to it. Like QEMU's downtime-limit, it bounds the *expected* pause at
+    the measured pre-copy rate. ``bandwidth`` (MiB/s) limits the pre-copy rate.
+    ``completion_budget_per_gib`` and ``stall_timeout`` override the policy's own.
     """
 
     vm: str

@@ -336,7 +336,7 @@ class SimBackend(Backend):
                 disk=svm.disk if svm.storage is Storage.LOCAL else 0,
                 was_running=svm.power is PowerState.RUNNING,
                 cap=spec.bandwidth * MiB if spec.bandwidth else None,
-                downtime_limit=(spec.max_downtime or DEFAULT_DOWNTIME_MS) / 1000,
+                downtime_limit=min(spec.max_downtime or DEFAULT_DOWNTIME_MS, DEFAULT_DOWNTIME_MS) / 1000,
                 auto_converge_allowed="auto_converge" in needs,
                 postcopy_allowed="postcopy" in needs,
             )

@@ -131,8 +131,9 @@ class Link:
             job.rate = fair if job.cap is None else min(job.cap, fair)
             left -= job.rate
 
-    def stopcopy_rate(self) -> float:
-        busy = sum(1 for j in self.jobs if j.transferring)
+    def stopcopy_rate(self, job: SimJob) -> float:
+        """The final copy runs uncapped (QEMU lifts max-bandwidth), sharing only the link."""
+        busy = sum(1 for j in self.jobs if j.transferring and j is not job)
         return self.capacity / (busy + 1)
 
     def advance(self, t: float, on_end: _EndHook) -> None:
@@ -212,7 +213,7 @@ def _events(job: SimJob, link: Link, on_end: _EndHook) -> None:
         job.recheck = False
         pending = job.pass_left + job.dirtied
         if job.rate > 0 and pending / job.rate <= job.downtime_limit:
-            stop_rate = link.stopcopy_rate()
+            stop_rate = link.stopcopy_rate(job)
             job.downtime = pending / stop_rate + SWITCH_OVERHEAD_S
             job.sent += pending
             job.pass_left = job.dirtied = 0.0

@@ -133,7 +133,7 @@ func (p *siProxy) QueryVMotionCompatibility(ctx *simulator.Context, req *types.Q
 	}
 	want := req.Compatibility
 	if len(want) == 0 {
-		want = []string{string(types.HostVMotionCompatibilityTypeCpu), string(types.HostVMotionCompatibilityTypeSoftware)}
+		want = []string{"cpu", "software"}
 	}
 	var out []types.HostVMotionCompatibility
 	for _, ref := range req.Host {

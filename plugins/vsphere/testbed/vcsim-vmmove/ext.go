@@ -57,12 +57,12 @@ type ext struct {
 	svc  *simulator.Service
 	priv *simulator.Registry
 
-	mu       sync.Mutex
-	active   map[types.ManagedObjectReference]*moveTask // VM -> its running or queued migration
-	perHost  map[types.ManagedObjectReference]int       // host -> migrations holding a slot
-	inbound  map[types.ManagedObjectReference]int64     // host -> MB reserved by accepted inbound live migrations
-	proxyMu  sync.Mutex
-	taskSeq  int64
+	mu      sync.Mutex
+	active  map[types.ManagedObjectReference]*moveTask // VM -> its running or queued migration
+	perHost map[types.ManagedObjectReference]int       // host -> migrations holding a slot
+	inbound map[types.ManagedObjectReference]int64     // host -> MB reserved by accepted inbound live migrations
+	proxyMu sync.Mutex
+	taskSeq int64
 }
 
 func newExt(svc *simulator.Service, cfg config) *ext {
