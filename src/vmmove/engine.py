@@ -381,7 +381,7 @@ class _Run:
         elif self.low_remaining is None:
             self.low_at = now
         stalled_for = now - self.low_at if remaining is not None else 0.0
-        elapsed = now - (self.started_at or now)
+        elapsed = now - self.started_at if self.started_at is not None else 0.0
         budget = self._budget()
         for index, step in enumerate(self.policy.steps):
             if index in self.fired:

@@ -24,8 +24,8 @@ Python (e.g. a pytest session fixture)::
     hb = read_heartbeats(tb.console_path("g1"))   # hb.latest_seq, hb.bad, hb.ok
     tb.stop()                            # destroys domains, then kills exactly the recorded PIDs
 
-Environment: VMMOVE_TESTBED_CACHE (default /var/cache/vmmove-testbed, where setup.sh put QEMU 10,
-the wrapper, kernel and initramfs), VMMOVE_TESTBED_STATE (default /run/vmmove-testbed: host dirs,
+Environment: VMMOVE_TESTBED_CACHE (cache root, default /var/cache/vmmove-testbed; setup.sh puts
+QEMU 10, the wrapper, kernel and initramfs in its libvirt/ subdirectory), VMMOVE_TESTBED_STATE (default /run/vmmove-testbed: host dirs,
 PIDs, consoles, logs).
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ class TestbedError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("VMMOVE_TESTBED_CACHE", DEFAULT_CACHE))
+    """Where setup.sh put QEMU 10, the wrapper, kernel and initramfs: <cache root>/libvirt."""
+    return Path(os.environ.get("VMMOVE_TESTBED_CACHE", DEFAULT_CACHE)) / "libvirt"
 
 
 def state_dir_default() -> Path:

@@ -2,7 +2,7 @@
 # vmmove libvirt testbed: idempotent installer for a Debian 12 machine (run as root).
 #
 #   plugins/libvirt/testbed/setup.sh            # install / verify everything (skip-fast when done)
-#   VMMOVE_TESTBED_CACHE=/some/dir setup.sh     # use another cache dir
+#   VMMOVE_TESTBED_CACHE=/some/dir setup.sh     # use another cache root (artifacts go to <root>/libvirt)
 #   VMMOVE_TESTBED_SKIP_PIP=1 setup.sh          # do not pip-install libvirt-python
 #
 # What it does (each step is skipped when its result is already present):
@@ -23,7 +23,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}"
+# Artifacts live in the libvirt/ subdirectory of the shared testbed cache root (other vmmove testbeds
+# use the same root).
+CACHE="${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}/libvirt"
 APT=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3 -o APT::Sandbox::User=root)
 LOGDIR="$CACHE/logs"
 export DEBIAN_FRONTEND=noninteractive
@@ -246,9 +248,9 @@ fi
 # --------------------------------------------------------------------------------------------------
 # 6. test guest (static /init + initramfs)
 # --------------------------------------------------------------------------------------------------
-VMMOVE_TESTBED_CACHE="$CACHE" "$HERE/guest/build.sh"
+"$HERE/guest/build.sh"
 
-# a small manifest hosts.py reads (paths only)
+# a small manifest of what was built (informational; hosts.py derives the same paths)
 cat > "$CACHE/testbed.env.tmp" <<EOF
 VMMOVE_TESTBED_EMULATOR=$WRAP
 VMMOVE_TESTBED_KERNEL=$GUEST/vmlinuz

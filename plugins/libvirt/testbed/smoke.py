@@ -167,20 +167,27 @@ def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: in
     })
 
     if res["migrated"]:
-        d2 = dst.lookupByName(name)
-        res["dest_state"] = d2.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        try:
+            d2 = dst.lookupByName(name)
+            res["dest_state"] = d2.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        except libvirt.libvirtError:  # on_reboot/on_crash=destroy: a guest that panicked is gone
+            d2, res["dest_state"] = None, False
+            res["error"] = "domain vanished on the destination (guest panicked? see console)"
         res["source_active"] = bool(dom.isActive())
         seq_at_end = read_heartbeats(console).latest_seq
-        try:
-            hb = wait_heartbeat(console, seq_at_end + 3, timeout=30)
-        except Exception as e:  # noqa: BLE001
-            hb = read_heartbeats(console)
-            res["error"] = str(e)
+        hb = read_heartbeats(console)
+        if d2 is not None:
+            try:
+                hb = wait_heartbeat(console, seq_at_end + 3, timeout=30)
+            except Exception as e:  # noqa: BLE001
+                hb = read_heartbeats(console)
+                res["error"] = str(e)
         res.update(seq_before=hb_before.latest_seq, seq_at_migration_end=seq_at_end, seq_after=hb.latest_seq,
                    bad=hb.bad, boots=hb.boots, panic=hb.panic_lines[:3], bad_lines=hb.bad_lines[:3])
         res["ok"] = (res["dest_state"] and not res["source_active"] and hb.ok
                      and hb.latest_seq >= seq_at_end + 3)
-        d2.destroy()
+        if d2 is not None and d2.isActive():
+            d2.destroy()
     else:
         if dom.isActive():
             dom.destroy()
@@ -193,6 +200,9 @@ def main() -> int:
     ap.add_argument("--scenario", choices=["idle", "busy", "all"], default="all")
     ap.add_argument("--state-dir", default=None)
     ap.add_argument("--json", action="store_true", help="print results as JSON")
+    ap.add_argument("--emulator", default=None,
+                    help="override the guest <emulator> (negative control: /usr/bin/qemu-system-x86_64, "
+                         "Debian's QEMU 7.2, whose TCG migration corrupts a busy guest)")
     args = ap.parse_args()
 
     libvirt.registerErrorHandler(lambda ctx, err: None, None)  # silence libvirt's stderr printer
@@ -200,6 +210,8 @@ def main() -> int:
     t_all = time.monotonic()
     t0 = time.monotonic()
     tb = Testbed.start(args.state_dir)
+    if args.emulator:
+        tb.emulator = args.emulator
     timings = {"testbed_start_s": round(time.monotonic() - t0, 2)}
     print(f"testbed up in {timings['testbed_start_s']}s: {tb.uris}", flush=True)
     results = []
@@ -215,7 +227,8 @@ def main() -> int:
                   f"data {r['data_mib']} MiB, iterations {r['iterations']}, boot {r['boot_to_first_heartbeat_s']} s, "
                   f"heartbeats seq {r.get('seq_before')}->{r.get('seq_after')} bad={r.get('bad')}, "
                   f"downtime raised at {r['raised_downtime_at_s']} s, cycle {r['cycle_s']} s"
-                  + (f", error: {r['error']}" if r.get("error") else ""), flush=True)
+                  + (f", error: {r['error']}" if r.get("error") else "")
+                  + (f", console: {r['panic'][-1]}" if r.get("panic") else ""), flush=True)
         src.close()
         dst.close()
     finally:

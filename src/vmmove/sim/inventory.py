@@ -176,7 +176,7 @@ def sample() -> SimInventory:
                  "dirty_mib_s": 400, "working_set_mib": 4096, "resident_mib": 12288},
                 {"name": "cache-1", "host": "host-b", "memory_mib": 8192, "vcpus": 4,
                  "dirty_mib_s": 1500, "working_set_mib": 6144, "resident_mib": 8192},
-                {"name": "batch-1", "host": "host-b", "memory_mib": 2048, "vcpus": 2,
+                {"name": "batch-1", "host": "host-a", "memory_mib": 2048, "vcpus": 2,
                  "power": "stopped"},
                 {"name": "gpu-1", "host": "host-c", "memory_mib": 8192, "vcpus": 4,
                  "live_migratable": False, "not_migratable_reason": "PCI passthrough device"},

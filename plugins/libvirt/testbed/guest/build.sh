@@ -1,13 +1,13 @@
 #!/bin/bash
 # Build the vmmove test guest: a static /init (guest/init.c) packed with /dev/console into an
-# initramfs. Output (in ${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}/guest/):
+# initramfs. Output (in ${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}/libvirt/guest/):
 #   vmlinuz             Debian cloud kernel (extracted by setup.sh)
 #   initramfs.cpio.gz   newc cpio: /init, /dev/console
 # Rebuilds only when init.c (or this script) changed. Needs gcc, static libc (libc6-dev), cpio, root
 # (for mknod).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}"
+CACHE="${VMMOVE_TESTBED_CACHE:-/var/cache/vmmove-testbed}/libvirt"
 OUT="$CACHE/guest"
 mkdir -p "$OUT"
 

@@ -1,0 +1,30 @@
+"""The simulator passes the backend contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import vmmove
+from vmmove.sim import Fault
+from vmmove.testing.contract import BackendContract, ContractSetup
+
+
+class TestSimulatorContract(BackendContract):
+    @pytest.fixture
+    def contract_setup(self) -> Iterator[ContractSetup]:
+        with vmmove.connect("sim://") as conn:
+            backend = conn.backend
+
+            def refuse(vm: str, host: str) -> None:
+                backend.inject(Fault(kind="reserve-refused", vm=vm, host=host))  # type: ignore[attr-defined]
+
+            yield ContractSetup(
+                connection=conn,
+                running_vm="web-1",
+                target="host-b",
+                stopped_vm="batch-1",
+                slow_vm="db-1",
+                refuse_reservation=refuse,
+            )

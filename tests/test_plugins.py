@@ -1,0 +1,95 @@
+"""Plugins are found through entry points, exactly as a third-party one would be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import vmmove
+from vmmove.plugins import plugin_manager
+from vmmove.testing.contract import BackendContract, ContractSetup
+
+TINY = Path(__file__).parent / "tinyplugin"
+
+
+@pytest.fixture
+def tiny_installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # A folder on sys.path holding a module and its *.dist-info is an installed distribution
+    # to importlib.metadata: the same discovery path pip-installed plugins take.
+    monkeypatch.syspath_prepend(str(TINY))
+    plugin_manager(reload=True)
+    yield
+    monkeypatch.undo()
+    plugin_manager(reload=True)
+
+
+def test_builtin_simulator_registers_through_the_hook() -> None:
+    spec = plugin_manager().backends.get("sim")
+    assert spec.plugin == "sim"
+    assert spec.capabilities is not None and spec.capabilities.postcopy
+
+
+def test_unknown_scheme_names_the_installed_ones() -> None:
+    with pytest.raises(vmmove.BackendNotFound, match=r"installed: .*sim"):
+        vmmove.connect("nope://x")
+
+
+@pytest.mark.parametrize("uri", ["no-scheme", "://x", "sim://?speed=fast", "sim://?colour=red"])
+def test_malformed_uri_is_invalid_input(uri: str) -> None:
+    with pytest.raises(vmmove.InvalidInput):
+        vmmove.connect(uri)
+
+
+def test_third_party_plugin_is_discovered(tiny_installed: None) -> None:
+    assert "tiny" in [s.scheme for s in plugin_manager().backends.all()]
+    assert plugin_manager().backends.get("tiny").plugin == "tiny"
+
+
+def test_autoload_switch_leaves_only_builtins(
+    tiny_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMMOVE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    schemes = [s.scheme for s in plugin_manager(reload=True).backends.all()]
+    assert schemes == ["sim"]
+
+
+def test_blocked_plugin_is_not_loaded(tiny_installed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMMOVE_BLOCK_PLUGINS", "tiny")
+    schemes = [s.scheme for s in plugin_manager(reload=True).backends.all()]
+    assert "tiny" not in schemes and "sim" in schemes
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "vmmove_broken.py").write_text("raise RuntimeError('boom at import')\n")
+    dist = tmp_path / "vmmove_broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vmmove-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[vmmove]\nbroken = vmmove_broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        plugins = plugin_manager(reload=True)
+        assert "boom at import" in plugins.broken["broken"]
+        assert plugins.backends.get("sim")
+    finally:
+        monkeypatch.undo()
+        plugin_manager(reload=True)
+
+
+class TestTinyPluginContract(BackendContract):
+    @pytest.fixture
+    def contract_setup(self, tiny_installed: None) -> Iterator[ContractSetup]:
+        with vmmove.connect("tiny://") as conn:
+            backend = conn.backend
+
+            def refuse(vm: str, host: str) -> None:
+                backend.refuse.add((vm, host))  # type: ignore[attr-defined]
+
+            yield ContractSetup(
+                connection=conn,
+                running_vm="alpha",
+                target="t2",
+                stopped_vm="beta",
+                refuse_reservation=refuse,
+            )
