@@ -65,6 +65,7 @@ from vmmove.policy import (
     AtIteration,
     BudgetShare,
     ColdFallback,
+    DirtyRateAbove,
     Policy,
     SetDowntime,
     Stalled,
@@ -161,6 +162,7 @@ class _Run:
         self.error: VMMoveError | None = None
         self.cancel_requested = False
         self.holds_slot = False
+        self.downtime_ms = 0  # the limit the policy last set (0: the platform's own)
         self.abort_sent = False
         self.abort_reason: str | None = None  # "timeout", "policy", "fallback" or None
         self.fired: set[int] = set()
@@ -391,6 +393,13 @@ class _Run:
                 (isinstance(trig, AtIteration) and (status.iteration or 0) >= trig.n)
                 or (isinstance(trig, Stalled) and stalled_for >= trig.seconds)
                 or (isinstance(trig, BudgetShare) and elapsed >= trig.share * budget)
+                or (
+                    isinstance(trig, DirtyRateAbove)
+                    and (status.iteration or 0) >= trig.from_iteration
+                    and status.dirty_rate is not None
+                    and bool(status.transfer_rate)
+                    and status.dirty_rate >= trig.share * (status.transfer_rate or 0.0)
+                )
             )
             if not holds:
                 continue
@@ -423,14 +432,21 @@ class _Run:
             self._abort("fallback")
             return
         note = ""
-        cap = self.spec.max_downtime
-        if isinstance(action, SetDowntime) and cap is not None and action.ms > cap:
-            action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
+        if isinstance(action, SetDowntime):
+            cap = self.spec.max_downtime
+            if cap is not None and action.ms > cap:
+                action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
+            if action.ms <= self.downtime_ms:
+                # Policies raise the limit; a later, smaller step never lowers it.
+                self._step_record(step, applied=False, reason=f"limit is {self.downtime_ms} ms already")
+                return
         try:
             self.backend.tune(self.job, action)
         except NotSupported as exc:
             self._step_record(step, applied=False, reason=str(exc))
             return
+        if isinstance(action, SetDowntime):
+            self.downtime_ms = action.ms
         self._step_record(step, applied=True, reason=note)
 
     def _terminal(self, new: Phase, status: JobStatus) -> None:

@@ -125,10 +125,11 @@ class Link:
             j.rate = 0.0
         left = self.capacity
         # Water-filling: serve the most tightly capped first.
-        active.sort(key=lambda j: j.cap if j.cap is not None else float("inf"))
+        active.sort(key=lambda j: _cap(j) or float("inf"))
         for n, job in enumerate(active):
             fair = left / (len(active) - n)
-            job.rate = fair if job.cap is None else min(job.cap, fair)
+            cap = _cap(job)
+            job.rate = fair if cap is None else min(cap, fair)
             left -= job.rate
 
     def stopcopy_rate(self, job: SimJob) -> float:
@@ -152,6 +153,11 @@ class Link:
             for job in live:
                 _events(job, self, on_end)
         self.jobs = [j for j in self.jobs if j.ended is None]
+
+
+def _cap(job: SimJob) -> float | None:
+    # QEMU's post-copy has its own limit (max-postcopy-bandwidth), unlimited by default.
+    return None if job.state == "postcopy" else job.cap
 
 
 def _flow(job: SimJob, dt: float) -> None:

@@ -1,0 +1,81 @@
+"""The state machine: every allowed and every denied transition."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vmmove import BackendProtocolError
+from vmmove.machine import TRANSITIONS, Phase, Side, check_transition
+
+P = Phase
+ALLOWED = {
+    (P.PENDING, P.PREPARING), (P.PENDING, P.CANCELLED), (P.PENDING, P.FAILED),
+    (P.PREPARING, P.REQUESTING), (P.PREPARING, P.FAILED), (P.PREPARING, P.CANCELLED),
+    (P.REQUESTING, P.TRANSFERRING), (P.REQUESTING, P.FAILED), (P.REQUESTING, P.CANCELLED),
+    (P.TRANSFERRING, P.SWITCHING_OVER), (P.TRANSFERRING, P.REQUESTING),
+    (P.TRANSFERRING, P.FAILED), (P.TRANSFERRING, P.CANCELLED),
+    (P.SWITCHING_OVER, P.POSTCOPY), (P.SWITCHING_OVER, P.COMPLETING),
+    (P.SWITCHING_OVER, P.FAILED),
+    (P.POSTCOPY, P.COMPLETING), (P.POSTCOPY, P.FAILED),
+    (P.COMPLETING, P.COMPLETED),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("a", "b"), sorted(ALLOWED))
+def test_allowed(a: Phase, b: Phase) -> None:
+    check_transition(a, b)
+
+
+DENIED = sorted(set(itertools.product(Phase, Phase)) - ALLOWED)
+
+
+@pytest.mark.parametrize(("a", "b"), DENIED)
+def test_denied(a: Phase, b: Phase) -> None:
+    with pytest.raises(BackendProtocolError, match="illegal transition"):
+        check_transition(a, b)
+
+
+def test_table_is_exactly_the_documented_one() -> None:
+    assert {(a, b) for a, nxt in TRANSITIONS.items() for b in nxt} == ALLOWED
+
+
+def test_terminal_phases() -> None:
+    assert {p for p in Phase if p.terminal} == {P.COMPLETED, P.FAILED, P.CANCELLED}
+
+
+def test_cancellable_only_before_the_commit_point() -> None:
+    assert {p for p in Phase if p.cancellable} == {
+        P.PENDING, P.PREPARING, P.REQUESTING, P.TRANSFERRING,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("phase", "side"),
+    [
+        (P.PENDING, Side.SOURCE), (P.PREPARING, Side.SOURCE), (P.REQUESTING, Side.SOURCE),
+        (P.TRANSFERRING, Side.SOURCE), (P.SWITCHING_OVER, Side.IN_TRANSIT),
+        (P.POSTCOPY, Side.TARGET), (P.COMPLETING, Side.TARGET), (P.COMPLETED, Side.TARGET),
+        (P.FAILED, Side.RECORDED), (P.CANCELLED, Side.RECORDED),
+    ],
+)  # fmt: skip
+def test_primary_side_is_derived_from_the_phase(phase: Phase, side: Side) -> None:
+    assert phase.primary is side
+
+
+def test_validation_rejects_a_trap_state() -> None:
+    from vmmove import machine
+
+    broken = dict(TRANSITIONS)
+    broken[P.POSTCOPY] = frozenset({P.POSTCOPY})
+    with pytest.raises(AssertionError, match="never end"):
+        machine._validate(broken)
+
+
+def test_validation_rejects_an_unreachable_phase() -> None:
+    from vmmove import machine
+
+    broken = {p: frozenset(n - {P.POSTCOPY}) for p, n in TRANSITIONS.items()}
+    with pytest.raises(AssertionError, match="unreachable"):
+        machine._validate(broken)
