@@ -95,6 +95,7 @@ class JobStatus:
     vm_host: str | None = None
     error: str | None = None
     figures: Figures | None = None
+    postcopy: bool = False  # the job has entered post-copy (even if it is past it now)
 
 
 class Backend(abc.ABC):

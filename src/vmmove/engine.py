@@ -90,6 +90,7 @@ _PHASE_PERCENT = {
 }
 _TRANSFER_SPAN = (5.0, 91.0)
 _POSTCOPY_SPAN = (93.0, 98.0)
+_AFTER_POSTCOPY = frozenset({Phase.COMPLETING, Phase.COMPLETED})
 _MAX_EVENTS = 10_000  # per migration; older events drop off the front
 
 
@@ -351,7 +352,7 @@ class _Run:
             self._warn(f"cleanup after the commit failed: {status.error or status.native}")
             new = Phase.COMPLETED
         if not new.terminal:
-            path = _path(self.phase, new)
+            path = self._route(new, status)
             if path is None:
                 raise BackendProtocolError(f"backend reported {status.native!r} ({new}) while {self.phase}")
             for i, phase in enumerate(path):
@@ -370,6 +371,16 @@ class _Run:
             return
         self._update_progress(status)
         self._terminal(new, status)
+
+    def _route(self, new: Phase, status: JobStatus) -> list[Phase] | None:
+        """The phases from here to ``new``, through post-copy if the job went through it."""
+        visited = {t.phase for t in self.record.history}
+        if status.postcopy and Phase.POSTCOPY not in visited and new in _AFTER_POSTCOPY:
+            first = _path(self.phase, Phase.POSTCOPY)
+            rest = _path(Phase.POSTCOPY, new)
+            if first is not None and rest is not None:
+                return first + rest
+        return _path(self.phase, new)
 
     def _budget(self) -> float:
         per_gib = self.spec.completion_budget_per_gib or self.policy.completion_budget_per_gib
@@ -454,7 +465,7 @@ class _Run:
         vm_host = status.vm_host or self.backend.locate(self.vm.id)
         figures = status.figures or self.record.figures
         if new is Phase.COMPLETED:
-            for phase in _path(self.phase, Phase.COMPLETING) or []:
+            for phase in self._route(Phase.COMPLETING, status) or []:
                 self._enter(phase, "inferred: not observed")
             self._save(figures=figures)
             self._cleanup()
@@ -483,6 +494,9 @@ class _Run:
             else:
                 self._finish(Phase.FAILED, MigrationFailed, f"cancelled by the platform: {error}", vm_host=vm_host, figures=figures)
             return
+        if status.postcopy and self.phase is not Phase.POSTCOPY:
+            for phase in _path(self.phase, Phase.POSTCOPY) or []:
+                self._enter(phase, "inferred: not observed")
         kind = PostcopyFailed if self.phase is Phase.POSTCOPY else MigrationFailed
         self._finish(Phase.FAILED, kind, error, vm_host=vm_host, figures=figures)
 

@@ -53,7 +53,7 @@ _PHASES = {
 }
 _FAULT_STATES = {
     Phase.REQUESTING: ("setup", "setup"),
-    Phase.TRANSFERRING: ("precopy", "copy"),
+    Phase.TRANSFERRING: ("precopy", "shutdown"),
     Phase.SWITCHING_OVER: ("stopcopy", "boot"),
     Phase.POSTCOPY: ("postcopy", "postcopy"),
     Phase.COMPLETING: ("cleanup", "cleanup"),
@@ -395,6 +395,7 @@ class SimBackend(Backend):
                 vm_host=sj.vm_host if phase.terminal else None,
                 error=sj.error,
                 figures=figures,
+                postcopy=sj.entered_postcopy,
             )
 
     def tune(self, job: Job, action: Action) -> None:

@@ -70,6 +70,7 @@ class SimJob:
     rate: float = 0.0  # bytes/s the link gives this job right now
     downtime: float = 0.0
     postcopy_requested: bool = False
+    entered_postcopy: bool = False
     abort_requested: bool = False
     error: str | None = None
     vm_host: str | None = None  # where the VM runs once the job is over
@@ -211,6 +212,7 @@ def _events(job: SimJob, link: Link, on_end: _EndHook) -> None:
     elif state == "precopy":
         if job.postcopy_requested and job.postcopy_allowed:
             _enter(job, "switch", POSTCOPY_PAUSE_S)
+            job.entered_postcopy = True
             job.downtime = POSTCOPY_PAUSE_S
             return
         mid_pass = job.pass_left > _EPS
@@ -257,7 +259,8 @@ def _fail(job: SimJob, link: Link, on_end: _EndHook, error: str) -> None:
     job.error = error
     # Before the commit point the source still holds the VM; in post-copy neither side does.
     lost = job.state in ("postcopy", "switch")
-    committed = job.state in ("boot", "cleanup")
+    # The source keeps its definition until cleanup: a cold boot that fails restarts there.
+    committed = job.state == "cleanup"
     host = None if lost else job.target if committed else job.source
     if committed:
         _end(job, link, on_end, "completed", job.target)

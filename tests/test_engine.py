@@ -1,0 +1,170 @@
+"""The engine's guarantees on the simulator: faults in every phase, cancels, budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+import vmmove
+from vmmove import EventKind, Phase
+from vmmove.policy import AtIteration, ColdFallback, Policy, Step
+from vmmove.sim import Fault, parse
+from vmmove.testing.contract import check_events
+
+
+def estate(**vm: object) -> vmmove.Connection:
+    spec = {"name": "v", "host": "a", "memory_mib": 2048, "resident_mib": 1024,
+            "working_set_mib": 256, "dirty_mib_s": 50}  # fmt: skip
+    spec.update(vm)
+    inventory = parse(
+        {"link_mib_s": 200, "host": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "vm": [spec]}
+    )
+    return vmmove.connect("sim://", inventory=inventory)
+
+
+def finish(m: vmmove.Migration) -> vmmove.MigrationRecord:
+    check_events(list(m.events()))
+    return m.record
+
+
+FAULT_PHASES = [Phase.REQUESTING, Phase.TRANSFERRING, Phase.SWITCHING_OVER]
+
+
+@pytest.mark.parametrize("kind", ["target-fails", "link-drop"])
+@pytest.mark.parametrize("phase", FAULT_PHASES)
+@pytest.mark.parametrize("mode", ["live", "cold"])
+def test_fault_before_commit_leaves_vm_running_on_source(kind: str, phase: Phase, mode: str) -> None:
+    conn = estate(power="running")
+    conn.backend.inject(Fault(kind=kind, vm="v", phase=phase, after=0.05))  # type: ignore[attr-defined]
+    record = finish(conn.migrate("v", to="b", mode=mode))
+    assert record.phase is Phase.FAILED
+    assert record.vm_host == "a"
+    vm = conn.vm("v")
+    assert (vm.host, vm.power) == ("a", vmmove.PowerState.RUNNING)
+    assert "injected" in (record.error or "")
+
+
+def test_fault_in_postcopy_is_loud() -> None:
+    conn = estate()
+    conn.backend.inject(Fault(kind="link-drop", vm="v", phase=Phase.POSTCOPY, after=0.01))  # type: ignore[attr-defined]
+    m = conn.migrate("v", to="b", policy="minimal-downtime", bandwidth=20)
+    with pytest.raises(vmmove.PostcopyFailed) as info:
+        m.wait()
+    assert info.value.vm_host is None
+    assert m.record.vm_host is None and m.record.error_type == "PostcopyFailed"
+
+
+def test_fault_after_commit_completes() -> None:
+    conn = estate()
+    conn.backend.inject(Fault(kind="target-fails", vm="v", phase=Phase.COMPLETING, after=0.01))  # type: ignore[attr-defined]
+    record = finish(conn.migrate("v", to="b"))
+    assert record.phase is Phase.COMPLETED and record.vm_host == "b"
+
+
+@pytest.mark.parametrize("phase", [Phase.PENDING, Phase.PREPARING, Phase.REQUESTING, Phase.TRANSFERRING])
+def test_cancel_in_each_phase_before_commit(phase: Phase) -> None:
+    conn = estate()
+    m = conn.migrate("v", to="b")
+    for event in m.events():
+        if event.kind is EventKind.PHASE and event.phase is phase:
+            assert m.cancel()
+    assert m.record.phase is Phase.CANCELLED
+    assert m.record.vm_host == "a" == conn.vm("v").host
+    with pytest.raises(vmmove.MigrationCancelled):
+        m.wait()
+
+
+@pytest.mark.parametrize("phase", [Phase.SWITCHING_OVER, Phase.COMPLETING, Phase.COMPLETED])
+def test_cancel_after_commit_is_refused_and_changes_nothing(phase: Phase) -> None:
+    conn = estate(dirty_mib_s=0)
+    m = conn.migrate("v", to="b")
+    answers = [m.cancel() for e in m.events() if e.kind is EventKind.PHASE and e.phase is phase]
+    assert answers == [False]
+    assert m.record.phase is Phase.COMPLETED and conn.vm("v").host == "b"
+
+
+def test_budget_aborts_and_the_vm_stays() -> None:
+    conn = estate(dirty_mib_s=400, working_set_mib=1024)
+    m = conn.migrate("v", to="b", policy="none", completion_budget_per_gib=10)
+    with pytest.raises(vmmove.MigrationTimedOut):
+        m.wait()
+    assert m.record.vm_host == "a" and m.record.error == "completion budget exhausted"
+    started = m.record.history[3].at
+    assert m.record.updated_at - started == pytest.approx(20, abs=1.5)  # 10 s/GiB * max(2 GiB, 2)
+
+
+def test_stall_timeout_aborts() -> None:
+    conn = estate(dirty_mib_s=400, working_set_mib=1024)
+    m = conn.migrate("v", to="b", policy="none", stall_timeout=12)
+    with pytest.raises(vmmove.MigrationTimedOut, match="stalled"):
+        m.wait()
+
+
+def test_cold_fallback_moves_the_vm_cold() -> None:
+    conn = estate(dirty_mib_s=400, working_set_mib=1024)
+    policy = Policy(name="fb", steps=(Step(trigger=AtIteration(n=3), action=ColdFallback()),))
+    m = conn.migrate("v", to="b", policy=policy)
+    record = finish(m)
+    assert record.phase is Phase.COMPLETED and record.vm_host == "b"
+    assert record.mode is vmmove.MigrationMode.COLD
+    phases = [t.phase for t in record.history]
+    assert phases.count(Phase.REQUESTING) == 2
+    assert conn.vm("v").power is vmmove.PowerState.RUNNING
+
+
+def test_wait_timeout_leaves_it_running() -> None:
+    conn = estate()
+    m = conn.migrate("v", to="b")
+    with pytest.raises(vmmove.WaitTimeout):
+        m.wait(timeout=1.0)
+    assert not m.done
+    assert m.wait().phase is Phase.COMPLETED
+
+
+def test_placement_chooses_a_target_with_reasons() -> None:
+    conn = estate()
+    conn.backend.set_host_state("c", vmmove.HostState.MAINTENANCE)  # type: ignore[attr-defined]
+    record = conn.migrate("v").wait()
+    assert record.target == "b"
+
+
+def test_no_target_anywhere_is_a_precheck_failure() -> None:
+    conn = estate(memory_mib=300 * 1024, resident_mib=1024)
+    m = conn.migrate("v")
+    with pytest.raises(vmmove.PrecheckFailed, match="needs 307200 MiB"):
+        m.wait()
+
+
+def test_concurrency_limit_queues() -> None:
+    inventory = parse(
+        {"host": [{"name": "a"}, {"name": "b"}],
+         "vm": [{"name": f"v{i}", "host": "a", "memory_mib": 1024} for i in range(6)]}
+    )  # fmt: skip
+    conn = vmmove.connect("sim://", inventory=inventory, max_concurrent=2)
+    ms = [conn.migrate(f"v{i}", to="b") for i in range(6)]
+    records = conn.wait_all()
+    assert all(r.phase is Phase.COMPLETED for r in records)
+    spans = [(r.history[2].at, r.updated_at) for r in records]  # preparing .. done
+    for t, _ in spans:
+        assert sum(1 for s, e in spans if s <= t < e) <= 2
+    assert len(ms) == 6
+
+
+def test_a_backend_that_lies_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = estate()
+    backend = conn.backend
+    real = backend.poll
+
+    def poll(job):  # type: ignore[no-untyped-def]
+        status = real(job)
+        if status.phase is Phase.TRANSFERRING:
+            from dataclasses import replace
+
+            return replace(status, phase=Phase.PENDING, native="bogus")
+        return status
+
+    monkeypatch.setattr(backend, "poll", poll)
+    m = conn.migrate("v", to="b")
+    with pytest.raises(vmmove.MigrationFailed, match="bogus"):
+        m.wait()
+    assert m.record.error_type == "BackendProtocolError"
+    assert m.record.vm_host == "a"
