@@ -163,6 +163,7 @@ class _Run:
         self.error: VMMoveError | None = None
         self.cancel_requested = False
         self.holds_slot = False
+        self.claimed = False  # counted in the connection's in-flight placement figures
         self.downtime_ms = 0  # the limit the policy last set (0: the platform's own)
         self.abort_sent = False
         self.abort_reason: str | None = None  # "timeout", "policy", "fallback" or None
@@ -317,6 +318,7 @@ class _Run:
             raise PrecheckFailed(f"cannot migrate {self.vm.name}", errors)
         self.mode = mode
         self.target = target
+        self.conn._claim(self)
         self._enter(Phase.REQUESTING, target=target.id, mode=mode, source=self.vm.host)
 
     def _start(self) -> None:
@@ -750,6 +752,8 @@ class Connection:
         self._runs: dict[str, _Run] = {}
         self._by_vm: dict[str, _Run] = {}
         self._active = 0
+        self._reserved: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<vmmove.Connection {self.uri}>"
@@ -828,7 +832,7 @@ class Connection:
             if getattr(spec, name) is not None and not caps.has(name):
                 refuse("unsupported", f"{name} is not supported by this backend; ignored", "warning")
         target: HostInfo | None = None
-        cluster = next((h.cluster for h in backend.hosts() if h.id == vm.host), "")
+        cluster = backend.host(vm.host).cluster
         ctx = self._placement_context(exclude, cluster)
         placement = self.plugins.placement
         if spec.target is not None:
@@ -926,6 +930,7 @@ class Connection:
         return True
 
     def _release(self, run: _Run) -> None:
+        self._unclaim(run)
         if self._by_vm.get(run.vm.id) is run:
             del self._by_vm[run.vm.id]
         if run.holds_slot:
@@ -935,17 +940,33 @@ class Connection:
     def _placement_context(
         self, exclude: _Run | None = None, source_cluster: str = ""
     ) -> PlacementContext:
-        reserved: dict[str, int] = {}
-        inflight: dict[str, int] = {}
-        for run in self._by_vm.values():
-            if run is exclude or run.target is None or run.phase.terminal:
-                continue
-            reserved[run.target.id] = reserved.get(run.target.id, 0) + run.vm.memory
-            inflight[run.target.id] = inflight.get(run.target.id, 0) + 1
-            inflight[run.vm.host] = inflight.get(run.vm.host, 0) + 1
+        """What moves in flight hold: memory reserved on targets, migrations per host."""
+        reserved = dict(self._reserved)
+        inflight = dict(self._inflight)
+        if exclude is not None and exclude.claimed:
+            self._count(exclude, -1, reserved, inflight)
         return PlacementContext(
             reserved_memory=reserved, inflight=inflight, source_cluster=source_cluster
         )
+
+    @staticmethod
+    def _count(run: _Run, sign: int, reserved: dict[str, int], inflight: dict[str, int]) -> None:
+        assert run.target is not None
+        target, source = run.target.id, run.vm.host
+        reserved[target] = reserved.get(target, 0) + sign * run.vm.memory
+        inflight[target] = inflight.get(target, 0) + sign
+        inflight[source] = inflight.get(source, 0) + sign
+
+    def _claim(self, run: _Run) -> None:
+        """Count a run that chose its target; kept incrementally so placement stays O(hosts)."""
+        if not run.claimed:
+            self._count(run, +1, self._reserved, self._inflight)
+            run.claimed = True
+
+    def _unclaim(self, run: _Run) -> None:
+        if run.claimed:
+            self._count(run, -1, self._reserved, self._inflight)
+            run.claimed = False
 
     def _observe(self, event: MigrationEvent) -> None:
         if not self.plugins.has_observers:

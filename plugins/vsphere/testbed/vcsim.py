@@ -87,6 +87,9 @@ class Vcsim:
         "queue_delay": "-queue-delay", "tick": "-tick", "check_delay": "-check-delay",
         "max_per_host": "-max-per-host", "validation_faults": "-validation-faults",
         "tls_hostname": "-tls-hostname", "trace": "-trace",
+        # descriptive aliases
+        "datacenters": "-dc", "clusters": "-cluster", "hosts_per_cluster": "-host",
+        "standalone_hosts": "-standalone-host", "vms_per_pool": "-vm", "datastores": "-ds",
     }
 
     @classmethod
@@ -95,7 +98,8 @@ class Vcsim:
               timeout: float = 30.0, **model_flags) -> "Vcsim":
         """Launch the simulator and wait until it accepts TLS connections.
 
-        model_flags: dc, cluster, host (per cluster), standalone_host, vm (per pool), pool, ds,
+        model_flags: dc, cluster, host (per cluster), standalone_host, vm (per pool), pool, ds (or the aliases
+        datacenters, clusters, hosts_per_cluster, standalone_hosts, vms_per_pool, datastores),
         host_memory_mb, migrate_duration ("2s" or seconds as a number), queue_delay, tick, check_delay,
         max_per_host, validation_faults ("task"|"sync"), tls_hostname, trace.
         """

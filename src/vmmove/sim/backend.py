@@ -115,6 +115,8 @@ class SimBackend(Backend):
         self._faults: list[Fault] = []
         self._ids = itertools.count(1)
         self._lost: set[str] = set()
+        self._synced_at = -1.0
+        self._used: dict[str, list[int]] | None = None
 
     @classmethod
     def from_uri(cls, uri: str, options: Mapping[str, Any]) -> SimBackend:
@@ -140,6 +142,9 @@ class SimBackend(Backend):
     # ---- the world -----------------------------------------------------------------------
     def _sync(self) -> None:
         now = self._clock.now()
+        if now == self._synced_at:
+            return  # every job is already at this instant
+        self._synced_at = now
         for link in self._links.values():
             if link.jobs:
                 link.advance(now, self._on_end)
@@ -147,6 +152,7 @@ class SimBackend(Backend):
                 link.t = now
 
     def _on_end(self, job: SimJob) -> None:
+        self._used = None
         vm = self.inventory.vms[job.vm]
         vm.migrating = None
         if job.vm_host is None:
@@ -207,6 +213,19 @@ class SimBackend(Backend):
     def hosts(self) -> list[HostInfo]:
         with self._lock:
             self._sync()
+            used = self._usage()
+            return [self._host_info(h, used[h.id]) for h in self.inventory.hosts.values()]
+
+    def host(self, ref: str) -> HostInfo:
+        with self._lock:
+            self._sync()
+            host = self._host(ref)
+            return self._host_info(host, self._usage()[host.id])
+
+    def _usage(self) -> dict[str, list[int]]:
+        """vCPUs and memory held on each host by its VMs and by reservations (cached until
+        a VM moves or a reservation changes)."""
+        if self._used is None:
             used: dict[str, list[int]] = {h: [0, 0] for h in self.inventory.hosts}
             for vm in self.inventory.vms.values():
                 if vm.id not in self._lost:
@@ -215,19 +234,20 @@ class SimBackend(Backend):
             for r in self._reservations.values():
                 used[r.host][0] += r.cpus
                 used[r.host][1] += r.memory
-            return [
-                HostInfo(
-                    id=h.id,
-                    name=h.name,
-                    cluster=h.cluster,
-                    state=h.state,
-                    capacity=Capacity(cpus=h.cpus, memory=h.memory),
-                    allocated=Capacity(cpus=used[h.id][0], memory=used[h.id][1]),
-                    cpu=CpuInfo(arch="x86_64", model=h.cpu_model, vendor="GenuineIntel"),
-                    extra={"link_mib_s": f"{self._links[h.id].capacity / MiB:g}"},
-                )
-                for h in self.inventory.hosts.values()
-            ]
+            self._used = used
+        return self._used
+
+    def _host_info(self, h: inv.SimHost, used: list[int]) -> HostInfo:
+        return HostInfo(
+            id=h.id,
+            name=h.name,
+            cluster=h.cluster,
+            state=h.state,
+            capacity=Capacity(cpus=h.cpus, memory=h.memory),
+            allocated=Capacity(cpus=used[0], memory=used[1]),
+            cpu=CpuInfo(arch="x86_64", model=h.cpu_model, vendor="GenuineIntel"),
+            extra={"link_mib_s": f"{self._links[h.id].capacity / MiB:g}"},
+        )
 
     def vms(self) -> list[VMInfo]:
         with self._lock:
@@ -238,10 +258,6 @@ class SimBackend(Backend):
         with self._lock:
             self._sync()
             return self._info(self._vm(ref))
-
-    def host(self, ref: str) -> HostInfo:
-        host_id = self._host(ref).id
-        return next(h for h in self.hosts() if h.id == host_id)
 
     def _info(self, vm: inv.SimVM) -> VMInfo:
         power = vm.power
@@ -301,11 +317,13 @@ class SimBackend(Backend):
                 )
             r = Reservation(id=f"r{next(self._ids)}", host=target.id, memory=vm.memory, cpus=vm.vcpus)
             self._reservations[r.id] = r
+            self._used = None
             return r
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:
             self._reservations.pop(reservation.id, None)
+            self._used = None
 
     def start(
         self,

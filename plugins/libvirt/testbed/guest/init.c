@@ -19,11 +19,12 @@
  *   VMMOVE-GUEST START wss_mib=128 dirty_mib_s=64 hb_ms=1000
  *   VMMOVE-GUEST READY fill_ms=412
  *   HB seq=1 bad=0 written_mib=160 checked_mib=32 passes=1 last_mib=32 wss_mib=128 dirty_mib_s=64 t_ms=1000
- *   BAD page=123 want=0000000500000123 got=0000000400000123      (at most 8 such lines per heartbeat)
+ *   BAD page=123 word=0 want=000000050000007b got=000000040000007b  (at most 8 such lines per heartbeat)
  *
  * "HB " lines: space-separated key=value pairs of decimal integers.
  *   seq          heartbeat number, 1, 2, 3... (restarts at 1 only if the guest rebooted)
- *   bad          cumulative number of pages found not holding their expected pattern (must stay 0)
+ *   bad          cumulative number of pages found not holding their expected pattern (must stay 0);
+ *                a bad page is repaired when found, so each corruption is counted once
  *   written_mib  cumulative MiB written (initial fill included)
  *   checked_mib  cumulative MiB verified
  *   passes       completed passes over the whole working set (after the initial fill)
@@ -117,6 +118,10 @@ static int check_page(uint64_t page)
                 break;
             }
     }
+    /* Repair it, so that one bad page is counted once (matters for the idle, verify-only mode). */
+    uint64_t *w = mem + page * WORDS;
+    for (unsigned i = 0; i < WORDS; i++)
+        w[i] = want;
     return 0;
 }
 
