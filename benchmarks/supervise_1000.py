@@ -65,7 +65,9 @@ def run_physics_only(n: int) -> float:
         vm = backend.vm(f"vm-{i}")
         target = backend.host(f"dst-{i % max(n // 10, 1)}")
         spec = MigrationSpec(vm=vm.id, target=target.id)
-        jobs.append(backend.start(vm, target, spec, MigrationMode.LIVE, needs=frozenset(), reservation=None))
+        jobs.append(
+            backend.start(vm, target, spec, MigrationMode.LIVE, needs=frozenset(), reservation=None)
+        )
     for _ in range(100_000):
         if not jobs:
             break

@@ -32,7 +32,9 @@ FAULT_PHASES = [Phase.REQUESTING, Phase.TRANSFERRING, Phase.SWITCHING_OVER]
 @pytest.mark.parametrize("kind", ["target-fails", "link-drop"])
 @pytest.mark.parametrize("phase", FAULT_PHASES)
 @pytest.mark.parametrize("mode", ["live", "cold"])
-def test_fault_before_commit_leaves_vm_running_on_source(kind: str, phase: Phase, mode: str) -> None:
+def test_fault_before_commit_leaves_vm_running_on_source(
+    kind: str, phase: Phase, mode: str
+) -> None:
     conn = estate(power="running")
     conn.backend.inject(Fault(kind=kind, vm="v", phase=phase, after=0.05))  # type: ignore[attr-defined]
     record = finish(conn.migrate("v", to="b", mode=mode))
@@ -50,17 +52,21 @@ def test_fault_in_postcopy_is_loud() -> None:
     with pytest.raises(vmmove.PostcopyFailed) as info:
         m.wait()
     assert info.value.vm_host is None
-    assert m.record.vm_host is None and m.record.error_type == "PostcopyFailed"
+    assert m.record.vm_host is None
+    assert m.record.error_type == "PostcopyFailed"
 
 
 def test_fault_after_commit_completes() -> None:
     conn = estate()
     conn.backend.inject(Fault(kind="target-fails", vm="v", phase=Phase.COMPLETING, after=0.01))  # type: ignore[attr-defined]
     record = finish(conn.migrate("v", to="b"))
-    assert record.phase is Phase.COMPLETED and record.vm_host == "b"
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "b"
 
 
-@pytest.mark.parametrize("phase", [Phase.PENDING, Phase.PREPARING, Phase.REQUESTING, Phase.TRANSFERRING])
+@pytest.mark.parametrize(
+    "phase", [Phase.PENDING, Phase.PREPARING, Phase.REQUESTING, Phase.TRANSFERRING]
+)
 def test_cancel_in_each_phase_before_commit(phase: Phase) -> None:
     conn = estate()
     m = conn.migrate("v", to="b")
@@ -79,7 +85,8 @@ def test_cancel_after_commit_is_refused_and_changes_nothing(phase: Phase) -> Non
     m = conn.migrate("v", to="b")
     answers = [m.cancel() for e in m.events() if e.kind is EventKind.PHASE and e.phase is phase]
     assert answers == [False]
-    assert m.record.phase is Phase.COMPLETED and conn.vm("v").host == "b"
+    assert m.record.phase is Phase.COMPLETED
+    assert conn.vm("v").host == "b"
 
 
 def test_budget_aborts_and_the_vm_stays() -> None:
@@ -87,7 +94,8 @@ def test_budget_aborts_and_the_vm_stays() -> None:
     m = conn.migrate("v", to="b", policy="none", completion_budget_per_gib=10)
     with pytest.raises(vmmove.MigrationTimedOut):
         m.wait()
-    assert m.record.vm_host == "a" and m.record.error == "completion budget exhausted"
+    assert m.record.vm_host == "a"
+    assert m.record.error == "completion budget exhausted"
     started = m.record.history[3].at
     assert m.record.updated_at - started == pytest.approx(20, abs=1.5)  # 10 s/GiB * max(2 GiB, 2)
 
@@ -104,7 +112,8 @@ def test_cold_fallback_moves_the_vm_cold() -> None:
     policy = Policy(name="fb", steps=(Step(trigger=AtIteration(n=3), action=ColdFallback()),))
     m = conn.migrate("v", to="b", policy=policy)
     record = finish(m)
-    assert record.phase is Phase.COMPLETED and record.vm_host == "b"
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "b"
     assert record.mode is vmmove.MigrationMode.COLD
     phases = [t.phase for t in record.history]
     assert phases.count(Phase.REQUESTING) == 2

@@ -28,7 +28,8 @@ def tiny_installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_builtin_simulator_registers_through_the_hook() -> None:
     spec = plugin_manager().backends.get("sim")
     assert spec.plugin == "sim"
-    assert spec.capabilities is not None and spec.capabilities.postcopy
+    assert spec.capabilities is not None
+    assert spec.capabilities.postcopy
 
 
 def test_unknown_scheme_names_the_installed_ones() -> None:
@@ -55,13 +56,18 @@ def test_autoload_switch_leaves_only_builtins(
     assert schemes == ["sim"]
 
 
-def test_blocked_plugin_is_not_loaded(tiny_installed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blocked_plugin_is_not_loaded(
+    tiny_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VMMOVE_BLOCK_PLUGINS", "tiny")
     schemes = [s.scheme for s in plugin_manager(reload=True).backends.all()]
-    assert "tiny" not in schemes and "sim" in schemes
+    assert "tiny" not in schemes
+    assert "sim" in schemes
 
 
-def test_broken_plugin_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_plugin_is_reported_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "vmmove_broken.py").write_text("raise RuntimeError('boom at import')\n")
     dist = tmp_path / "vmmove_broken-0.1.dist-info"
     dist.mkdir()

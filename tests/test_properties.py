@@ -26,7 +26,13 @@ faults = st.one_of(
         Fault,
         kind=st.sampled_from(["target-fails", "link-drop", "reserve-refused"]),
         phase=st.sampled_from(
-            [Phase.REQUESTING, Phase.TRANSFERRING, Phase.SWITCHING_OVER, Phase.POSTCOPY, Phase.COMPLETING]
+            [
+                Phase.REQUESTING,
+                Phase.TRANSFERRING,
+                Phase.SWITCHING_OVER,
+                Phase.POSTCOPY,
+                Phase.COMPLETING,
+            ]
         ),
         after=st.floats(0, 3),
     ),
@@ -43,7 +49,9 @@ policies = st.sampled_from(sorted(vmmove.PRESETS))
     link=st.integers(50, 2000),
 )  # fmt: skip
 def test_vm_location_is_always_known_and_single(
-    vms: list[dict[str, object]], plan: list[tuple[Fault | None, Phase | None, str, str, str | None]], link: int
+    vms: list[dict[str, object]],
+    plan: list[tuple[Fault | None, Phase | None, str, str, str | None]],
+    link: int,
 ) -> None:
     inventory = parse(
         {
@@ -80,7 +88,11 @@ def test_vm_location_is_always_known_and_single(
             continue
         # Terminal records name a host, and it is where the VM is (later moves aside).
         assert record.vm_host is not None
-        later = [h for h, _ in handles if h.record.vm == record.vm and h.record.created_at >= record.created_at]
+        later = [
+            h
+            for h, _ in handles
+            if h.record.vm == record.vm and h.record.created_at >= record.created_at
+        ]
         if later[-1] is m:
             assert location == record.vm_host
         if record.phase is not Phase.COMPLETED:

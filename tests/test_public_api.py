@@ -27,7 +27,7 @@ def test_all_is_pinned() -> None:
 
 
 def test_every_error_is_a_vmmove_error() -> None:
-    import vmmove.errors as errors
+    from vmmove import errors
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), vmmove.VMMoveError)

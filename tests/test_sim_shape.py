@@ -48,21 +48,28 @@ def test_defaults_never_converge_and_the_vm_stays() -> None:
     assert record.phase is vmmove.Phase.FAILED
     assert record.error_type == "MigrationTimedOut"
     assert record.vm_host == "a"
-    assert record.figures.iterations is not None and record.figures.iterations > 5
+    assert record.figures.iterations is not None
+    assert record.figures.iterations > 5
 
 
 def test_raised_downtime_converges_with_a_short_real_pause() -> None:
     record = run("balanced")
     assert record.phase is vmmove.Phase.COMPLETED
-    assert record.figures.total_time is not None and record.figures.total_time <= 1.2 * BOUND_S
-    assert record.figures.downtime_ms is not None and record.figures.downtime_ms <= 300
+    assert record.figures.total_time is not None
+    assert record.figures.total_time <= 1.2 * BOUND_S
+    assert record.figures.downtime_ms is not None
+    assert record.figures.downtime_ms <= 300
     assert any(s.applied and "5000ms" in s.step for s in record.steps)
 
 
 def test_auto_converge_alone_converges_slowly() -> None:
     policy = vmmove.Policy(
         name="ac",
-        steps=(vmmove.Step(trigger=vmmove.policy.AtIteration(n=2), action=vmmove.policy.AutoConverge()),),
+        steps=(
+            vmmove.Step(
+                trigger=vmmove.policy.AtIteration(n=2), action=vmmove.policy.AutoConverge()
+            ),
+        ),
     )
     slow = run(policy)  # type: ignore[arg-type]
     fast = run("balanced")
@@ -85,8 +92,10 @@ def test_converge_preset_converges() -> None:
 def test_idle_guest_converges_under_defaults_in_few_passes() -> None:
     record = run("none", vm="idle")
     assert record.phase is vmmove.Phase.COMPLETED
-    assert record.figures.iterations is not None and record.figures.iterations <= 3
-    assert record.figures.data_sent is not None and record.figures.data_sent < 100 * MiB
+    assert record.figures.iterations is not None
+    assert record.figures.iterations <= 3
+    assert record.figures.data_sent is not None
+    assert record.figures.data_sent < 100 * MiB
 
 
 def test_sharing_a_link_slows_each_migration() -> None:

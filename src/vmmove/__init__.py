@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
-from vmmove.engine import Connection, Migration
 from vmmove.errors import (
     AuthenticationFailed,
     BackendNotFound,
@@ -34,27 +33,68 @@ from vmmove.errors import (
     VMMoveError,
     WaitTimeout,
 )
-from vmmove.events import EventKind, MigrationEvent
-from vmmove.hookspecs import hookimpl
-from vmmove.machine import Phase, Side
-from vmmove.model import (
-    Capacity,
-    CpuInfo,
-    Figures,
-    HostInfo,
-    HostState,
-    MigrationMode,
-    MigrationRecord,
-    MigrationSpec,
-    PowerState,
-    Problem,
-    Progress,
-    Storage,
-    VMInfo,
-)
-from vmmove.policy import PRESETS, Policy, Step
-from vmmove.secrets import Secret
-from vmmove.store import MemoryStore, RecordStore
+
+if TYPE_CHECKING:
+    from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
+    from vmmove.engine import Connection, Migration
+    from vmmove.events import EventKind, MigrationEvent
+    from vmmove.hookspecs import hookimpl
+    from vmmove.machine import Phase, Side
+    from vmmove.model import (
+        Capacity,
+        CpuInfo,
+        Figures,
+        HostInfo,
+        HostState,
+        MigrationMode,
+        MigrationRecord,
+        MigrationSpec,
+        PowerState,
+        Problem,
+        Progress,
+        Storage,
+        VMInfo,
+    )
+    from vmmove.policy import PRESETS, Policy, Step
+    from vmmove.secrets import Secret
+    from vmmove.store import MemoryStore, RecordStore
+
+# Everything but the errors loads on first use, so `import vmmove` (and `vmmove --help`)
+# stay fast: name -> module that defines it.
+_LAZY = {
+    **dict.fromkeys(
+        ("Backend", "Capabilities", "Job", "JobStatus", "Reservation"), "vmmove.backend"
+    ),
+    **dict.fromkeys(("Connection", "Migration"), "vmmove.engine"),
+    **dict.fromkeys(("EventKind", "MigrationEvent"), "vmmove.events"),
+    "hookimpl": "vmmove.hookspecs",
+    **dict.fromkeys(("Phase", "Side"), "vmmove.machine"),
+    **dict.fromkeys(
+        (
+            "Capacity", "CpuInfo", "Figures", "HostInfo", "HostState", "MigrationMode",
+            "MigrationRecord", "MigrationSpec", "PowerState", "Problem", "Progress", "Storage",
+            "VMInfo",
+        ),
+        "vmmove.model",
+    ),
+    **dict.fromkeys(("PRESETS", "Policy", "Step"), "vmmove.policy"),
+    "Secret": "vmmove.secrets",
+    **dict.fromkeys(("MemoryStore", "RecordStore"), "vmmove.store"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmmove' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -126,7 +166,8 @@ def connect(
     ``uri`` defaults to ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
     ``options`` go to the backend (credentials as :class:`Secret`, TLS settings...).
     """
-    from vmmove.plugins import plugin_manager  # noqa: PLC0415 (plugins load on first use)
+    from vmmove.engine import Connection  # noqa: PLC0415 (loaded on first use)
+    from vmmove.plugins import plugin_manager  # noqa: PLC0415
 
     uri = uri or os.environ.get("VMMOVE_URI") or DEFAULT_URI
     if not isinstance(uri, str):
@@ -136,7 +177,9 @@ def connect(
     except ValueError as exc:
         raise InvalidInput(f"malformed URI: {exc}") from None
     if not scheme:
-        raise InvalidInput(f"URI {uri!r} has no scheme; for example sim:// or qemu+tcp://host/system")
+        raise InvalidInput(
+            f"URI {uri!r} has no scheme; for example sim:// or qemu+tcp://host/system"
+        )
     plugins = plugin_manager()
     backend = plugins.backends.get(scheme).factory(uri, options)
     return Connection(

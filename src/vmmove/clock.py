@@ -81,8 +81,7 @@ class VirtualClock:
         return _VIRTUAL_EPOCH + self._now
 
     def advance_to(self, t: float) -> None:
-        if t > self._now:
-            self._now = t
+        self._now = max(self._now, t)
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         raise RuntimeError("a virtual clock is driven by the engine, never waited on")

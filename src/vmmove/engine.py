@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmmove.backend import Backend, Job, JobStatus, Reservation
 from vmmove.clock import Clock, VirtualClock
@@ -58,7 +58,6 @@ from vmmove.model import (
     VMInfo,
 )
 from vmmove.placement import PlacementContext, choose, explain
-from vmmove.plugins import Plugins
 from vmmove.policy import (
     START_TIME_CAPABILITIES,
     Abort,
@@ -73,6 +72,9 @@ from vmmove.policy import (
     resolve,
 )
 from vmmove.store import MemoryStore, RecordStore
+
+if TYPE_CHECKING:
+    from vmmove.plugins import Plugins
 
 __all__ = ["Connection", "Migration"]
 
@@ -90,6 +92,8 @@ _PHASE_PERCENT = {
 }
 _TRANSFER_SPAN = (5.0, 91.0)
 _POSTCOPY_SPAN = (93.0, 98.0)
+# Errors that already say what happened; anything else is wrapped as MigrationFailed.
+_KEEP_AS_IS = (PrecheckFailed, ReservationRefused, NotFound, InvalidInput, MigrationFailed)
 _AFTER_POSTCOPY = frozenset({Phase.COMPLETING, Phase.COMPLETED})
 _MAX_EVENTS = 10_000  # per migration; older events drop off the front
 
@@ -356,7 +360,9 @@ class _Run:
         if not new.terminal:
             path = self._route(new, status)
             if path is None:
-                raise BackendProtocolError(f"backend reported {status.native!r} ({new}) while {self.phase}")
+                raise BackendProtocolError(
+                    f"backend reported {status.native!r} ({new}) while {self.phase}"
+                )
             for i, phase in enumerate(path):
                 self._enter(phase, "" if i == len(path) - 1 else "inferred: not observed")
             self._update_progress(status)
@@ -451,7 +457,9 @@ class _Run:
                 action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
             if action.ms <= self.downtime_ms:
                 # Policies raise the limit; a later, smaller step never lowers it.
-                self._step_record(step, applied=False, reason=f"limit is {self.downtime_ms} ms already")
+                self._step_record(
+                    step, applied=False, reason=f"limit is {self.downtime_ms} ms already"
+                )
                 return
         try:
             self.backend.tune(self.job, action)
@@ -471,7 +479,12 @@ class _Run:
                 self._enter(phase, "inferred: not observed")
             self._save(figures=figures)
             self._cleanup()
-            self._finish(Phase.COMPLETED, None, "", vm_host=vm_host or (self.target.id if self.target else None))
+            self._finish(
+                Phase.COMPLETED,
+                None,
+                "",
+                vm_host=vm_host or (self.target.id if self.target else None),
+            )
             return
         if new is Phase.CANCELLED and self.abort_reason == "fallback" and self.phase.cancellable:
             self._cleanup(release=False)
@@ -479,7 +492,12 @@ class _Run:
             self.abort_sent = False
             self.abort_reason = None
             self.mode = MigrationMode.COLD
-            self._enter(Phase.REQUESTING, "falling back to cold migration", mode=MigrationMode.COLD, vm_host=vm_host)
+            self._enter(
+                Phase.REQUESTING,
+                "falling back to cold migration",
+                mode=MigrationMode.COLD,
+                vm_host=vm_host,
+            )
             return
         self._cleanup()
         error = status.error or status.native
@@ -492,9 +510,21 @@ class _Run:
                 }[self.abort_reason]
                 self._finish(Phase.FAILED, MigrationTimedOut, why, vm_host=vm_host, figures=figures)
             elif self.cancel_requested:
-                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled", vm_host=vm_host, figures=figures)
+                self._finish(
+                    Phase.CANCELLED,
+                    MigrationCancelled,
+                    "cancelled",
+                    vm_host=vm_host,
+                    figures=figures,
+                )
             else:
-                self._finish(Phase.FAILED, MigrationFailed, f"cancelled by the platform: {error}", vm_host=vm_host, figures=figures)
+                self._finish(
+                    Phase.FAILED,
+                    MigrationFailed,
+                    f"cancelled by the platform: {error}",
+                    vm_host=vm_host,
+                    figures=figures,
+                )
             return
         if status.postcopy and self.phase is not Phase.POSTCOPY:
             for phase in _path(self.phase, Phase.POSTCOPY) or []:
@@ -564,9 +594,7 @@ class _Run:
             "error": str(exc),
             "error_type": type(exc).__name__,
         }
-        if isinstance(exc, PrecheckFailed | ReservationRefused | NotFound | InvalidInput):
-            self.error = exc
-        elif isinstance(exc, MigrationFailed):
+        if isinstance(exc, _KEEP_AS_IS):
             self.error = exc
         else:
             self.error = MigrationFailed(f"migration of {self.vm.name}: {exc}", vm_host=vm_host)
@@ -595,7 +623,9 @@ class _Supervisor:
         with self.cond:
             heapq.heappush(self._heap, (self.clock.now(), next(self._seq), run))
             if not self.clock.virtual and self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._loop, name="vmmove-supervisor", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="vmmove-supervisor", daemon=True
+                )
                 self._thread.start()
         self._wake.set()
 
@@ -723,7 +753,11 @@ class Migration:
             yield from items
             if self._run.phase.terminal and pos >= log_.end:
                 return
-            if not self._sup.drive_until(lambda p=pos: log_.end > p or self._run.phase.terminal, timeout):
+
+            def more(seen: int = pos) -> bool:
+                return log_.end > seen or self._run.phase.terminal
+
+            if not self._sup.drive_until(more, timeout):
                 raise WaitTimeout(f"no event from migration {self.id} for {timeout}s")
 
 
@@ -782,7 +816,13 @@ class Connection:
         return self.backend.host(ref)
 
     # ---- migrations --------------------------------------------------------------------
-    def _spec(self, vm: str | VMInfo | None, to: str | HostInfo | None, spec: MigrationSpec | None, options: Mapping[str, Any]) -> MigrationSpec:
+    def _spec(
+        self,
+        vm: str | VMInfo | None,
+        to: str | HostInfo | None,
+        spec: MigrationSpec | None,
+        options: Mapping[str, Any],
+    ) -> MigrationSpec:
         if spec is not None and not isinstance(spec, MigrationSpec):
             raise InvalidInput(f"spec must be a MigrationSpec, not {type(spec).__name__}")
         vm_ref = vm.id if isinstance(vm, VMInfo) else vm
@@ -830,7 +870,9 @@ class Connection:
             refuse("unsupported", "this backend cannot migrate cold")
         for name in ("bandwidth", "max_downtime"):
             if getattr(spec, name) is not None and not caps.has(name):
-                refuse("unsupported", f"{name} is not supported by this backend; ignored", "warning")
+                refuse(
+                    "unsupported", f"{name} is not supported by this backend; ignored", "warning"
+                )
         target: HostInfo | None = None
         cluster = backend.host(vm.host).cluster
         ctx = self._placement_context(exclude, cluster)

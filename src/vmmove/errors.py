@@ -112,7 +112,8 @@ class MigrationError(VMMoveError):
 
 
 class MigrationFailed(MigrationError):
-    """The migration failed. Before the commit point the VM is back on (or never left) its source."""
+    """The migration failed. Before the commit point the VM is back on (or never left)
+    its source."""
 
 
 class PostcopyFailed(MigrationFailed):

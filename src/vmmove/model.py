@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     from vmmove.policy import Policy
 
 __all__ = [
-    "GiB",
-    "MiB",
     "Capacity",
     "CpuInfo",
     "Figures",
+    "GiB",
     "HostInfo",
     "HostState",
+    "MiB",
     "MigrationMode",
     "MigrationRecord",
     "MigrationSpec",
@@ -41,6 +41,7 @@ __all__ = [
 
 MiB = 1 << 20
 GiB = 1 << 30
+
 
 def _empty() -> Mapping[str, str]:
     return MappingProxyType({})
@@ -96,7 +97,9 @@ class HostInfo:
     capacity: Capacity
     allocated: Capacity = field(default_factory=lambda: Capacity(cpus=0, memory=0))
     cpu: CpuInfo = field(default_factory=CpuInfo)
-    extra: Mapping[str, str] = field(default_factory=_empty)  # backend-specific facts, shown but never relied on
+    extra: Mapping[str, str] = field(
+        default_factory=_empty
+    )  # backend-specific facts, shown but never relied on
 
     @property
     def free_memory(self) -> int:
@@ -239,7 +242,9 @@ class MigrationRecord:
     error: str | None = None
     error_type: str | None = None
     figures: Figures = field(default_factory=Figures)
-    job_ref: Mapping[str, str] = field(default_factory=_empty)  # what the backend needs to find the job again
+    job_ref: Mapping[str, str] = field(
+        default_factory=_empty
+    )  # what the backend needs to find the job again
     created_at: float = 0.0
     updated_at: float = 0.0
 

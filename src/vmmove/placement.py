@@ -168,7 +168,6 @@ def choose(
     if ranked and ranked[0].eligible:
         return ranked[0].host
     problems = [
-        Problem(code="no-target", message=f"{c.host.name}: {', '.join(c.rejected)}")
-        for c in ranked
+        Problem(code="no-target", message=f"{c.host.name}: {', '.join(c.rejected)}") for c in ranked
     ]
     raise PrecheckFailed(f"no host can take VM {vm.name}", problems)

@@ -65,7 +65,9 @@ class BackendRegistry:
             raise InvalidInput(f"invalid URI scheme {scheme!r}")
         if scheme in self._specs:
             other = self._specs[scheme].plugin
-            raise InvalidInput(f"scheme {scheme!r} is registered twice ({other}, {self._current_plugin})")
+            raise InvalidInput(
+                f"scheme {scheme!r} is registered twice ({other}, {self._current_plugin})"
+            )
         self._specs[scheme] = BackendSpec(
             scheme=scheme,
             factory=factory,
@@ -139,7 +141,7 @@ def _load() -> Plugins:
 
 def plugin_manager(reload: bool = False) -> Plugins:
     """The process-wide plugins, loaded on first use (``import vmmove`` loads none)."""
-    global _loaded
+    global _loaded  # noqa: PLW0603 (one process-wide registry, behind a lock)
     with _lock:
         if _loaded is None or reload:
             _loaded = _load()

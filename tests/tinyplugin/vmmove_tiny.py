@@ -8,7 +8,6 @@ passes the same contract as the built-in simulator.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from typing import Any
 
 import vmmove
@@ -19,7 +18,6 @@ from vmmove import (
     HostInfo,
     Job,
     JobStatus,
-    MigrationMode,
     Phase,
     PowerState,
     ReservationRefused,
@@ -27,9 +25,13 @@ from vmmove import (
 )
 from vmmove.clock import VirtualClock
 
-_NATIVE = {"queued": Phase.REQUESTING, "copying": Phase.TRANSFERRING,
-           "switching": Phase.SWITCHING_OVER, "done": Phase.COMPLETED,
-           "aborted": Phase.CANCELLED}
+_NATIVE = {
+    "queued": Phase.REQUESTING,
+    "copying": Phase.TRANSFERRING,
+    "switching": Phase.SWITCHING_OVER,
+    "done": Phase.COMPLETED,
+    "aborted": Phase.CANCELLED,
+}
 
 
 class TinyBackend(Backend):
@@ -39,8 +41,10 @@ class TinyBackend(Backend):
 
     def __init__(self) -> None:
         self._clock = VirtualClock()
-        self._hosts = {n: HostInfo(id=n, name=n, capacity=Capacity(cpus=8, memory=16 << 30))
-                       for n in ("t1", "t2")}
+        self._hosts = {
+            n: HostInfo(id=n, name=n, capacity=Capacity(cpus=8, memory=16 << 30))
+            for n in ("t1", "t2")
+        }
         self._vms = {
             "alpha": ["t1", PowerState.RUNNING],
             "beta": ["t1", PowerState.STOPPED],
@@ -57,8 +61,10 @@ class TinyBackend(Backend):
         return list(self._hosts.values())
 
     def vms(self) -> list[VMInfo]:
-        return [VMInfo(id=k, name=k, host=h, power=p, memory=1 << 30, vcpus=1)
-                for k, (h, p) in self._vms.items()]
+        return [
+            VMInfo(id=k, name=k, host=h, power=p, memory=1 << 30, vcpus=1)
+            for k, (h, p) in self._vms.items()
+        ]
 
     def reserve(self, vm, target, spec):  # type: ignore[no-untyped-def]
         if (vm.id, target.id) in self.refuse:
@@ -66,10 +72,16 @@ class TinyBackend(Backend):
 
     def start(self, vm, target, spec, mode, *, needs, reservation):  # type: ignore[no-untyped-def]
         job_id = f"tiny-{next(self._ids)}"
-        self._jobs[job_id] = {"state": "queued", "pct": 0, "vm": vm.id, "target": target.id,
-                              "abort": False}
-        return Job(id=job_id, vm=vm.id, source=vm.host, target=target.id, mode=mode,
-                   ref={"job": job_id})
+        self._jobs[job_id] = {
+            "state": "queued",
+            "pct": 0,
+            "vm": vm.id,
+            "target": target.id,
+            "abort": False,
+        }
+        return Job(
+            id=job_id, vm=vm.id, source=vm.host, target=target.id, mode=mode, ref={"job": job_id}
+        )
 
     def poll(self, job: Job) -> JobStatus:
         j = self._jobs[job.id]

@@ -78,7 +78,9 @@ class Fault:
         if self.kind not in FAULT_KINDS:
             raise InvalidInput(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
         if self.phase not in _FAULT_STATES:
-            raise InvalidInput(f"faults can be injected in {', '.join(_FAULT_STATES)}, not {self.phase}")
+            raise InvalidInput(
+                f"faults can be injected in {', '.join(_FAULT_STATES)}, not {self.phase}"
+            )
 
 
 class SimBackend(Backend):
@@ -302,20 +304,25 @@ class SimBackend(Backend):
             )
         if vm.storage is Storage.LOCAL:
             problems.append(
-                Problem(code="local-storage", severity="warning", message="local disks are copied too")
+                Problem(
+                    code="local-storage", severity="warning", message="local disks are copied too"
+                )
             )
         return problems
 
     def reserve(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Reservation:
         with self._lock:
             if self._take_fault(vm.id, target.id, ("reserve-refused",)):
-                raise ReservationRefused(f"{target.name} refused to reserve {vm.memory >> 20} MiB (injected)")
+                raise ReservationRefused(
+                    f"{target.name} refused to reserve {vm.memory >> 20} MiB (injected)"
+                )
             host = self.host(target.id)
             if host.free_memory < vm.memory:
-                raise ReservationRefused(
-                    f"{host.name} has {host.free_memory >> 20} MiB free, {vm.name} needs {vm.memory >> 20} MiB"
-                )
-            r = Reservation(id=f"r{next(self._ids)}", host=target.id, memory=vm.memory, cpus=vm.vcpus)
+                free, need = host.free_memory >> 20, vm.memory >> 20
+                raise ReservationRefused(f"{host.name} has {free} MiB free, {vm.name} needs {need}")
+            r = Reservation(
+                id=f"r{next(self._ids)}", host=target.id, memory=vm.memory, cpus=vm.vcpus
+            )
             self._reservations[r.id] = r
             self._used = None
             return r
@@ -354,7 +361,8 @@ class SimBackend(Backend):
                 disk=svm.disk if svm.storage is Storage.LOCAL else 0,
                 was_running=svm.power is PowerState.RUNNING,
                 cap=spec.bandwidth * MiB if spec.bandwidth else None,
-                downtime_limit=min(spec.max_downtime or DEFAULT_DOWNTIME_MS, DEFAULT_DOWNTIME_MS) / 1000,
+                downtime_limit=min(spec.max_downtime or DEFAULT_DOWNTIME_MS, DEFAULT_DOWNTIME_MS)
+                / 1000,
                 auto_converge_allowed="auto_converge" in needs,
                 postcopy_allowed="postcopy" in needs,
             )
@@ -450,4 +458,6 @@ class SimBackend(Backend):
             if sj is None:
                 raise NotFound(f"no simulator job {ref.get('job')!r}")
             mode = MigrationMode.LIVE if sj.live else MigrationMode.COLD
-            return Job(id=sj.id, vm=sj.vm, source=sj.source, target=sj.target, mode=mode, ref=dict(ref))
+            return Job(
+                id=sj.id, vm=sj.vm, source=sj.source, target=sj.target, mode=mode, ref=dict(ref)
+            )

@@ -146,7 +146,7 @@ class Link:
                 self.t = t
                 break
             self._share()
-            dt = min(min(j.next_event() for j in live), t - self.t)
+            dt = min(*(j.next_event() for j in live), t - self.t)
             dt = max(dt, 0.0)
             for job in live:
                 _flow(job, dt)
@@ -240,9 +240,9 @@ def _events(job: SimJob, link: Link, on_end: _EndHook) -> None:
         _enter(job, "postcopy")
         job.pass_left = remaining
         job.dirtied = 0.0
-    elif state == "postcopy" and job.pass_left <= _EPS:
-        _enter(job, "cleanup", CLEANUP_S)
-    elif state == "stopcopy" and job.timer <= _EPS:
+    elif (state == "postcopy" and job.pass_left <= _EPS) or (
+        state == "stopcopy" and job.timer <= _EPS
+    ):
         _enter(job, "cleanup", CLEANUP_S)
     elif state == "shutdown" and job.timer <= _EPS:
         _enter(job, "copy")

@@ -20,7 +20,8 @@ are skipped with the reason, never passed silently.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -70,8 +71,9 @@ def check_events(events: list[MigrationEvent]) -> None:
     """Assert the shared invariants over a migration's events: every phase change is a
     legal transition, and progress never goes backwards and reads 100 only when done."""
     phases = [e.phase for e in events if e.kind is EventKind.PHASE]
-    assert phases and phases[0] is Phase.PENDING, phases
-    for before, after in zip(phases, phases[1:], strict=False):
+    assert phases, "no phase events"
+    assert phases[0] is Phase.PENDING, phases
+    for before, after in itertools.pairwise(phases):
         assert after in TRANSITIONS[before], f"illegal {before} -> {after}"
     last = -1.0
     for event in events:
@@ -91,8 +93,8 @@ class BackendContract:
     """Inherit this in a backend's tests; provide the ``contract_setup`` fixture."""
 
     @pytest.fixture
-    def setup(self, contract_setup: ContractSetup) -> Iterator[ContractSetup]:
-        yield contract_setup
+    def setup(self, contract_setup: ContractSetup) -> ContractSetup:
+        return contract_setup
 
     # ---- inventory -------------------------------------------------------------------------
     def test_inventory(self, setup: ContractSetup) -> None:
@@ -105,9 +107,11 @@ class BackendContract:
         assert len({v.id for v in vms}) == len(vms), "VM ids must be unique"
         for vm in vms:
             assert vm.host in host_ids, f"{vm.name} is on unknown host {vm.host}"
-            assert vm.memory > 0 and vm.vcpus > 0
+            assert vm.memory > 0
+            assert vm.vcpus > 0
         for host in hosts:
-            assert host.capacity.memory > 0 and host.capacity.cpus > 0
+            assert host.capacity.memory > 0
+            assert host.capacity.cpus > 0
         running = conn.vm(setup.running_vm)
         assert running.power is PowerState.RUNNING
         assert conn.host(setup.target).id in host_ids
@@ -241,7 +245,8 @@ class BackendContract:
         check_events(_collect(m, setup.timeout))
         record = m.wait(0)
         target = conn.host(setup.target).id
-        assert record.phase is Phase.COMPLETED and record.vm_host == target
+        assert record.phase is Phase.COMPLETED
+        assert record.vm_host == target
         after = conn.vm(vm.id)
         assert (after.host, after.power) == (target, PowerState.STOPPED)
 
