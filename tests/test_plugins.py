@@ -99,3 +99,29 @@ class TestTinyPluginContract(BackendContract):
                 stopped_vm="beta",
                 refuse_reservation=refuse,
             )
+
+
+def test_plugin_with_a_misspelled_hook_is_reported_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "vmmove_typo.py").write_text(
+        "import vmmove\n\n@vmmove.hookimpl\ndef vmmove_add_backend(registry):\n    pass\n"
+    )
+    dist = tmp_path / "vmmove_typo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vmmove-typo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[vmmove]\ntypo = vmmove_typo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        plugins = plugin_manager(reload=True)
+        assert "vmmove_add_backend" in plugins.broken["typo"]
+        with vmmove.connect("sim://") as conn:
+            assert conn.hosts()
+    finally:
+        monkeypatch.undo()
+        plugin_manager(reload=True)
+
+
+def test_missing_project_backend_names_its_distribution() -> None:
+    with pytest.raises(vmmove.BackendNotFound, match="pip install vmmove-libvirt"):
+        vmmove.connect("qemu+tcp://127.0.0.1:16600/system")

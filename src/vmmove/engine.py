@@ -602,6 +602,8 @@ class _Run:
         at = self.clock.time()
         history = (*self.record.history, Transition(phase=Phase.FAILED, at=at, note=str(exc)))
         self._save(phase=Phase.FAILED, history=history, **changes)
+        if isinstance(self.error, MigrationFailed):
+            self.error.record = self.record
         self._update_progress(None)
         self._emit(EventKind.PHASE, str(exc))
         self.conn._release(self)

@@ -18,7 +18,7 @@ Catch :class:`VMMoveError` to catch them all; nothing else escapes the public AP
     │   ├── MigrationFailed       it failed; ``.vm_host`` names where the VM runs
     │   │   └── PostcopyFailed    it failed after the commit point: the VM may be lost
     │   ├── MigrationCancelled    it was cancelled; ``.vm_host`` names where the VM runs
-    │   └── MigrationTimedOut     the completion budget or stall timeout ran out; it was aborted
+    │   └── MigrationTimedOut     budget or stall timeout ran out, or a policy Abort step fired
     ├── WaitTimeout               ``Migration.wait(timeout)`` returned before the migration ended
     └── BackendProtocolError      a backend reported something impossible (a bug in the backend)
 
@@ -125,7 +125,8 @@ class MigrationCancelled(MigrationError):
 
 
 class MigrationTimedOut(MigrationError):
-    """The completion budget or the stall timeout ran out and the migration was aborted."""
+    """The completion budget or the stall timeout ran out, or the policy's ``Abort`` step
+    fired, and the migration was aborted; the VM runs on its source."""
 
 
 class WaitTimeout(VMMoveError, TimeoutError):

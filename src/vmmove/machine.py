@@ -60,14 +60,14 @@ class Phase(enum.StrEnum):
     def primary(self) -> Side:
         """Which side runs the VM while the migration is in this phase.
 
-        Terminal phases say nothing on their own: a failed migration may have failed
-        before or after its commit point, so the record's ``vm_host`` is the truth there.
+        ``FAILED`` and ``CANCELLED`` say nothing on their own (a failure may come before or
+        after the commit point), so the record's ``vm_host`` is the truth there.
         """
         if self in _COMMITTED:
             return Side.TARGET
         if self is Phase.SWITCHING_OVER:
             return Side.IN_TRANSIT
-        if self.terminal:
+        if self in (Phase.FAILED, Phase.CANCELLED):
             return Side.RECORDED
         return Side.SOURCE
 

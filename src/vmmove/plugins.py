@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[str, Mapping[str, Any]], "Backend"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+# Schemes of the backends this project ships, for a helpful hint when one is missing.
+_DISTS = {
+    "qemu": "vmmove-libvirt",
+    "libvirt": "vmmove-libvirt",
+    "vsphere": "vmmove-vsphere",
+    "kubevirt": "vmmove-kubevirt",
+    "hyperv": "vmmove-hyperv",
+    "nutanix": "vmmove-nutanix",
+}
 _BUILTINS = {"sim": "vmmove.sim.plugin"}  # entry-point name -> module
 
 
@@ -82,10 +91,9 @@ class BackendRegistry:
         if spec is not None:
             return spec
         known = ", ".join(sorted(self._specs)) or "none"
-        raise BackendNotFound(
-            f"no backend serves {scheme}:// (installed: {known}); "
-            f"install its plugin, e.g. pip install vmmove-{scheme.split('+', 1)[0]}"
-        )
+        base = scheme.split("+", 1)[0]
+        hint = f"; install its plugin: pip install {_DISTS[base]}" if base in _DISTS else ""
+        raise BackendNotFound(f"no backend serves {scheme}:// (installed: {known}){hint}")
 
     def all(self) -> list[BackendSpec]:
         return sorted(self._specs.values(), key=lambda s: s.scheme)
@@ -126,7 +134,10 @@ def _load() -> Plugins:
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
+                pm.check_pending()  # a misspelled hook is this plugin's fault, not everyone's
             except Exception as exc:  # a broken third-party plugin must not break the rest
+                if (plugin := pm.get_plugin(ep.name)) is not None:
+                    pm.unregister(plugin)
                 broken[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("vmmove plugin %r failed to load: %s", ep.name, exc)
     for name, module in _BUILTINS.items():
