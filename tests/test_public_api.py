@@ -16,7 +16,7 @@ PUBLIC = {
     "NotFound", "NotSupported", "Phase", "Policy", "PostcopyFailed", "PowerState",
     "PrecheckFailed", "Problem", "Progress", "RecordStore", "Reservation", "ReservationRefused",
     "Secret", "Side", "Step", "Storage", "VMInfo", "VMMoveError", "WaitTimeout", "__version__",
-    "connect", "hookimpl",
+    "attach", "connect", "hookimpl",
 }  # fmt: skip
 
 

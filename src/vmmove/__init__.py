@@ -147,6 +147,7 @@ __all__ = [
     "VMMoveError",
     "WaitTimeout",
     "__version__",
+    "attach",
     "connect",
     "hookimpl",
 ]
@@ -181,14 +182,48 @@ def connect(
             f"URI {uri!r} has no scheme; for example sim:// or qemu+tcp://host/system"
         )
     plugins = plugin_manager()
+    estate = _redact(uri)
     backend = plugins.backends.get(scheme).factory(uri, options)
     return Connection(
         backend,
-        uri=_redact(uri),
+        uri=estate,
         plugins=plugins,
-        store=store,
+        store=_store_for(estate, store),
         max_concurrent=max_concurrent,
     )
+
+
+def attach(
+    record_id: str, *, uri: str | None = None, store: RecordStore | None = None, **options: Any
+) -> Migration:
+    """Pick up a migration whose client died, from the journal.
+
+    ``uri`` defaults to the estate the record was written for (without credentials: pass
+    them in ``options`` or the environment, as for :func:`connect`).
+    """
+    from vmmove.journal import Journal  # noqa: PLC0415
+
+    journal = store if store is not None else Journal()
+    if uri is None:
+        if not isinstance(journal, Journal):
+            raise InvalidInput("name the estate's uri: this store does not remember it")
+        uri = journal.estate_of(record_id)
+    conn = connect(uri, store=journal, **options)
+    return conn.attach(record_id)
+
+
+def _store_for(estate: str, store: RecordStore | None) -> RecordStore:
+    """The journal by default (``VMMOVE_JOURNAL=off`` keeps records in memory only)."""
+    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.store import MemoryStore  # noqa: PLC0415
+
+    if store is None:
+        if os.environ.get("VMMOVE_JOURNAL", "").lower() in ("off", "memory", "none"):
+            return MemoryStore()
+        store = Journal()
+    if isinstance(store, Journal) and not store.estate:
+        return store.for_estate(estate)
+    return store
 
 
 def _redact(uri: str) -> str:

@@ -153,6 +153,7 @@ class _Run:
         spec: MigrationSpec,
         vm: VMInfo,
         policy: Policy,
+        record: MigrationRecord | None = None,
     ) -> None:
         self.conn = conn
         self.backend = conn.backend
@@ -178,7 +179,7 @@ class _Run:
         self.last_iteration = 0
         self.events = _EventLog()
         now = self.clock.time()
-        self.record = MigrationRecord(
+        self.record = record or MigrationRecord(
             id=uuid.uuid4().hex[:12],
             backend=conn.backend_name,
             vm=vm.id,
@@ -193,7 +194,7 @@ class _Run:
             created_at=now,
             updated_at=now,
         )
-        self.progress = Progress(phase=Phase.PENDING)
+        self.progress = Progress(phase=self.record.phase)
         self._t0 = self.clock.now()
 
     # ---- record keeping ----------------------------------------------------------------
@@ -331,6 +332,8 @@ class _Run:
         if caps.reserve and self.reservation is None:
             self.reservation = self.backend.reserve(self.vm, self.target, self.spec)
         needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
+        # Written first: a client that dies inside start() leaves a record that says so.
+        self._save(job_ref={"intent": "start", "vm": self.vm.id, "target": self.target.id})
         self.job = self.backend.start(
             self.vm, self.target, self.spec, self.mode, needs=needs, reservation=self.reservation
         )
@@ -938,12 +941,74 @@ class Connection:
             if info.id in self._by_vm:
                 other = self._by_vm[info.id].record.id
                 raise Conflict(f"VM {info.name} is already migrating (migration {other})")
+            self.store.begin(run.record)  # the journal's lock: no other process has this VM
             self._by_vm[info.id] = run
             self._runs[run.record.id] = run
-            self.store.save(run.record)
             run._emit(EventKind.PHASE)
         self._sup.submit(run)
         return Migration(run, self._sup)
+
+    def attach(self, record_id: str) -> Migration:
+        """Supervise a migration whose client went away, from its durable record.
+
+        The backend finds the job again from the record's ``job_ref``. A job that cannot be
+        found ends the record truthfully: nothing started (cancelled) or where the VM is.
+        """
+        with self._sup.cond:
+            if record_id in self._runs:
+                return Migration(self._runs[record_id], self._sup)
+        record = self.store.get(record_id)
+        vm = self.backend.vm(record.vm)
+        try:
+            policy = resolve(record.policy, self.plugins.policies)
+        except InvalidInput:
+            policy = resolve("none")  # a custom schedule is not in the record: budgets only
+        spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=policy)
+        run = _Run(self, spec, vm, policy, record=record)
+        if not record.phase.terminal:
+            if hasattr(self.store, "adopt"):
+                self.store.adopt(record)
+            self._restore(run)
+        with self._sup.cond:
+            self._runs[record.id] = run
+            if not run.phase.terminal:
+                self._by_vm[vm.id] = run
+        if not run.phase.terminal:
+            self._sup.submit(run)
+        return Migration(run, self._sup)
+
+    def _restore(self, run: _Run) -> None:
+        record = run.record
+        if record.target is not None:
+            run.target = self.backend.host(record.target)
+            self._claim(run)
+        ref = dict(record.job_ref)
+        if ref and ref.get("intent") != "start":
+            run.job = self.backend.attach(ref)
+        elif ref:
+            try:  # the client died inside start(): the backend may find the job by VM
+                run.job = self.backend.attach(ref)
+            except VMMoveError:
+                run.job = None
+        if run.job is not None:
+            run.started_at = self.clock.now()
+            run._t0 = run.started_at
+            return
+        with self._sup.cond:
+            if record.phase in (Phase.PENDING, Phase.PREPARING) or (
+                record.phase is Phase.REQUESTING and self.backend.locate(run.vm.id) == record.source
+            ):
+                run._finish(
+                    Phase.CANCELLED,
+                    MigrationCancelled,
+                    "the client went away before the job started",
+                )
+            else:
+                run._fail(
+                    MigrationFailed(
+                        "the client went away and the job cannot be found", vm_host=None
+                    )
+                )
 
     def migrations(self) -> list[Migration]:
         return [Migration(r, self._sup) for r in self._runs.values()]

@@ -5,15 +5,19 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from vmmove.errors import NotFound
+from vmmove.errors import Conflict, NotFound
 from vmmove.model import MigrationRecord
 
 __all__ = ["MemoryStore", "RecordStore"]
 
 
 class RecordStore(Protocol):
+    def begin(self, record: MigrationRecord) -> None:
+        """Save a new record and lock its VM, or raise :class:`Conflict` and save nothing."""
+
     def save(self, record: MigrationRecord) -> None:
-        """Persist the record (replacing the previous version with the same id)."""
+        """Persist the record (replacing the previous version with the same id); a terminal
+        record releases its VM's lock."""
 
     def get(self, record_id: str) -> MigrationRecord: ...
 
@@ -25,11 +29,22 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, MigrationRecord] = {}
+        self._locks: dict[str, str] = {}  # VM id -> record id
         self._lock = threading.Lock()
+
+    def begin(self, record: MigrationRecord) -> None:
+        with self._lock:
+            holder = self._locks.get(record.vm)
+            if holder is not None and not self._records[holder].phase.terminal:
+                raise Conflict(f"VM {record.vm_name} is being migrated by record {holder}")
+            self._locks[record.vm] = record.id
+            self._records[record.id] = record
 
     def save(self, record: MigrationRecord) -> None:
         with self._lock:
             self._records[record.id] = record
+            if record.phase.terminal and self._locks.get(record.vm) == record.id:
+                del self._locks[record.vm]
 
     def get(self, record_id: str) -> MigrationRecord:
         with self._lock:

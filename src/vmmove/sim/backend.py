@@ -153,14 +153,22 @@ class SimBackend(Backend):
             else:
                 link.t = now
 
+    def _account(self, host: str, cpus: int, memory: int) -> None:
+        if self._used is not None:
+            self._used[host][0] += cpus
+            self._used[host][1] += memory
+
     def _on_end(self, job: SimJob) -> None:
-        self._used = None
         vm = self.inventory.vms[job.vm]
         vm.migrating = None
         if job.vm_host is None:
+            self._account(vm.host, -vm.vcpus, -vm.memory)
             self._lost.add(vm.id)
             vm.power = PowerState.STOPPED
             return
+        if job.vm_host != vm.host:
+            self._account(vm.host, -vm.vcpus, -vm.memory)
+            self._account(job.vm_host, vm.vcpus, vm.memory)
         vm.host = job.vm_host
         if not job.live:
             vm.power = PowerState.RUNNING if job.was_running else PowerState.STOPPED
@@ -225,8 +233,8 @@ class SimBackend(Backend):
             return self._host_info(host, self._usage()[host.id])
 
     def _usage(self) -> dict[str, list[int]]:
-        """vCPUs and memory held on each host by its VMs and by reservations (cached until
-        a VM moves or a reservation changes)."""
+        """vCPUs and memory held on each host by its VMs and by reservations (kept up to
+        date as VMs move and reservations come and go; computed once)."""
         if self._used is None:
             used: dict[str, list[int]] = {h: [0, 0] for h in self.inventory.hosts}
             for vm in self.inventory.vms.values():
@@ -324,13 +332,13 @@ class SimBackend(Backend):
                 id=f"r{next(self._ids)}", host=target.id, memory=vm.memory, cpus=vm.vcpus
             )
             self._reservations[r.id] = r
-            self._used = None
+            self._account(r.host, r.cpus, r.memory)
             return r
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:
-            self._reservations.pop(reservation.id, None)
-            self._used = None
+            if self._reservations.pop(reservation.id, None) is not None:
+                self._account(reservation.host, -reservation.cpus, -reservation.memory)
 
     def start(
         self,

@@ -1,0 +1,162 @@
+"""Durable records: every transition on disk, one migration per VM across processes,
+and re-attaching after the client died."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vmmove
+from vmmove import EventKind, Phase
+from vmmove.engine import Connection
+from vmmove.journal import Journal, record_from_json, record_to_json
+from vmmove.plugins import plugin_manager
+from vmmove.sim import SimBackend
+
+
+def test_journal_is_owner_only_and_in_wal_mode(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert stat.S_IMODE(os.stat(journal.path).st_mode) == 0o600
+    mode = journal._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_every_transition_is_on_disk_and_round_trips(journal_path: Path) -> None:
+    with vmmove.connect("sim://") as conn:
+        m = conn.migrate("web-1", to="host-b", policy="balanced")
+        seen = []
+        for event in m.events():
+            if event.kind is EventKind.PHASE:
+                # Written before it is acted on: the file already holds this phase.
+                on_disk = Journal(journal_path).get(m.id)
+                seen.append(event.phase in [t.phase for t in on_disk.history])
+        record = m.wait()
+    assert seen
+    assert all(seen)
+    stored = Journal(journal_path).get(record.id)
+    assert stored == record
+    assert record_from_json(record_to_json(record)) == record
+    assert Journal(journal_path).estate_of(record.id) == "sim://"
+
+
+def test_damaged_record_is_a_clear_error() -> None:
+    with pytest.raises(vmmove.InvalidInput, match="damaged"):
+        record_from_json('{"id": "x"}')
+
+
+RACER = """
+import sys, vmmove
+conn = vmmove.connect("sim://")
+print("ready", flush=True)
+sys.stdin.readline()  # the barrier: both racers go on the same line from the test
+try:
+    print("ok", conn.migrate("db-1", to="host-b").id, flush=True)  # never driven: in flight
+except vmmove.Conflict as exc:
+    print("conflict", exc, flush=True)
+"""
+
+
+def test_two_real_processes_cannot_migrate_one_vm(journal_path: Path) -> None:
+    env = {**os.environ, "VMMOVE_JOURNAL": str(journal_path)}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    for p in racers:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+    for p in racers:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
+    assert all(p.returncode == 0 for p in racers)
+    assert results[0].startswith("conflict")
+    assert results[1].startswith("ok")
+    winner = results[1].split()[1]
+    assert f"record {winner}" in results[0]  # the loser is told who holds the VM
+    assert "vmmove attach" in results[0]
+
+
+def test_a_finished_migration_frees_the_vm(journal_path: Path) -> None:
+    with vmmove.connect("sim://") as conn:
+        conn.migrate("web-1", to="host-b").wait()
+        conn.migrate("web-1", to="host-c").wait()
+        conn.migrate("web-1", to="host-a").wait()
+    history = Journal(journal_path).list()
+    assert [r.target for r in history] == ["host-a", "host-c", "host-b"]
+
+
+def _abandon(conn: Connection) -> None:
+    """What a client crash leaves behind: the record on disk, nobody supervising."""
+    conn._sup.close()
+
+
+@pytest.mark.parametrize("crash_at", [Phase.REQUESTING, Phase.TRANSFERRING, Phase.SWITCHING_OVER])
+def test_attach_after_the_client_died(crash_at: Phase) -> None:
+    backend = SimBackend()  # the hypervisor outlives the client
+    first = Connection(
+        backend, uri="sim://", plugins=plugin_manager(), store=Journal().for_estate("sim://")
+    )
+    m = first.migrate("db-1", to="host-b")
+    for event in m.events():
+        if event.kind is EventKind.PHASE and event.phase is crash_at:
+            break
+    _abandon(first)
+    second = Connection(
+        backend, uri="sim://", plugins=plugin_manager(), store=Journal().for_estate("sim://")
+    )
+    with pytest.raises(vmmove.Conflict):
+        second.migrate("db-1", to="host-c")  # still locked: the migration is in flight
+    again = second.attach(m.id)
+    record = again.wait()
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "host-b" == backend.locate("db-1")
+    assert Journal().get(m.id).phase is Phase.COMPLETED
+    second.migrate("db-1", to="host-a").wait()  # the lock went with the record
+
+
+def test_attach_when_the_client_died_inside_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = SimBackend()
+    journal = Journal().for_estate("sim://")
+    first = Connection(backend, uri="sim://", plugins=plugin_manager(), store=journal)
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process is killed while the platform call is made
+
+    monkeypatch.setattr(backend, "start", die)
+    m = first.migrate("db-1", to="host-b")
+    with pytest.raises(KeyboardInterrupt):
+        m.wait()
+    monkeypatch.undo()
+    _abandon(first)
+    assert journal.get(m.id).job_ref["intent"] == "start"
+    second = Connection(backend, uri="sim://", plugins=plugin_manager(), store=journal)
+    handle = second.attach(m.id)
+    with pytest.raises(vmmove.MigrationCancelled):
+        handle.wait()
+    assert handle.record.vm_host == "host-a" == backend.locate("db-1")
+
+
+def test_attach_to_a_finished_record_returns_it() -> None:
+    with vmmove.connect("sim://") as conn:
+        record = conn.migrate("web-1", to="host-b").wait()
+    handle = vmmove.attach(record.id)
+    assert handle.done
+    assert handle.record == record
+
+
+def test_attach_unknown_record_is_not_found() -> None:
+    with pytest.raises(vmmove.NotFound):
+        vmmove.attach("no-such-record")
