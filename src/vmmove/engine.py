@@ -481,6 +481,8 @@ class _Run:
             for phase in self._route(Phase.COMPLETING, status) or []:
                 self._enter(phase, "inferred: not observed")
             self._save(figures=figures)
+            if self.cancel_requested:
+                self._warn("cancel arrived as the platform committed: the migration completed")
             self._cleanup()
             self._finish(
                 Phase.COMPLETED,

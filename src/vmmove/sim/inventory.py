@@ -79,7 +79,11 @@ class SimInventory:
 
 def _num(table: dict[str, Any], key: str, default: float, where: str) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value < 1e12  # also refuses NaN and infinity
+    ):
         raise InvalidInput(f"{where}: {key} must be a non-negative number, not {value!r}")
     return float(value)
 
@@ -92,10 +96,19 @@ def _enum(cls: Any, table: dict[str, Any], key: str, default: str, where: str) -
         raise InvalidInput(f"{where}: {key} must be one of {choices}") from None
 
 
+def _tables(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise InvalidInput(f"inventory: `{key}` must be an array of tables ([[{key}]])")
+    return value
+
+
 def parse(data: dict[str, Any]) -> SimInventory:
+    if not isinstance(data, dict):
+        raise InvalidInput("inventory: expected a table")
     inv = SimInventory()
     default_link = _num(data, "link_mib_s", 1170, "inventory") * MiB
-    for i, h in enumerate(data.get("host", [])):
+    for i, h in enumerate(_tables(data, "host")):
         where = f"host #{i + 1}"
         if not isinstance(h, dict) or not h.get("name"):
             raise InvalidInput(f"{where}: needs a name")
@@ -113,7 +126,7 @@ def parse(data: dict[str, Any]) -> SimInventory:
             raise InvalidInput(f"{where}: duplicate host id {host.id!r}")
         inv.hosts[host.id] = host
     names = {h.name: h.id for h in inv.hosts.values()}
-    for i, v in enumerate(data.get("vm", [])):
+    for i, v in enumerate(_tables(data, "vm")):
         where = f"vm #{i + 1}"
         if not isinstance(v, dict) or not v.get("name"):
             raise InvalidInput(f"{where}: needs a name")
@@ -155,6 +168,10 @@ def load(path: str | Path) -> SimInventory:
         raise InvalidInput(f"cannot read inventory {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"inventory {path} is not valid TOML: {exc}") from None
+    except InvalidInput:
+        raise
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise InvalidInput(f"cannot read inventory {path!r}: {exc}") from None
 
 
 def sample() -> SimInventory:
