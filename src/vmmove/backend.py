@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypeVar
 
 from vmmove.clock import Clock, RealClock
 from vmmove.errors import NotFound, NotSupported
@@ -27,7 +27,7 @@ from vmmove.machine import Phase
 from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
 from vmmove.policy import Action
 
-__all__ = ["Backend", "Capabilities", "Job", "JobStatus", "Reservation"]
+__all__ = ["Backend", "Capabilities", "Job", "JobStatus", "Reservation", "lookup"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -121,25 +121,11 @@ class Backend(abc.ABC):
 
     def vm(self, ref: str) -> VMInfo:
         """A VM by id, or by name when no id matches."""
-        vms = self.vms()
-        for vm in vms:
-            if vm.id == ref:
-                return vm
-        named = [vm for vm in vms if vm.name == ref]
-        if len(named) == 1:
-            return named[0]
-        raise NotFound(f"no VM {ref!r}" if not named else f"VM name {ref!r} is ambiguous")
+        return lookup(self.vms(), ref, "VM")
 
     def host(self, ref: str) -> HostInfo:
         """A host by id, or by name when no id matches."""
-        hosts = self.hosts()
-        for host in hosts:
-            if host.id == ref:
-                return host
-        named = [h for h in hosts if h.name == ref]
-        if len(named) == 1:
-            return named[0]
-        raise NotFound(f"no host {ref!r}" if not named else f"host name {ref!r} is ambiguous")
+        return lookup(self.hosts(), ref, "host")
 
     def locate(self, vm_id: str) -> str | None:
         """Where the VM runs now (host id), or ``None`` if no host runs it."""
@@ -197,3 +183,27 @@ class Backend(abc.ABC):
 
 
 _REAL_CLOCK = RealClock()
+
+
+class _Named(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+_T = TypeVar("_T", bound=_Named)
+
+
+def lookup(items: Iterable[_T], ref: str, kind: str) -> _T:
+    """The item whose id is ``ref``, else the one item named ``ref``; NotFound otherwise."""
+    named = []
+    for item in items:
+        if item.id == ref:
+            return item
+        if item.name == ref:
+            named.append(item)
+    if len(named) == 1:
+        return named[0]
+    raise NotFound(f"no {kind} {ref!r}" if not named else f"{kind} name {ref!r} is ambiguous")

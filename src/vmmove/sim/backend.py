@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
+from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation, lookup
 from vmmove.clock import Clock, ScaledClock, VirtualClock
 from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported, ReservationRefused
 from vmmove.machine import Phase
@@ -196,21 +196,11 @@ class SimBackend(Backend):
 
     def _vm(self, ref: str) -> inv.SimVM:
         vms = self.inventory.vms
-        if ref in vms:
-            return vms[ref]
-        for vm in vms.values():
-            if vm.name == ref:
-                return vm
-        raise NotFound(f"no VM {ref!r}")
+        return vms[ref] if ref in vms else lookup(vms.values(), ref, "VM")
 
     def _host(self, ref: str) -> inv.SimHost:
         hosts = self.inventory.hosts
-        if ref in hosts:
-            return hosts[ref]
-        for host in hosts.values():
-            if host.name == ref:
-                return host
-        raise NotFound(f"no host {ref!r}")
+        return hosts[ref] if ref in hosts else lookup(hosts.values(), ref, "host")
 
     def _take_fault(self, vm: str, host: str, kinds: tuple[str, ...]) -> Fault | None:
         for fault in self._faults:
