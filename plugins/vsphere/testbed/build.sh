@@ -42,12 +42,11 @@ if [ -x "$bin" ] && [ "${VMMOVE_TESTBED_FORCE:-0}" != 1 ]; then
     fi
 fi
 
-start=$(date +%s.%N)
+start=$(date +%s)
 # Private GOPATH entry first (go never writes into /usr/share/gocode), private build cache.
 GO111MODULE=off GOFLAGS= GOPROXY=off \
 GOPATH="$cache/gopath:/usr/share/gocode" GOCACHE="$cache/go-build" \
     sh -c 'cd "$1" && go build -trimpath -o "$2.tmp" .' sh "$src" "$bin"
 mv -f "$bin.tmp" "$bin"
-end=$(date +%s.%N)
-echo "build.sh: built $bin in $(echo "$end - $start" | bc 2>/dev/null || echo "?") s" >&2
+echo "build.sh: built $bin in $(( $(date +%s) - start )) s" >&2
 echo "$bin"

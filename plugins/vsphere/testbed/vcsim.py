@@ -3,7 +3,7 @@
 Typical pytest use::
 
     import pytest
-    from plugins.vsphere.testbed.vcsim import Vcsim   # or import vcsim by path
+    from vcsim import Vcsim   # plugins/vsphere/testbed on sys.path, or load the file by path
 
     @pytest.fixture(scope="session")
     def vcsim():

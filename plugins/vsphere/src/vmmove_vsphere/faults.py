@@ -1,0 +1,95 @@
+"""vSphere faults -> vmmove's error tree and pre-check problems.
+
+pyVmomi hands ``LocalizedMethodFault`` over as the fault object itself (a
+``vmodl.MethodFault`` with ``.msg``). Faults are matched by their WSDL type name along the
+class hierarchy, so ``InsufficientMemoryResourcesFault`` is caught as
+``InsufficientResourcesFault`` and this module needs no pyVmomi import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmmove.errors import (
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    PrecheckFailed,
+    ReservationRefused,
+    VMMoveError,
+)
+from vmmove.model import Problem
+
+__all__ = [
+    "fault_names",
+    "fault_text",
+    "is_fault",
+    "problem",
+    "refusal",
+]
+
+#: Faults that mean "the platform refused before anything moved", beyond PrecheckFailed.
+_REFUSALS: tuple[tuple[str, type[VMMoveError]], ...] = (
+    ("InsufficientResourcesFault", ReservationRefused),
+    ("TaskInProgress", Conflict),
+    ("ConcurrentAccess", Conflict),
+    ("ManagedObjectNotFound", NotFound),
+    ("InvalidLogin", AuthenticationFailed),
+    ("NotAuthenticated", AuthenticationFailed),
+)
+
+
+def fault_names(fault: Any) -> list[str]:
+    """The fault's WSDL type name and its ancestors', most specific first
+    (``["InsufficientMemoryResourcesFault", "InsufficientResourcesFault", "VimFault", ...]``)."""
+    names = []
+    for cls in type(fault).__mro__:
+        name = getattr(cls, "_wsdlName", None)
+        if isinstance(name, str) and name not in names:
+            names.append(name)
+    return names or [type(fault).__name__]
+
+
+def is_fault(fault: Any, *names: str) -> bool:
+    return any(n in names for n in fault_names(fault))
+
+
+def fault_name(fault: Any) -> str:
+    return fault_names(fault)[0]
+
+
+def fault_text(fault: Any) -> str:
+    """``InvalidHostState: The operation is not allowed ...``, with the first localized
+    message when the fault carries one beyond ``msg``."""
+    msg = str(getattr(fault, "msg", "") or "").strip()
+    for item in getattr(fault, "faultMessage", None) or ():
+        extra = str(getattr(item, "message", "") or "").strip()
+        if extra and extra not in msg:
+            msg = f"{msg} ({extra})" if msg else extra
+            break
+    name = fault_name(fault)
+    return f"{name}: {msg}" if msg else name
+
+
+def problem(fault: Any, *, severity: str = "error", where: str = "") -> Problem:
+    """A pre-check finding from a ``vim.vm.check.Result`` error or warning.
+
+    ``code`` is the fault's type name (``InvalidHostState``, ``MigrationFault``...)."""
+    text = fault_text(fault)
+    return Problem(
+        code=fault_name(fault),
+        message=f"{where}: {text}" if where else text,
+        severity="warning" if severity == "warning" else "error",
+    )
+
+
+def refusal(fault: Any, what: str, where: str = "") -> VMMoveError:
+    """The error for a migration the platform refused before it ran: not enough resources
+    -> :class:`ReservationRefused`, another task holds the VM -> :class:`Conflict`, a vanished
+    object -> :class:`NotFound`; anything else (host state, power state, arguments,
+    datastores, compatibility) -> :class:`PrecheckFailed` with the fault as its problem."""
+    text = fault_text(fault)
+    for name, kind in _REFUSALS:
+        if is_fault(fault, name):
+            return kind(f"{what}: {text}")
+    return PrecheckFailed(f"{what}: refused by vSphere", [problem(fault, where=where)])
