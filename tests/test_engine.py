@@ -177,3 +177,44 @@ def test_a_backend_that_lies_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> No
         m.wait()
     assert m.record.error_type == "BackendProtocolError"
     assert m.record.vm_host == "a"
+
+
+def test_a_dropped_connection_is_not_a_failed_migration(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = estate()
+    real = conn.backend.poll
+    drops = iter(range(3))
+
+    def flaky(job):  # type: ignore[no-untyped-def]
+        if next(drops, None) is not None:
+            raise vmmove.ConnectionFailed("connection reset by peer")
+        return real(job)
+
+    monkeypatch.setattr(conn.backend, "poll", flaky)
+    record = conn.migrate("v", to="b").wait()
+    assert record.phase is Phase.COMPLETED
+    assert any("lost contact" in w for w in record.warnings)
+
+
+def test_an_endpoint_gone_for_good_fails_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = estate()
+    conn.poll_grace = 30.0
+
+    def gone(job):  # type: ignore[no-untyped-def]
+        raise vmmove.ConnectionFailed("no route to host")
+
+    monkeypatch.setattr(conn.backend, "poll", gone)
+    m = conn.migrate("v", to="b")
+    with pytest.raises(vmmove.MigrationFailed, match="no route to host"):
+        m.wait()
+    assert m.record.updated_at - m.record.created_at == pytest.approx(31, abs=2)
+    # The platform went on without us: the record names where the VM really is.
+    assert m.record.vm_host == conn.backend.locate("v")
+
+
+def test_a_storage_move_needs_a_backend_that_can() -> None:
+    conn = estate()
+    m = conn.migrate("v", to="a", datastore="fast-ssd")
+    with pytest.raises(vmmove.PrecheckFailed, match="no datastores"):
+        m.wait()
+    with pytest.raises(vmmove.InvalidInput):
+        conn.migrate("v", to="b", datastore="")

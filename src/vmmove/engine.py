@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 from vmmove.backend import Backend, Job, JobStatus, Reservation
 from vmmove.clock import Clock, VirtualClock
 from vmmove.errors import (
+    AuthenticationFailed,
     BackendProtocolError,
     Conflict,
+    ConnectionFailed,
     InvalidInput,
     MigrationCancelled,
     MigrationFailed,
@@ -93,7 +95,14 @@ _PHASE_PERCENT = {
 _TRANSFER_SPAN = (5.0, 91.0)
 _POSTCOPY_SPAN = (93.0, 98.0)
 # Errors that already say what happened; anything else is wrapped as MigrationFailed.
-_KEEP_AS_IS = (PrecheckFailed, ReservationRefused, NotFound, InvalidInput, MigrationFailed)
+_KEEP_AS_IS = (
+    PrecheckFailed,
+    ReservationRefused,
+    NotFound,
+    InvalidInput,
+    Conflict,
+    MigrationFailed,
+)
 _AFTER_POSTCOPY = frozenset({Phase.COMPLETING, Phase.COMPLETED})
 _MAX_EVENTS = 10_000  # per migration; older events drop off the front
 
@@ -168,6 +177,7 @@ class _Run:
         self.error: VMMoveError | None = None
         self.cancel_requested = False
         self.holds_slot = False
+        self.unreachable_since: float | None = None
         self.claimed = False  # counted in the connection's in-flight placement figures
         self.downtime_ms = 0  # the limit the policy last set (0: the platform's own)
         self.abort_sent = False
@@ -308,9 +318,23 @@ class _Run:
             return None if self.phase.terminal else now + self.backend.poll_interval
         if self.cancel_requested and not self.abort_sent:
             self._abort("cancel")
-        status = self.backend.poll(self.job)
+        try:
+            status = self.backend.poll(self.job)
+        except ConnectionFailed as exc:
+            if isinstance(exc, AuthenticationFailed) or not self._tolerate(exc, now):
+                raise
+            return now + self.backend.poll_interval
+        self.unreachable_since = None
         self._observe(status, now)
         return None if self.phase.terminal else now + self.backend.poll_interval
+
+    def _tolerate(self, exc: ConnectionFailed, now: float) -> bool:
+        """A dropped connection is not a failed migration: the platform goes on without us.
+        Keep polling for ``poll_grace`` seconds before giving up on the job."""
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+            self._warn(f"lost contact with the platform, still trying: {exc}")
+        return now - self.unreachable_since <= self.conn.poll_grace
 
     def _prepare(self) -> None:
         self.vm = self.backend.vm(self.vm.id)
@@ -660,6 +684,10 @@ class _Supervisor:
 
     def _loop(self) -> None:
         while True:
+            with self.cond:
+                if self._closed:  # never poll a backend that is being closed
+                    self._thread = None
+                    return
             due = self._step()
             with self.cond:
                 if due is None or self._closed:
@@ -707,6 +735,11 @@ class Migration:
     def __init__(self, run: _Run, supervisor: _Supervisor) -> None:
         self._run = run
         self._sup = supervisor
+
+    @property
+    def connection(self) -> Connection:
+        """The connection supervising this migration (close it when done with it)."""
+        return self._run.conn
 
     def __repr__(self) -> str:
         rec = self._run.record
@@ -779,9 +812,12 @@ class Connection:
         plugins: Plugins,
         store: RecordStore | None = None,
         max_concurrent: int | None = None,
+        poll_grace: float = 120.0,
     ) -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise InvalidInput("max_concurrent must be at least 1")
+        #: seconds a job may stay unreachable before its migration is given up on
+        self.poll_grace = poll_grace
         self.backend = backend
         self.uri = uri
         self.backend_name = backend.scheme or type(backend).__name__
@@ -888,9 +924,11 @@ class Connection:
             target = backend.host(spec.target)
             if not caps.choose_target:
                 refuse("unsupported", "this backend lets the platform choose the target host")
-            if target.id == vm.host:
+            if spec.datastore is not None and not caps.storage_move:
+                refuse("unsupported", "this backend cannot move storage")
+            if target.id == vm.host and spec.datastore is None:
                 refuse("same-host", f"{vm.name} already runs on {target.name}")
-            else:
+            elif target.id != vm.host:
                 verdict = explain(vm, [target], ctx, placement)[0]
                 for reason in verdict.rejected:
                     refuse("placement", f"{target.name}: {reason}")

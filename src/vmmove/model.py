@@ -149,12 +149,15 @@ class MigrationSpec:
     max_downtime: int | None = None
     completion_budget_per_gib: float | None = None
     stall_timeout: float | None = None
+    datastore: str | None = None  # move the disks there too (backends with storage_move)
 
     def __post_init__(self) -> None:
         if not isinstance(self.vm, str) or not self.vm:
             raise InvalidInput("MigrationSpec.vm must be a non-empty VM id or name")
-        if self.target is not None and (not isinstance(self.target, str) or not self.target):
-            raise InvalidInput("MigrationSpec.target must be a host id or name, or None")
+        for name in ("target", "datastore"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidInput(f"MigrationSpec.{name} must be a non-empty name, or None")
         try:
             object.__setattr__(self, "mode", MigrationMode(self.mode))
         except ValueError:

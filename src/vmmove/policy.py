@@ -273,6 +273,8 @@ def resolve(policy: str | Policy, extra: Iterable[Policy] = ()) -> Policy:
     """Turn a preset name (built-in or from a plugin) into a :class:`Policy`."""
     if isinstance(policy, Policy):
         return policy
+    if not isinstance(policy, str):
+        raise InvalidInput(f"a policy is a preset name or a Policy, not {type(policy).__name__}")
     known = {**PRESETS, **{p.name: p for p in extra}}
     try:
         return known[policy]

@@ -81,21 +81,44 @@ class Vcsim:
 
     # Model flags accepted by start() (keyword -> command-line flag); see README.md for meanings.
     FLAGS = {
-        "dc": "-dc", "cluster": "-cluster", "host": "-host", "standalone_host": "-standalone-host",
-        "vm": "-vm", "pool": "-pool", "ds": "-ds", "pg": "-pg", "autostart": "-autostart",
-        "host_memory_mb": "-host-memory-mb", "migrate_duration": "-migrate-duration",
-        "queue_delay": "-queue-delay", "tick": "-tick", "check_delay": "-check-delay",
-        "max_per_host": "-max-per-host", "validation_faults": "-validation-faults",
-        "tls_hostname": "-tls-hostname", "trace": "-trace",
+        "dc": "-dc",
+        "cluster": "-cluster",
+        "host": "-host",
+        "standalone_host": "-standalone-host",
+        "vm": "-vm",
+        "pool": "-pool",
+        "ds": "-ds",
+        "pg": "-pg",
+        "autostart": "-autostart",
+        "host_memory_mb": "-host-memory-mb",
+        "migrate_duration": "-migrate-duration",
+        "queue_delay": "-queue-delay",
+        "tick": "-tick",
+        "check_delay": "-check-delay",
+        "max_per_host": "-max-per-host",
+        "validation_faults": "-validation-faults",
+        "tls_hostname": "-tls-hostname",
+        "trace": "-trace",
         # descriptive aliases
-        "datacenters": "-dc", "clusters": "-cluster", "hosts_per_cluster": "-host",
-        "standalone_hosts": "-standalone-host", "vms_per_pool": "-vm", "datastores": "-ds",
+        "datacenters": "-dc",
+        "clusters": "-cluster",
+        "hosts_per_cluster": "-host",
+        "standalone_hosts": "-standalone-host",
+        "vms_per_pool": "-vm",
+        "datastores": "-ds",
     }
 
     @classmethod
-    def start(cls, *, username: str = "vmmove-admin", password: Optional[str] = None,
-              listen: str = "127.0.0.1:0", binary: Optional[os.PathLike] = None,
-              timeout: float = 30.0, **model_flags) -> "Vcsim":
+    def start(
+        cls,
+        *,
+        username: str = "vmmove-admin",
+        password: Optional[str] = None,
+        listen: str = "127.0.0.1:0",
+        binary: Optional[os.PathLike] = None,
+        timeout: float = 30.0,
+        **model_flags,
+    ) -> "Vcsim":
         """Launch the simulator and wait until it accepts TLS connections.
 
         model_flags: dc, cluster, host (per cluster), standalone_host, vm (per pool), pool, ds (or the aliases
@@ -110,8 +133,20 @@ class Vcsim:
         info_file = os.path.join(tmpdir, "info.json")
         log_file = os.path.join(tmpdir, "vcsim.log")
 
-        args = [str(exe), "-listen", listen, "-username", username, "-password", password,
-                "-cert-file", ca_file, "-info-file", info_file, "-exit-on-stdin-eof"]
+        args = [
+            str(exe),
+            "-listen",
+            listen,
+            "-username",
+            username,
+            "-password",
+            password,
+            "-cert-file",
+            ca_file,
+            "-info-file",
+            info_file,
+            "-exit-on-stdin-eof",
+        ]
         for key, value in model_flags.items():
             flag = cls.FLAGS.get(key)
             if flag is None:
@@ -119,7 +154,12 @@ class Vcsim:
                 raise TypeError(f"unknown vcsim flag {key!r}; known: {sorted(cls.FLAGS)}")
             if isinstance(value, bool):
                 args.append(f"{flag}={'true' if value else 'false'}")
-            elif isinstance(value, float) and key in ("migrate_duration", "queue_delay", "tick", "check_delay"):
+            elif isinstance(value, float) and key in (
+                "migrate_duration",
+                "queue_delay",
+                "tick",
+                "check_delay",
+            ):
                 args += [flag, f"{value}s"]
             elif isinstance(value, (list, tuple)):
                 args += [flag, ",".join(map(str, value))]
@@ -132,8 +172,15 @@ class Vcsim:
         try:
             # stdin is a pipe we never write: if this Python process dies, the pipe closes and the
             # simulator exits by itself (-exit-on-stdin-eof), so no orphan outlives the test run.
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, cwd=tmpdir, close_fds=True)
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmpdir,
+                close_fds=True,
+            )
         except BaseException:
             log.close()
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -143,9 +190,19 @@ class Vcsim:
         sim = None
         try:
             info = cls._wait_ready(proc, info_file, log_file, timeout)
-            sim = cls(url=info["url"], host=info["host"], port=int(info["port"]), ca_file=ca_file,
-                      username=username, password=password, pid=proc.pid, tmpdir=tmpdir,
-                      log_file=log_file, startup_seconds=time.monotonic() - t0, _proc=proc)
+            sim = cls(
+                url=info["url"],
+                host=info["host"],
+                port=int(info["port"]),
+                ca_file=ca_file,
+                username=username,
+                password=password,
+                pid=proc.pid,
+                tmpdir=tmpdir,
+                log_file=log_file,
+                startup_seconds=time.monotonic() - t0,
+                _proc=proc,
+            )
             return sim
         finally:
             if sim is None:
@@ -161,7 +218,9 @@ class Vcsim:
         while time.monotonic() < deadline:
             rc = proc.poll()
             if rc is not None:
-                raise VcsimError(f"vcsim-vmmove exited with {rc} during startup:\n{_tail(log_file)}")
+                raise VcsimError(
+                    f"vcsim-vmmove exited with {rc} during startup:\n{_tail(log_file)}"
+                )
             if info is None and os.path.exists(info_file):
                 with open(info_file) as f:
                     info = json.load(f)
@@ -188,9 +247,15 @@ class Vcsim:
     def connect(self, host: Optional[str] = None, **kw):
         """pyVim.connect.SmartConnect with verified TLS (imports pyvmomi lazily)."""
         from pyVim.connect import SmartConnect
-        return SmartConnect(host=host or self.host, port=self.port, user=kw.pop("user", self.username),
-                            pwd=kw.pop("pwd", self.password), sslContext=kw.pop("sslContext", self.ssl_context()),
-                            **kw)
+
+        return SmartConnect(
+            host=host or self.host,
+            port=self.port,
+            user=kw.pop("user", self.username),
+            pwd=kw.pop("pwd", self.password),
+            sslContext=kw.pop("sslContext", self.ssl_context()),
+            **kw,
+        )
 
     @property
     def running(self) -> bool:

@@ -288,6 +288,8 @@ class SimBackend(Backend):
     # ---- migration -------------------------------------------------------------------------
     def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
         problems = []
+        if spec.datastore is not None:
+            problems.append(Problem(code="datastore", message="the simulator has no datastores"))
         with self._lock:
             if self._vm(vm.id).migrating:
                 problems.append(Problem(code="busy", message=f"{vm.name} is already migrating"))

@@ -282,11 +282,11 @@ class VSphereBackend(Backend):
         with self._lock:
             self._storage[info.id] = ident
 
-    def _datastore(self, vm: VMInfo, topo: Topology) -> str | None:
-        """The datastore id for ``vm``'s next move, or ``None`` to leave its files where
-        they are."""
+    def _datastore(self, vm: VMInfo, topo: Topology, requested: str | None) -> str | None:
+        """The datastore id for ``vm``'s next move (the spec's, else ``move_storage``'s,
+        else the connection default), or ``None`` to leave its files where they are."""
         with self._lock:
-            wanted = self._storage.get(vm.id) or self.settings.datastore
+            wanted = requested or self._storage.get(vm.id) or self.settings.datastore
         if not wanted:
             return None
         ident = topo.datastore_id(wanted)
@@ -297,7 +297,7 @@ class VSphereBackend(Backend):
             return None  # already there
         return ident
 
-    def _relocate_spec(self, vm: VMInfo, target: HostInfo) -> Any:
+    def _relocate_spec(self, vm: VMInfo, target: HostInfo, datastore: str | None = None) -> Any:
         """Target host; its compute resource's root pool when the VM changes compute
         resource (else the VM keeps its own pool); the datastore for a storage move."""
         topo = self._topology(vm.host, target.id)
@@ -306,9 +306,9 @@ class VSphereBackend(Backend):
         source, dest = topo.compute_of(vm.host), topo.compute_of(target.id)
         if dest is not None and (source is None or source.id != dest.id):
             spec.pool = self._ref("ResourcePool", dest.pool)
-        datastore = self._datastore(vm, topo)
-        if datastore is not None:
-            spec.datastore = self._ref("Datastore", datastore)
+        ident = self._datastore(vm, topo, datastore)
+        if ident is not None:
+            spec.datastore = self._ref("Datastore", ident)
         return spec
 
     # ---- pre-checks --------------------------------------------------------------------------
@@ -320,7 +320,7 @@ class VSphereBackend(Backend):
             spec.mode is MigrationMode.AUTO and vm.power is PowerState.RUNNING
         )
         try:
-            reloc = self._relocate_spec(vm, target)
+            reloc = self._relocate_spec(vm, target, spec.datastore)
         except VMMoveError as exc:
             return [Problem(code="spec", message=str(exc))]
         problems: list[Problem] = []
@@ -433,7 +433,7 @@ class VSphereBackend(Backend):
         reservation: Reservation | None,
     ) -> Job:
         s = self._session
-        reloc = self._relocate_spec(vm, target)
+        reloc = self._relocate_spec(vm, target, spec.datastore)
         vm_ref = self._ref("VirtualMachine", vm.id)
         restart = mode is MigrationMode.COLD and vm.power is PowerState.RUNNING
         try:
