@@ -122,6 +122,12 @@ def test_plugin_with_a_misspelled_hook_is_reported_not_fatal(
         plugin_manager(reload=True)
 
 
-def test_missing_project_backend_names_its_distribution() -> None:
-    with pytest.raises(vmmove.BackendNotFound, match="pip install vmmove-libvirt"):
-        vmmove.connect("qemu+tcp://127.0.0.1:16600/system")
+def test_missing_project_backend_names_its_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMMOVE_BLOCK_PLUGINS", "libvirt")  # as if it were not installed
+    plugin_manager(reload=True)
+    try:
+        with pytest.raises(vmmove.BackendNotFound, match="pip install vmmove-libvirt"):
+            vmmove.connect("qemu+tcp://127.0.0.1:16600/system")
+    finally:
+        monkeypatch.undo()
+        plugin_manager(reload=True)

@@ -765,6 +765,389 @@ def cancel(ctx: click.Context, migration_id: str) -> None:
     click.echo(f"cancel requested for migration {migration_id}")
 
 
+# ---- fleet commands: evacuate, rebalance, consolidate --------------------------------------
+def _fleet_options(func: F) -> F:
+    """Shared by the fleet commands: how to plan, the limits, and whether to run at all."""
+    for option in reversed(
+        [
+            click.option("--dry-run", is_flag=True, help="Print the plan; move nothing."),
+            click.option("--policy", default="balanced", show_default=True, help="Policy name."),
+            click.option(
+                "--max-downtime", type=click.IntRange(min=1), metavar="MS", help="Pause cap (ms)."
+            ),
+            click.option(
+                "--headroom",
+                type=click.FloatRange(min=0, max=0.9),
+                default=0.0,
+                show_default=True,
+                help="Share of each host's memory to keep free (0.1 = 10 %).",
+            ),
+            click.option(
+                "--per-source",
+                type=click.IntRange(min=1),
+                default=2,
+                show_default=True,
+                help="Moves out of one host at once.",
+            ),
+            click.option(
+                "--per-target",
+                type=click.IntRange(min=1),
+                default=2,
+                show_default=True,
+                help="Moves into one host at once.",
+            ),
+            click.option(
+                "--per-cluster",
+                type=click.IntRange(min=1),
+                default=5,
+                show_default=True,
+                help="Moves touching one cluster at once.",
+            ),
+            click.option("--total", type=click.IntRange(min=1), help="Moves at once, in all."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _plan_text(console: Console, plan: Any) -> None:
+    """The plan as a person reads it: what moves where and why, what stays and why."""
+    moves, stays = plan.moves, plan.stays
+    diverging = plan.diverging
+    console.print(
+        f"[bold]Plan[/]: {plan.kind} {plan.scope}: {len(moves)} move{'s' * (len(moves) != 1)}, "
+        f"{len(stays)} stay{'s' * (len(stays) != 1)}; {_size(plan.data)} to send; busiest "
+        f"link at least {_seconds(plan.predicted_seconds)} (policy {plan.policy})"
+    )
+    if diverging:
+        console.print(
+            f"  [yellow]{len(diverging)} move(s) predicted not to converge by pre-copy alone[/]: "
+            "they rely on the policy's auto-converge or post-copy, or fail"
+        )
+    if moves:
+        table = _table("#", "VM", "From", "To", "Memory", "Dirties", "Predicted", "Why")
+        for i, m in enumerate(moves, 1):
+            cost = m.cost
+            predicted = _seconds(cost.seconds) if cost.converges else "[red]no convergence[/]"
+            table.add_row(
+                str(i),
+                m.vm_name,
+                m.source_name or m.source,
+                m.target_name or m.target,
+                _size(m.memory),
+                _rate(m.dirty_rate),
+                predicted,
+                f"{m.reason}; {m.placement}",
+            )
+        console.print(table)
+    if stays:
+        table = _table("VM", "Host", "Stays because")
+        for s in stays:
+            table.add_row(s.vm_name, s.host, f"[yellow]{s.reason}[/]")
+        console.print(table)
+    if plan.frees and plan.kind != "evacuate":
+        shown = ", ".join(plan.frees[:20]) + (", ..." if len(plan.frees) > 20 else "")
+        console.print(f"hosts emptied ({len(plan.frees)}): {shown}")
+    for key in ("hosts_used", "max_use", "stdev_use"):
+        if key in plan.before and key in plan.after:
+            b, a = plan.before[key], plan.after[key]
+            fmt = "{:.0f}" if key == "hosts_used" else "{:.1%}"
+            console.print(f"  {key.replace('_', ' '):<11} {fmt.format(b)} -> {fmt.format(a)}")
+    for note in plan.notes:
+        console.print(f"  [yellow]note[/] {note}")
+
+
+class _FleetDisplay:
+    """One bar for the whole plan, one per move in flight, one line per move that ends."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
+
+        self.console = console
+        self.progress: Progress = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            disable=not console.is_terminal,  # piped: the lines are the log
+        )
+        self.overall: TaskID = self.progress.add_task("all moves", total=max(total, 1), info="")
+        self.bars: dict[str, TaskID] = {}
+        self.done = 0
+
+    def __enter__(self) -> _FleetDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, ev: Any, running: list[tuple[Any, Migration]]) -> None:
+        kind = ev.kind
+        if kind == "start":
+            m = ev.migration
+            label = f"{ev.vm_name} -> {ev.target}"
+            self.bars[m.id] = self.progress.add_task(label, total=100, info="pending")
+            if ev.attempt > 1:
+                self.line(f"[cyan]retry[/] {ev.vm_name} on {ev.target} (attempt {ev.attempt})")
+        elif kind == "end":
+            m = ev.migration
+            bar = self.bars.pop(m.id, None)
+            if bar is not None:
+                self.progress.remove_task(bar)
+            rec = m.record
+            if rec.phase.value == "completed":
+                self.done += 1
+                self.progress.update(self.overall, completed=self.done)
+                took = _seconds(rec.figures.total_time)
+                self.line(f"[green]✓[/] {ev.vm_name} {ev.source} -> {rec.vm_host} ({took})")
+            else:
+                self.line(f"[red]✗[/] {ev.vm_name} to {ev.target}: {ev.message}")
+        elif kind == "skip":
+            self.line(f"[yellow]■[/] {ev.vm_name} stays on {ev.source}: {ev.message}")
+        elif kind == "tick":
+            for _, m in running:
+                bar = self.bars.get(m.id)
+                if bar is None:
+                    continue
+                p = m.progress
+                info = f"{p.phase.value:<14} {_rate(p.transfer_rate):>11}"
+                self.progress.update(bar, completed=p.percent, info=info)
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+def _report_text(console: Console, report: Any) -> None:
+    moved, stayed = report.moved, report.stayed
+    mark = "[green]✓[/]" if report.ok else "[yellow]![/]"
+    console.print()
+    console.print(
+        f"{mark} {report.plan.kind} {report.plan.scope}: {len(moved)} moved, "
+        f"{len(stayed)} stayed, in {_seconds(report.makespan)}"
+    )
+    for o in stayed:
+        where = o.host or "[red]no host[/]"
+        console.print(f"  [yellow]{o.status:<7}[/] {o.vm_name} on {where}: {o.reason}")
+    listed = {o.vm for o in stayed}
+    for s in report.left_behind:
+        if s.vm not in listed:
+            console.print(f"  [yellow]left on {s.host}[/] {s.vm_name}: {s.reason}")
+    empty = [h for h in report.plan.frees if all(s.host != h for s in report.left_behind)]
+    if report.plan.frees:
+        console.print(f"  hosts now empty: {len(empty)} of {len(report.plan.frees)}")
+
+
+def _fleet_run(
+    ctx: click.Context,
+    make_plan: Callable[[Connection], Any],
+    *,
+    dry_run: bool,
+    as_json: bool,
+    policy: str,
+    max_downtime: int | None,
+    limits: dict[str, int | None],
+) -> None:
+    """Plan, print the plan, and unless ``dry_run`` run it with a live view; exit 0 when all
+    moved, 3 when some VMs could not be placed, 4 when a move failed, 5 when interrupted."""
+    from vmmove import fleet  # noqa: PLC0415
+
+    console = _console(stderr=as_json)
+    with _connect(ctx) as conn:
+        plan = make_plan(conn)
+        if dry_run:
+            if as_json:
+                _print_json({"plan": plan.to_dict()})
+            else:
+                _plan_text(console, plan)
+            if plan.stays:
+                ctx.exit(ExitCode.REFUSED)
+            return
+        _plan_text(console, plan)
+        interrupts = _Interrupts()
+        options: dict[str, Any] = {}
+        if max_downtime is not None:
+            options["max_downtime"] = max_downtime
+        with interrupts.installed(), _FleetDisplay(console, len(plan.moves)) as display:
+            executor: fleet.Executor
+
+            def observe(ev: fleet.FleetEvent) -> None:
+                if interrupts.count and not executor.stopping:
+                    display.line(
+                        "[yellow]stopping[/]: cancelling moves in flight; Ctrl-C again gives up"
+                    )
+                    executor.stop(cancel_running=True)
+                display.event(ev, executor.running)
+
+            executor = fleet.Executor(
+                conn,
+                plan,
+                fleet.Limits(**limits),
+                policy=policy,
+                observer=observe,
+                migrate_options=options,
+            )
+            try:
+                report = executor.run()
+            except _GiveUp:
+                raise _UserError(
+                    "interrupted; moves in flight go on", ExitCode.INTERRUPTED
+                ) from None
+    if as_json:
+        _print_json({"plan": plan.to_dict(), "report": report.to_dict()})
+    else:
+        _report_text(console, report)
+    if interrupts.count:
+        ctx.exit(ExitCode.CANCELLED)
+    refusals = ("PrecheckFailed", "ReservationRefused")
+    failed = [
+        o
+        for o in report.outcomes
+        if o.status == "lost"
+        or (
+            o.status != "moved"
+            and any(a.migration and a.error_type not in refusals for a in o.attempts)
+        )
+    ]
+    if failed:
+        ctx.exit(ExitCode.FAILED)
+    if not report.ok:
+        ctx.exit(ExitCode.REFUSED)
+
+
+def _limits(
+    per_source: int, per_target: int, per_cluster: int, total: int | None
+) -> dict[str, int | None]:
+    return {
+        "per_source": per_source,
+        "per_target": per_target,
+        "per_cluster": per_cluster,
+        "total": total,
+    }
+
+
+@cli.command()
+@click.argument("host")
+@_fleet_options
+@_json_option
+@click.pass_context
+def evacuate(
+    ctx: click.Context,
+    *,
+    host: str,
+    dry_run: bool,
+    policy: str,
+    max_downtime: int | None,
+    headroom: float,
+    per_source: int,
+    per_target: int,
+    per_cluster: int,
+    total: int | None,
+    as_json: bool,
+) -> None:
+    """Move every VM off HOST (for maintenance), or say why one cannot move."""
+    from vmmove import fleet  # noqa: PLC0415
+
+    _fleet_run(
+        ctx,
+        lambda conn: fleet.evacuate(
+            conn, host, headroom=headroom, policy=policy, max_downtime=max_downtime
+        ),
+        dry_run=dry_run,
+        as_json=as_json,
+        policy=policy,
+        max_downtime=max_downtime,
+        limits=_limits(per_source, per_target, per_cluster, total),
+    )
+
+
+@cli.command()
+@click.option("--cluster", help="Only this cluster (default: each cluster on its own).")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, max=1),
+    default=0.10,
+    show_default=True,
+    help="How far above the cluster's mean memory use a host may sit (0.1 = 10 points).",
+)
+@click.option("--max-moves", type=click.IntRange(min=1), help="Plan at most this many moves.")
+@_fleet_options
+@_json_option
+@click.pass_context
+def rebalance(
+    ctx: click.Context,
+    *,
+    cluster: str | None,
+    threshold: float,
+    max_moves: int | None,
+    dry_run: bool,
+    policy: str,
+    max_downtime: int | None,
+    headroom: float,
+    per_source: int,
+    per_target: int,
+    per_cluster: int,
+    total: int | None,
+    as_json: bool,
+) -> None:
+    """Even out memory use across the hosts of each cluster."""
+    from vmmove import fleet  # noqa: PLC0415
+
+    _fleet_run(
+        ctx,
+        lambda conn: fleet.rebalance(
+            conn,
+            cluster,
+            threshold=threshold,
+            max_moves=max_moves,
+            headroom=headroom,
+            policy=policy,
+            max_downtime=max_downtime,
+        ),
+        dry_run=dry_run,
+        as_json=as_json,
+        policy=policy,
+        max_downtime=max_downtime,
+        limits=_limits(per_source, per_target, per_cluster, total),
+    )
+
+
+@cli.command()
+@click.option("--cluster", help="Only this cluster (default: each cluster on its own).")
+@_fleet_options
+@_json_option
+@click.pass_context
+def consolidate(
+    ctx: click.Context,
+    *,
+    cluster: str | None,
+    dry_run: bool,
+    policy: str,
+    max_downtime: int | None,
+    headroom: float,
+    per_source: int,
+    per_target: int,
+    per_cluster: int,
+    total: int | None,
+    as_json: bool,
+) -> None:
+    """Pack VMs onto fewer hosts and say which hosts can then be powered off."""
+    from vmmove import fleet  # noqa: PLC0415
+
+    _fleet_run(
+        ctx,
+        lambda conn: fleet.consolidate(
+            conn, cluster, headroom=headroom, policy=policy, max_downtime=max_downtime
+        ),
+        dry_run=dry_run,
+        as_json=as_json,
+        policy=policy,
+        max_downtime=max_downtime,
+        limits=_limits(per_source, per_target, per_cluster, total),
+    )
+
+
 @cli.command()
 @click.option(
     "--speed",

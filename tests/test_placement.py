@@ -1,0 +1,306 @@
+"""Placement: every filter says no with a reason, weighers rank, explain() shows both, and the
+cost model behaves like pre-copy does (more bandwidth never sends more data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vmmove
+from vmmove.errors import InvalidInput, PrecheckFailed
+from vmmove.model import (
+    Capacity,
+    CpuInfo,
+    GiB,
+    HostInfo,
+    HostState,
+    MiB,
+    PowerState,
+    Storage,
+    VMInfo,
+)
+from vmmove.placement import (
+    PlacementContext,
+    PlacementRegistry,
+    best,
+    build_context,
+    choose,
+    explain,
+    predict,
+)
+
+
+def host(
+    name: str,
+    *,
+    memory_gib: int = 64,
+    used_gib: int = 0,
+    cpus: int = 32,
+    used_cpus: int = 0,
+    cluster: str = "lab",
+    state: HostState = HostState.UP,
+    features: frozenset[str] = frozenset(),
+    vendor: str = "GenuineIntel",
+    extra: Mapping[str, str] | None = None,
+) -> HostInfo:
+    return HostInfo(
+        id=name,
+        name=name,
+        cluster=cluster,
+        state=state,
+        capacity=Capacity(cpus=cpus, memory=memory_gib * GiB),
+        allocated=Capacity(cpus=used_cpus, memory=used_gib * GiB),
+        cpu=CpuInfo(vendor=vendor, features=features),
+        extra=extra or {},
+    )
+
+
+def vm(
+    name: str = "v",
+    *,
+    on: str = "a",
+    memory_gib: float = 4,
+    vcpus: int = 2,
+    dirty_mib_s: float = 0,
+    extra: Mapping[str, str] | None = None,
+    power: PowerState = PowerState.RUNNING,
+) -> VMInfo:
+    return VMInfo(
+        id=name,
+        name=name,
+        host=on,
+        power=power,
+        memory=int(memory_gib * GiB),
+        vcpus=vcpus,
+        dirty_rate=dirty_mib_s * MiB,
+        extra=extra or {},
+    )
+
+
+def verdict(
+    v: VMInfo, hosts: list[HostInfo], ctx: PlacementContext | None = None
+) -> dict[str, str]:
+    """host name -> "ok" or the reasons it was refused."""
+    return {c.host.name: "; ".join(c.rejected) or "ok" for c in explain(v, hosts, ctx)}
+
+
+# ---- filters ------------------------------------------------------------------------------
+def test_memory_counts_reservations_and_headroom() -> None:
+    hosts = [host("a"), host("b", memory_gib=64, used_gib=56)]
+    v = vm(memory_gib=4)
+    assert verdict(v, hosts)["b"] == "ok"
+    ctx = PlacementContext(reserved_memory={"b": 6 * GiB})
+    assert "memory: needs 4096 MiB, 2048 MiB free" in verdict(v, hosts, ctx)["b"]
+    ctx = PlacementContext(headroom=0.1)
+    assert "after 10% headroom" in verdict(v, hosts, ctx)["b"]
+
+
+def test_vcpu_allocation_ratio_is_off_unless_asked() -> None:
+    hosts = [host("a"), host("b", cpus=8, used_cpus=15)]
+    v = vm(vcpus=2)
+    assert verdict(v, hosts)["b"] == "ok"
+    reasons = verdict(v, hosts, PlacementContext(cpu_ratio=2.0))["b"]
+    assert reasons == "cpus: needs 2 vCPUs, 1 of 16 left"
+
+
+def test_maintenance_and_draining_hosts_take_nothing() -> None:
+    hosts = [host("a"), host("b", state=HostState.MAINTENANCE), host("c")]
+    out = verdict(vm(), hosts, PlacementContext(avoid=frozenset({"c"})))
+    assert out["b"] == "accepts-vms: host is maintenance"
+    assert out["c"] == "draining: being emptied"
+    assert out["a"].startswith("not-source")
+
+
+def test_cpu_compatibility_arch_vendor_features() -> None:
+    hosts = [
+        host("a"),
+        host("old", features=frozenset({"sse4_2"})),
+        host("new", features=frozenset({"sse4_2", "avx512f"})),
+        host("amd", features=frozenset({"sse4_2", "avx512f"}), vendor="AuthenticAMD"),
+    ]
+    v = vm(extra={"cpu_features": "avx512f, sse4_2", "cpu_vendor": "GenuineIntel"})
+    out = verdict(v, hosts)
+    assert out["new"] == "ok"
+    assert out["old"] == "cpu-compatible: CPU lacks avx512f"
+    assert out["amd"] == "cpu-compatible: CPU vendor AuthenticAMD, VM needs GenuineIntel"
+    assert "CPU architecture" in verdict(vm(extra={"cpu_arch": "aarch64"}), hosts)["new"]
+
+
+def test_storage_must_be_reachable() -> None:
+    hosts = [
+        host("a"),
+        host("b", extra={"datastores": "ds1,ds2"}),
+        host("c", extra={"datastores": "ds1"}),
+        host("d"),
+    ]
+    out = verdict(vm(extra={"datastores": "ds2"}), hosts)
+    assert out["b"] == "ok"
+    assert out["c"] == "storage: cannot reach datastore ds2"
+    assert out["d"] == "storage: cannot reach datastore ds2"
+    assert verdict(vm(), hosts)["d"] == "ok"  # a VM that names no datastore goes anywhere
+    local = replace(vm(extra={"datastores": "ds2"}), storage=Storage.LOCAL)
+    assert verdict(local, hosts)["d"] == "ok"  # its disks are copied along
+
+
+def test_anti_affinity_keeps_group_apart() -> None:
+    hosts = [host("a"), host("b"), host("c")]
+    web1 = vm("web-1", on="a", extra={"anti_affinity": "web"})
+    web2 = vm("web-2", on="b", extra={"anti_affinity": "web"})
+    ctx = build_context(hosts, [web1, web2])
+    out = verdict(web1, hosts, ctx)
+    assert out["b"] == "anti-affinity: 1 other VM of group web run there"
+    assert out["c"] == "ok"
+
+
+def test_affinity_follows_the_group_unless_its_home_is_being_emptied() -> None:
+    hosts = [host("a"), host("b"), host("c")]
+    app = vm("app", on="a", extra={"affinity": "shop"})
+    db = vm("db", on="b", extra={"affinity": "shop"})
+    ctx = build_context(hosts, [app, db])
+    out = verdict(app, hosts, ctx)
+    assert out["b"] == "ok"
+    assert out["c"] == "affinity: group shop runs on b"
+    assert verdict(db, hosts, ctx)["c"] == "affinity: group shop runs on a"
+    # Emptying the group's only home: the first to leave may go anywhere...
+    both = [vm("app", on="b", extra={"affinity": "shop"}), db]
+    ctx = build_context(hosts, both, avoid={"b"})
+    assert verdict(both[0], hosts, ctx)["c"] == "ok"
+
+
+def test_plugin_filters_and_weighers_join_the_verdict() -> None:
+    registry = PlacementRegistry()
+    registry.add_filter("no-db-on-c", lambda v, h, ctx: "no" if h.name == "c" else None)
+    registry.add_weigher("prefer-d", lambda v, h, ctx: 1.0 if h.name == "d" else 0.0, 100.0)
+    ranked = explain(vm(), [host("a"), host("b"), host("c"), host("d")], None, registry)
+    assert ranked[0].host.name == "d"
+    assert ranked[0].weights["prefer-d"] == 100.0
+    assert "no-db-on-c: no" in next(c for c in ranked if c.host.name == "c").rejected
+    with pytest.raises(InvalidInput):
+        registry.add_filter("memory", lambda v, h, ctx: None)
+
+
+def test_explain_says_why_and_choose_raises_with_every_reason() -> None:
+    hosts = [host("a"), host("b", memory_gib=2), host("c", state=HostState.DOWN)]
+    ranked = explain(vm(memory_gib=4), hosts)
+    assert [c.eligible for c in ranked] == [False, False, False]
+    assert str(ranked[1]).startswith(("b: refused: memory", "c: refused: accepts-vms"))
+    with pytest.raises(PrecheckFailed) as info:
+        choose(vm(memory_gib=4), hosts)
+    messages = " | ".join(p.message for p in info.value.problems)
+    assert "b: memory: needs 4096 MiB" in messages
+    assert "c: accepts-vms: host is down" in messages
+
+
+def test_candidate_text_lists_weigher_shares() -> None:
+    top = explain(vm(), [host("a"), host("b"), host("c", used_gib=32)])[0]
+    assert top.host.name == "b"
+    text = str(top)
+    assert text.startswith("b: score ")
+    assert "free-memory 1.00" in text
+    assert sum(top.weights.values()) == pytest.approx(top.score)
+
+
+def test_migration_cost_weigher_prefers_the_faster_link() -> None:
+    slow = host("slow", extra={"link_mib_s": "117"})
+    fast = host("fast", extra={"link_mib_s": "1170"})
+    src = host("a", extra={"link_mib_s": "1170"})
+    ctx = build_context([src, slow, fast], [])
+    ranked = explain(vm(memory_gib=8, dirty_mib_s=50), [src, slow, fast], ctx)
+    assert ranked[0].host.name == "fast"
+    assert ranked[0].weights["migration-cost"] > ranked[1].weights["migration-cost"]
+
+
+def test_engine_uses_placement_when_no_target_is_named() -> None:
+    conn = vmmove.connect("sim://", store=vmmove.MemoryStore())
+    record = conn.migrate("web-1").wait()
+    assert record.target in ("host-b", "host-c")  # same cluster beats the edge hosts
+
+
+# ---- the cost model -------------------------------------------------------------------------
+def test_predict_a_quiet_guest_sends_its_memory_once() -> None:
+    cost = predict(vm(memory_gib=4), 1000 * MiB)
+    assert cost.converges
+    assert cost.data == 4 * GiB
+    assert cost.passes == 1
+    assert cost.seconds == pytest.approx(4 * 1024 / 1000)
+
+
+def test_predict_a_writer_faster_than_its_share_does_not_converge() -> None:
+    heavy = vm(memory_gib=16, dirty_mib_s=600, extra={"working_set_mib": "8192"})
+    assert predict(heavy, 1170 * MiB).converges
+    shared = predict(heavy, 585 * MiB)
+    assert not shared.converges
+    assert shared.need == pytest.approx(600 * MiB / 0.8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    memory=st.integers(256, 65536),
+    dirty=st.floats(0, 2000),
+    ws_share=st.floats(0.01, 1.0),
+    rate=st.floats(10, 5000),
+    more=st.floats(1.0, 8.0),
+)
+def test_more_bandwidth_never_costs_more(
+    memory: int, dirty: float, ws_share: float, rate: float, more: float
+) -> None:
+    v = vm(memory_gib=memory / 1024, dirty_mib_s=dirty,
+           extra={"working_set_mib": f"{memory * ws_share:.0f}"})  # fmt: skip
+    slow, fast = predict(v, rate * MiB), predict(v, rate * more * MiB)
+    assert fast.converges or not slow.converges
+    if slow.converges:
+        assert fast.data <= slow.data + 1
+        assert fast.seconds <= slow.seconds + 1e-9
+
+
+hosts_strategy = st.lists(
+    st.builds(
+        lambda i, mem, used, state, cluster: host(
+            f"h{i}", memory_gib=mem, used_gib=min(used, mem), state=state, cluster=cluster
+        ),
+        i=st.integers(0, 10_000),
+        mem=st.integers(4, 128),
+        used=st.integers(0, 128),
+        state=st.sampled_from([HostState.UP, HostState.UP, HostState.MAINTENANCE]),
+        cluster=st.sampled_from(["x", "y"]),
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda h: h.id,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(hosts=hosts_strategy, memory=st.integers(1, 64), headroom=st.floats(0, 0.5))
+def test_explain_agrees_with_the_filters_and_best_with_explain(
+    hosts: list[HostInfo], memory: int, headroom: float
+) -> None:
+    v = vm(on=hosts[0].id, memory_gib=memory)
+    ctx = PlacementContext(headroom=headroom, source_cluster="x")
+    registry = PlacementRegistry()
+    ranked = explain(v, hosts, ctx, registry)
+    assert {c.host.id for c in ranked} == {h.id for h in hosts}
+    for c in ranked:
+        refusals = [name for name, f in registry.filters.items() if f(v, c.host, ctx)]
+        assert c.eligible == (not refusals)
+        assert [r.split(":")[0] for r in c.rejected] == refusals
+    eligible = [c for c in ranked if c.eligible]
+    if eligible:
+        assert best(v, hosts, ctx, registry)[0].host.id == eligible[0].host.id
+        assert choose(v, hosts, ctx, registry).id == eligible[0].host.id
+        assert all(c.score is not None for c in eligible)
+        assert eligible[0].score == max(c.score or 0.0 for c in eligible)
+    else:
+        with pytest.raises(PrecheckFailed):
+            best(v, hosts, ctx, registry)
+
+
+def test_headroom_must_be_a_share() -> None:
+    with pytest.raises(InvalidInput):
+        PlacementContext(headroom=1.5)
+    with pytest.raises(InvalidInput):
+        PlacementContext(cpu_ratio=0)
