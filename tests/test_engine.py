@@ -218,3 +218,20 @@ def test_a_storage_move_needs_a_backend_that_can() -> None:
         m.wait()
     with pytest.raises(vmmove.InvalidInput):
         conn.migrate("v", to="b", datastore="")
+
+
+def test_two_moves_fill_a_host_exactly() -> None:
+    # 8 GiB free on b: two 4 GiB guests fit, and in-flight reservations count once.
+    inventory = parse(
+        {
+            "host": [{"name": "a", "memory_gib": 64}, {"name": "b", "memory_gib": 8}],
+            "vm": [{"name": f"v{i}", "host": "a", "memory_mib": 4096} for i in range(3)],
+        }
+    )
+    conn = vmmove.connect("sim://", inventory=inventory)
+    first, second = conn.migrate("v0", to="b"), conn.migrate("v1", to="b")
+    assert first.wait().vm_host == "b"
+    assert second.wait().vm_host == "b"
+    third = conn.migrate("v2", to="b")
+    with pytest.raises(vmmove.PrecheckFailed, match="0 MiB free"):
+        third.wait()

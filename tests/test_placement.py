@@ -304,3 +304,20 @@ def test_headroom_must_be_a_share() -> None:
         PlacementContext(headroom=1.5)
     with pytest.raises(InvalidInput):
         PlacementContext(cpu_ratio=0)
+
+
+def test_simulator_inventory_passes_extra_through() -> None:
+    from vmmove.sim import parse as sim_parse
+
+    conn = vmmove.connect(
+        "sim://",
+        inventory=sim_parse(
+            {
+                "host": [{"name": "a", "extra": {"rack": "r1"}}, {"name": "b"}],
+                "vm": [{"name": "v", "host": "a", "extra": {"anti_affinity": "web"}}],
+            }
+        ),
+    )
+    assert conn.vm("v").extra["anti_affinity"] == "web"
+    assert "resident_mib" in conn.vm("v").extra
+    assert conn.host("a").extra["rack"] == "r1"

@@ -179,6 +179,7 @@ class _Run:
         self.holds_slot = False
         self.unreachable_since: float | None = None
         self.claimed = False  # counted in the connection's in-flight placement figures
+        self.memory_claim = 0  # bytes of that count held for the target
         self.downtime_ms = 0  # the limit the policy last set (0: the platform's own)
         self.abort_sent = False
         self.abort_reason: str | None = None  # "timeout", "policy", "fallback" or None
@@ -355,6 +356,8 @@ class _Run:
         caps = self.backend.capabilities
         if caps.reserve and self.reservation is None:
             self.reservation = self.backend.reserve(self.vm, self.target, self.spec)
+            if self.reservation is not None:
+                self.conn._reserved_by_backend(self)
         needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
         # Written first: a client that dies inside start() leaves a record that says so.
         self._save(job_ref={"intent": "start", "vm": self.vm.id, "target": self.target.id})
@@ -1102,15 +1105,23 @@ class Connection:
     def _count(run: _Run, sign: int, reserved: dict[str, int], inflight: dict[str, int]) -> None:
         assert run.target is not None
         target, source = run.target.id, run.vm.host
-        reserved[target] = reserved.get(target, 0) + sign * run.vm.memory
+        reserved[target] = reserved.get(target, 0) + sign * run.memory_claim
         inflight[target] = inflight.get(target, 0) + sign
         inflight[source] = inflight.get(source, 0) + sign
 
     def _claim(self, run: _Run) -> None:
         """Count a run that chose its target; kept incrementally so placement stays O(hosts)."""
         if not run.claimed:
+            run.memory_claim = run.vm.memory
             self._count(run, +1, self._reserved, self._inflight)
             run.claimed = True
+
+    def _reserved_by_backend(self, run: _Run) -> None:
+        """The backend holds the memory now and reports it in ``HostInfo.allocated``:
+        stop counting it here too, or a filling host looks fuller than it is."""
+        if run.claimed and run.memory_claim and run.target is not None:
+            self._reserved[run.target.id] -= run.memory_claim
+            run.memory_claim = 0
 
     def _unclaim(self, run: _Run) -> None:
         if run.claimed:

@@ -142,12 +142,16 @@ class SimBackend(Backend):
         return self._clock
 
     # ---- the world -----------------------------------------------------------------------
-    def _sync(self) -> None:
+    def _sync(self, source: str | None = None) -> None:
+        """Bring the world to the clock's now: every link, or only ``source``'s (links are
+        independent, so a poll needs only its own; on a real clock that is most of the cost)."""
         now = self._clock.now()
         if now == self._synced_at:
             return  # every job is already at this instant
-        self._synced_at = now
-        for link in self._links.values():
+        links = self._links.values() if source is None else (self._links[source],)
+        if source is None:
+            self._synced_at = now
+        for link in links:
             if link.jobs:
                 link.advance(now, self._on_end)
             else:
@@ -246,7 +250,7 @@ class SimBackend(Backend):
             capacity=Capacity(cpus=h.cpus, memory=h.memory),
             allocated=Capacity(cpus=used[0], memory=used[1]),
             cpu=CpuInfo(arch="x86_64", model=h.cpu_model, vendor="GenuineIntel"),
-            extra={"link_mib_s": f"{self._links[h.id].capacity / MiB:g}"},
+            extra={**h.extra, "link_mib_s": f"{self._links[h.id].capacity / MiB:g}"},
         )
 
     def vms(self) -> list[VMInfo]:
@@ -275,7 +279,11 @@ class SimBackend(Backend):
             live_migratable=vm.live_migratable,
             not_migratable_reason=vm.not_migratable_reason or None,
             dirty_rate=vm.dirty_rate,
-            extra={"working_set_mib": f"{vm.working_set / MiB:g}"},
+            extra={
+                **vm.extra,
+                "working_set_mib": f"{vm.working_set / MiB:g}",
+                "resident_mib": f"{vm.resident / MiB:g}",
+            },
         )
 
     def locate(self, vm_id: str) -> str | None:
@@ -392,7 +400,7 @@ class SimBackend(Backend):
 
     def poll(self, job: Job) -> JobStatus:
         with self._lock:
-            self._sync()
+            self._sync(job.source)
             sj = self._job(job)
             phase = _PHASES[sj.state]
             pending = sj.pending
@@ -426,7 +434,7 @@ class SimBackend(Backend):
 
     def tune(self, job: Job, action: Action) -> None:
         with self._lock:
-            self._sync()
+            self._sync(job.source)
             sj = self._job(job)
             if isinstance(action, SetDowntime):
                 sj.downtime_limit = action.ms / 1000
@@ -447,7 +455,7 @@ class SimBackend(Backend):
 
     def abort(self, job: Job) -> None:
         with self._lock:
-            self._sync()
+            self._sync(job.source)
             sj = self._job(job)
             if sj.ended is None:
                 sj.abort_requested = True

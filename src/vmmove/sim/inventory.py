@@ -26,6 +26,7 @@
     disk_gib = 0                  # copied by a cold move of local storage
     live_migratable = true
     not_migratable_reason = ""
+    extra = { affinity = "db-pair" }   # passed through to VMInfo.extra / HostInfo.extra
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SimHost:
     cpu_model: str
     link: float  # bytes/s
     state: HostState = HostState.UP
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -68,6 +70,7 @@ class SimVM:
     disk: int = 0
     live_migratable: bool = True
     not_migratable_reason: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. affinity = "db-pair"
     migrating: str | None = None  # job id
 
 
@@ -96,6 +99,14 @@ def _enum(cls: Any, table: dict[str, Any], key: str, default: str, where: str) -
         raise InvalidInput(f"{where}: {key} must be one of {choices}") from None
 
 
+def _extra(table: dict[str, Any], where: str) -> dict[str, str]:
+    """Free-form facts passed through to ``extra`` (placement groups, labels)."""
+    extra = table.get("extra", {})
+    if not isinstance(extra, dict):
+        raise InvalidInput(f"{where}: extra must be a table of strings")
+    return {str(k): str(v) for k, v in extra.items()}
+
+
 def _tables(data: dict[str, Any], key: str) -> list[Any]:
     value = data.get(key, [])
     if not isinstance(value, list):
@@ -121,6 +132,7 @@ def parse(data: dict[str, Any]) -> SimInventory:
             cpu_model=str(h.get("cpu_model", "Skylake-Server")),
             link=_num(h, "link_mib_s", default_link / MiB, where) * MiB,
             state=_enum(HostState, h, "state", "up", where),
+            extra=_extra(h, where),
         )
         if host.id in inv.hosts:
             raise InvalidInput(f"{where}: duplicate host id {host.id!r}")
@@ -152,6 +164,7 @@ def parse(data: dict[str, Any]) -> SimInventory:
             disk=int(_num(v, "disk_gib", 0, where) * GiB),
             live_migratable=bool(v.get("live_migratable", True)),
             not_migratable_reason=str(v.get("not_migratable_reason", "")),
+            extra=_extra(v, where),
         )
         vm.resident = max(vm.resident, vm.working_set)
         if vm.id in inv.vms:
