@@ -321,3 +321,22 @@ def test_simulator_inventory_passes_extra_through() -> None:
     assert conn.vm("v").extra["anti_affinity"] == "web"
     assert "resident_mib" in conn.vm("v").extra
     assert conn.host("a").extra["rack"] == "r1"
+
+
+def test_migrate_without_a_target_honours_anti_affinity() -> None:
+    from vmmove.sim import parse as sim_parse
+
+    conn = vmmove.connect(
+        "sim://",
+        inventory=sim_parse(
+            {
+                "host": [{"name": "a"}, {"name": "b", "memory_gib": 512}, {"name": "c"}],
+                "vm": [
+                    {"name": "web-1", "host": "a", "extra": {"anti_affinity": "web"}},
+                    {"name": "web-2", "host": "b", "extra": {"anti_affinity": "web"}},
+                ],
+            }
+        ),
+    )
+    # b has the most free memory, but web-2 of the same group runs there.
+    assert conn.migrate("web-1").wait().vm_host == "c"

@@ -59,7 +59,7 @@ from vmmove.model import (
     Transition,
     VMInfo,
 )
-from vmmove.placement import PlacementContext, choose, explain
+from vmmove.placement import PlacementContext, choose, explain, groups_of
 from vmmove.policy import (
     START_TIME_CAPABILITIES,
     Abort,
@@ -921,7 +921,7 @@ class Connection:
                 )
         target: HostInfo | None = None
         cluster = backend.host(vm.host).cluster
-        ctx = self._placement_context(exclude, cluster)
+        ctx = self._placement_context(exclude, cluster, vm)
         placement = self.plugins.placement
         if spec.target is not None:
             target = backend.host(spec.target)
@@ -1090,15 +1090,31 @@ class Connection:
             self._active -= 1
 
     def _placement_context(
-        self, exclude: _Run | None = None, source_cluster: str = ""
+        self, exclude: _Run | None = None, source_cluster: str = "", vm: VMInfo | None = None
     ) -> PlacementContext:
-        """What moves in flight hold: memory reserved on targets, migrations per host."""
+        """What moves in flight hold (memory reserved on targets, migrations per host) and,
+        for a VM in affinity groups, where the rest of its groups run."""
         reserved = dict(self._reserved)
         inflight = dict(self._inflight)
         if exclude is not None and exclude.claimed:
             self._count(exclude, -1, reserved, inflight)
+        groups: dict[str, dict[str, int]] = {}
+        wanted = {g for gs in groups_of(vm) for g in gs} if vm is not None else set()
+        if wanted:  # listing every VM costs O(VMs): only for VMs that ask for it
+            for other in self.backend.vms():
+                for group in {g for gs in groups_of(other) for g in gs} & wanted:
+                    per_host = groups.setdefault(group, {})
+                    per_host[other.host] = per_host.get(other.host, 0) + 1
+            for run in self._by_vm.values():  # moves in flight count where they are going
+                if run is not exclude and run.target is not None and run.claimed:
+                    for group in {g for gs in groups_of(run.vm) for g in gs} & wanted:
+                        per_host = groups.setdefault(group, {})
+                        per_host[run.target.id] = per_host.get(run.target.id, 0) + 1
         return PlacementContext(
-            reserved_memory=reserved, inflight=inflight, source_cluster=source_cluster
+            reserved_memory=reserved,
+            inflight=inflight,
+            source_cluster=source_cluster,
+            groups=groups,
         )
 
     @staticmethod
