@@ -216,7 +216,7 @@ def test_migrate_lets_placement_choose_and_cold_moves_stopped_vm() -> None:
         (["migrate", "batch-1", "--live", "--to", "host-b"], 3, "batch-1 is stopped"),
         (["migrate", "gpu-1", "--to", "host-a"], 3, "PCI passthrough device"),
         (["migrate", "web-1", "--to", "host-a"], 3, "already runs on host-a"),
-        (["cancel", "0123abcd"], 6, "no migration '0123abcd'"),
+        (["cancel", "0123abcd"], 6, "no migration record '0123abcd'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code(args: list[str], code: int, says: str) -> None:
@@ -348,7 +348,7 @@ def test_cancel_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
         migration.wait()
     result = run("cancel", migration.id)
     assert result.exit_code == cli.ExitCode.REFUSED
-    assert "cannot be cancelled now (cancelled)" in error_line(result)
+    assert "cannot be cancelled now (cancelled; VM on host-a)" in error_line(result)
 
 
 # ---- demo -----------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -744,25 +745,84 @@ def migrate(
 @click.argument("migration_id", metavar="ID")
 @click.pass_context
 def cancel(ctx: click.Context, migration_id: str) -> None:
-    """Ask migration ID to cancel. Exit 3 if it is past its commit point or over."""
-    from vmmove.errors import NotFound  # noqa: PLC0415
+    """Ask migration ID to cancel, wherever it is supervised. Exit 3 if it is past its
+    commit point or over."""
+    from vmmove.journal import Journal  # noqa: PLC0415
 
+    journal = Journal()
+    record = journal.get(migration_id)
+    if not record.phase.cancellable:
+        raise _UserError(
+            f"migration {record.id} cannot be cancelled now ({record.phase.value}; "
+            f"VM on {record.vm_host})",
+            ExitCode.REFUSED,
+        )
+    # The process that supervises it reads the request on its next loop.
+    journal.request_cancel(record.id)
+    click.echo(
+        f"cancel requested for migration {record.id} ({record.vm_name}, {record.phase.value}); "
+        f"follow it with: vmmove show {record.id}"
+    )
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@_json_option
+def history(limit: int, as_json: bool) -> None:
+    """Recent migrations from the journal, newest first."""
+    from vmmove.journal import Journal  # noqa: PLC0415
+
+    records = Journal().list(limit=limit)
+    if as_json:
+        _print_json(records)
+        return
+    table = _table("ID", "VM", "FROM", "TO", "PHASE", "VM ON", "WHEN")
+    for r in records:
+        when = datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            r.id, r.vm_name, r.source, r.target or "-", r.phase.value, r.vm_host or "?", when
+        )
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("migration_id", metavar="ID")
+@_json_option
+def show(migration_id: str, as_json: bool) -> None:
+    """One migration's record: phases with times, policy steps, figures, where the VM is."""
+    from vmmove.journal import Journal  # noqa: PLC0415
+
+    record = Journal().get(migration_id)
+    if as_json:
+        _print_json(record)
+        return
+    console = _console()
+    console.print(f"Migration [bold]{record.id}[/]: {record.vm_name} ({record.backend})")
+    start = record.history[0].at if record.history else record.created_at
+    for t in record.history:
+        note = f"  {t.note}" if t.note else ""
+        console.print(f"  {t.at - start:8.1f}s {t.phase.value}{note}")
+    _summary(console, record)
+
+
+@cli.command()
+@click.argument("migration_id", metavar="ID")
+@_json_option
+@click.pass_context
+def attach(ctx: click.Context, migration_id: str, as_json: bool) -> None:
+    """Supervise migration ID again after the process that started it died."""
+    from vmmove.journal import Journal  # noqa: PLC0415
+
+    journal = Journal()
+    settings: _Settings = ctx.find_object(_Settings) or _Settings(None, False, None, False)
+    if settings.uri is None:
+        # Reconnect to the estate the record was written for (credentials from env/config).
+        ctx.obj = replace(settings, uri=journal.estate_of(migration_id))
     with _connect(ctx) as conn:
-        try:
-            migration = conn.migration(migration_id)
-        except NotFound:
-            # Records live in the process that started them until the durable journal lands.
-            raise NotFound(
-                f"no migration {migration_id!r} known to this process "
-                "(migrations are not journaled yet: cancel with Ctrl-C where it runs)"
-            ) from None
-        if not migration.cancel():
-            rec = migration.record
-            raise _UserError(
-                f"migration {rec.id} cannot be cancelled now ({rec.phase.value})",
-                ExitCode.REFUSED,
-            )
-    click.echo(f"cancel requested for migration {migration_id}")
+        migration = conn.attach(migration_id)
+        rec = migration.record
+        header = f"Attached to migration [bold]{rec.id}[/]: {rec.vm_name}, {rec.phase.value}"
+        _run(migration, as_json, header)
 
 
 # ---- fleet commands: evacuate, rebalance, consolidate --------------------------------------
@@ -1174,3 +1234,7 @@ def demo(speed: float, as_json: bool) -> None:
 def main() -> NoReturn:
     """The ``vmmove`` console script."""
     cli.main(prog_name="vmmove")
+
+
+if __name__ == "__main__":
+    main()

@@ -542,12 +542,10 @@ class _Run:
                 }[self.abort_reason]
                 self._finish(Phase.FAILED, MigrationTimedOut, why, vm_host=vm_host, figures=figures)
             elif self.cancel_requested:
+                # Keep the platform's own word on the abort (KubeVirt's abortStatus, say).
+                why = "cancelled" if error in (None, "cancelled") else f"cancelled: {error}"
                 self._finish(
-                    Phase.CANCELLED,
-                    MigrationCancelled,
-                    "cancelled",
-                    vm_host=vm_host,
-                    figures=figures,
+                    Phase.CANCELLED, MigrationCancelled, why, vm_host=vm_host, figures=figures
                 )
             else:
                 self._finish(
@@ -644,8 +642,9 @@ class _Run:
 class _Supervisor:
     """One loop for all migrations of a connection."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, store: RecordStore) -> None:
         self.clock = clock
+        self.store = store
         self.cond = threading.Condition(threading.RLock())
         self._heap: list[tuple[float, int, _Run]] = []
         self._seq = itertools.count()
@@ -672,6 +671,7 @@ class _Supervisor:
     def _step(self) -> float | None:
         """Advance everything due; return the next due time (``None``: nothing left)."""
         with self.cond:
+            self._take_requests()
             now = self.clock.now()
             advanced: set[int] = set()
             while self._heap and self._heap[0][0] <= now:
@@ -684,6 +684,19 @@ class _Supervisor:
                     heapq.heappush(self._heap, (due, next(self._seq), run))
             self.cond.notify_all()
             return self._heap[0][0] if self._heap else None
+
+    def _take_requests(self) -> None:
+        """Cancels asked for by other processes through the journal (``vmmove cancel ID``)."""
+        wanted = getattr(self.store, "cancel_requests", None)
+        if wanted is None or not self._heap:
+            return
+        ids = wanted()
+        if not ids:
+            return
+        for _, _, run in self._heap:
+            if run.record.id in ids and run.phase.cancellable and not run.cancel_requested:
+                run.cancel_requested = True
+                run._warn("cancel requested by another process")
 
     def _loop(self) -> None:
         while True:
@@ -828,7 +841,7 @@ class Connection:
         self.store: RecordStore = store or MemoryStore()
         self.max_concurrent = max_concurrent
         self.clock = backend.clock
-        self._sup = _Supervisor(self.clock)
+        self._sup = _Supervisor(self.clock, self.store)
         self._runs: dict[str, _Run] = {}
         self._by_vm: dict[str, _Run] = {}
         self._active = 0

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,10 @@ CREATE TABLE IF NOT EXISTS records (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (created_at);
+CREATE TABLE IF NOT EXISTS cancel_requests (
+    record TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS locks (
     estate TEXT NOT NULL,
     vm TEXT NOT NULL,
@@ -168,6 +173,7 @@ class Journal:
             self._upsert(db, record)
             if record.phase.terminal:
                 db.execute("DELETE FROM locks WHERE record = ?", (record.id,))
+                db.execute("DELETE FROM cancel_requests WHERE record = ?", (record.id,))
 
     def _upsert(self, db: sqlite3.Connection, record: MigrationRecord) -> None:
         db.execute(
@@ -230,6 +236,20 @@ class Journal:
         """This process now supervises ``record`` (after :func:`vmmove.attach`)."""
         with self._tx() as db:
             db.execute("UPDATE locks SET pid = ? WHERE record = ?", (os.getpid(), record.id))
+
+    # ---- requests from other processes ---------------------------------------------------
+    def request_cancel(self, record_id: str) -> None:
+        """Ask whichever process supervises ``record_id`` to cancel it."""
+        self.get(record_id)  # NotFound for a record that does not exist
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO cancel_requests (record, at) VALUES (?, ?)",
+                (record_id, time.time()),
+            )
+
+    def cancel_requests(self) -> set[str]:
+        """Records someone asked to cancel; the supervisors read this once per loop."""
+        return {r[0] for r in self._db.execute("SELECT record FROM cancel_requests")}
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""Every test writes its journal into its own temporary folder, never the user's."""
+"""For every test under this repository (core and plugins): its journal goes into its own
+temporary folder, never the user's."""
 
 from __future__ import annotations
 

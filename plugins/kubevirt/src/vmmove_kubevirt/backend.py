@@ -1,0 +1,992 @@
+"""``kubevirt://CONTEXT/NAMESPACE``: vmmove on KubeVirt, through the ``kubernetes`` client.
+
+A live migration is a ``VirtualMachineInstanceMigration`` object that KubeVirt's controller
+advances; vmmove creates it, watches it and the VMI, and deletes it to cancel. A cold
+migration stops the ``VirtualMachine``, moves its node pin and starts it again.
+
+Threads: per connection, one watch thread per watched resource (migrations, VMIs) and one
+worker for cold moves and cancels, started on the first migration. None per migration:
+``poll`` answers from the watch caches at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from vmmove.backend import Backend, Job, JobStatus
+from vmmove.errors import (
+    ConnectionFailed,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    VMMoveError,
+)
+from vmmove.machine import Phase
+from vmmove.model import (
+    Figures,
+    HostInfo,
+    MigrationMode,
+    MigrationSpec,
+    PowerState,
+    Problem,
+    VMInfo,
+)
+from vmmove.policy import Action, Policy, resolve
+from vmmove.secrets import Secret
+from vmmove_kubevirt import objects
+from vmmove_kubevirt.capabilities import CAPABILITIES
+from vmmove_kubevirt.phases import COLD_PHASES, live_status
+from vmmove_kubevirt.policy import (
+    MANAGED_BY,
+    POLICY_GROUP,
+    POLICY_LABEL,
+    POLICY_PLURAL,
+    POLICY_VERSION,
+    PolicyPlan,
+    plan,
+)
+
+if TYPE_CHECKING:
+    from vmmove_kubevirt.kube import Informer, Kube
+
+__all__ = ["CAPABILITIES", "KubeVirtBackend"]
+
+log = logging.getLogger("vmmove.kubevirt")
+
+Obj = dict[str, Any]
+VMIS, VMS, VMIMS = "virtualmachineinstances", "virtualmachines", "virtualmachineinstancemigrations"
+HOSTNAME = objects.HOSTNAME_LABEL
+#: On every VMIM vmmove creates: a fresh id per create, to find it if the answer is lost.
+REQUEST_ANNOTATION = "vmmove.io/request-id"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=vmmove"
+
+_TRUE = ("1", "true", "yes", "on")
+_OPTIONS = frozenset(
+    {
+        "kubeconfig",
+        "in_cluster",
+        "token",
+        "password",  # what the CLI passes from $VMMOVE_PASSWORD / --ask-password: a token
+        "poll_interval",
+        "migration_policy",
+        "timeout",
+        "watch_seconds",
+    }
+)
+
+
+def _flag(value: Any) -> bool:
+    return str(value).strip().lower() in _TRUE if not isinstance(value, bool) else value
+
+
+def _stamp(text: Any) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Live:
+    job: Job
+    name: str
+    uid: str
+    vmi: str
+    aborted: bool = False
+    gone_at: float | None = None
+    last: JobStatus | None = None
+    policy_label: str | None = None
+
+
+@dataclass
+class _Cold:
+    job: Job
+    vm: str
+    source: str
+    target: str
+    target_hostname: str
+    was_running: bool
+    run_field: str  # "runStrategy" or "running"
+    run_value: Any
+    state: str = "queued"
+    cancel: bool = False
+    error: str | None = None
+    since: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+
+class KubeVirtBackend(Backend):
+    """``kubevirt://CONTEXT/NAMESPACE`` (context and namespace optional: the kubeconfig's
+    current ones; in a pod without a kubeconfig, the service account's).
+
+    Options (``vmmove.connect(uri, **options)`` or ``?name=value``): ``kubeconfig`` (path),
+    ``in_cluster`` (force the pod's service account), ``token`` (a :class:`vmmove.Secret`
+    bearer token instead of the configured credentials; ``password``, as the CLI passes
+    ``$VMMOVE_PASSWORD``, is the same), ``poll_interval`` (seconds, default
+    0.25), ``migration_policy`` (``false``: never write MigrationPolicy objects),
+    ``timeout`` (seconds per API call, default 15), ``watch_seconds`` (default 300).
+    """
+
+    scheme = "kubevirt"
+    capabilities = CAPABILITIES
+    poll_interval = 0.25
+
+    def __init__(self, uri: str, options: Mapping[str, Any] | None = None) -> None:
+        opts = dict(options or {})
+        parts = urlsplit(uri)
+        if parts.scheme != "kubevirt":
+            raise InvalidInput(f"not a kubevirt:// URI: {uri!r}")
+        for key, values in parse_qs(parts.query).items():
+            if key in ("token", "password"):
+                raise InvalidInput("a token never goes in the URI: pass token=vmmove.Secret(...)")
+            opts.setdefault(key, values[-1])
+        unknown = set(opts) - _OPTIONS - {"clock", "inventory"}
+        if unknown:
+            raise InvalidInput(f"unknown kubevirt:// option(s): {', '.join(sorted(unknown))}")
+        context = unquote(parts.netloc) or None
+        namespace = unquote(parts.path.strip("/")) or None
+        if namespace is not None and "/" in namespace:
+            raise InvalidInput("kubevirt://CONTEXT/NAMESPACE: the namespace has no '/'")
+        try:
+            self.poll_interval = float(opts.get("poll_interval", type(self).poll_interval))
+            timeout = float(opts.get("timeout", 15.0))
+            self._watch_seconds = int(float(opts.get("watch_seconds", 300)))
+        except (TypeError, ValueError):
+            raise InvalidInput("poll_interval, timeout and watch_seconds are numbers") from None
+        if not (self.poll_interval > 0 and timeout > 0 and self._watch_seconds > 0):
+            raise InvalidInput("poll_interval, timeout and watch_seconds must be positive")
+        self._use_policies = _flag(opts.get("migration_policy", True))
+        kubeconfig = opts.get("kubeconfig")
+        in_cluster = opts.get("in_cluster")
+        token = opts.get("token") or opts.get("password")
+        if token is not None and not isinstance(token, Secret):
+            if not isinstance(token, str):
+                raise InvalidInput("token must be a string or a vmmove.Secret")
+            token = Secret(token)
+
+        from vmmove_kubevirt import kube  # noqa: PLC0415 (kubernetes loads on connect)
+
+        self._kmod = kube
+        conn = kube.connect(
+            context,
+            namespace,
+            str(kubeconfig) if kubeconfig is not None else None,
+            None if in_cluster is None else _flag(in_cluster),
+            token,
+        )
+        self._kube: Kube = kube.Kube(conn, timeout=timeout)
+        self.namespace = conn.namespace
+        self.context = conn.context
+        try:
+            groups = self._kube.api_groups()
+            if "kubevirt.io" not in groups:
+                raise ConnectionFailed(
+                    f"{conn.host} serves no kubevirt.io API group: is KubeVirt installed?"
+                )
+            self.node_selector, self.node_selector_why = self._detect_node_selector()
+        except BaseException:
+            self._kube.close()
+            raise
+        if not self.node_selector:
+            self.capabilities = replace(CAPABILITIES, choose_target=False)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._live: dict[str, _Live] = {}
+        self._cold: dict[str, _Cold] = {}
+        self._deletes: dict[str, float] = {}  # migration name -> when to try again
+        self._outcomes: dict[str, JobStatus] = {}
+        self._informers: dict[str, Informer] = {}
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def from_uri(cls, uri: str, options: Mapping[str, Any]) -> KubeVirtBackend:
+        return cls(uri, options)
+
+    def __repr__(self) -> str:
+        return f"<KubeVirtBackend context={self.context!r} namespace={self.namespace!r}>"
+
+    # ---- discovery -----------------------------------------------------------------------------
+    def _detect_node_selector(self) -> tuple[bool, str]:
+        """Whether VirtualMachineInstanceMigration has ``spec.addedNodeSelector`` (KubeVirt
+        1.6+): the CRD's schema says so; else the KubeVirt CR's version; else assume not."""
+        kube = self._kube
+        crd = None
+        try:
+            crd = kube.cluster_get(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                "virtualmachineinstancemigrations.kubevirt.io",
+            )
+        except VMMoveError as exc:
+            log.debug("cannot read the VMIM CRD: %s", exc)
+        if crd is not None:
+            for version in (crd.get("spec") or {}).get("versions") or []:
+                if version.get("name") != "v1":
+                    continue
+                props = (
+                    (((version.get("schema") or {}).get("openAPIV3Schema") or {}).get("properties")
+                     or {}).get("spec") or {}
+                ).get("properties") or {}  # fmt: skip
+                if "addedNodeSelector" in props:
+                    return (
+                        True,
+                        "the VirtualMachineInstanceMigration CRD has spec.addedNodeSelector",
+                    )
+                return False, (
+                    "this KubeVirt's VirtualMachineInstanceMigration has no "
+                    "spec.addedNodeSelector (KubeVirt 1.6 added it)"
+                )
+        try:
+            kvs = kube.all_namespaces("kubevirt.io", "v1", "kubevirts")
+        except VMMoveError as exc:
+            return False, f"cannot tell the KubeVirt version ({exc}); assuming no addedNodeSelector"
+        for kv in kvs:
+            version = str((kv.get("status") or {}).get("observedKubeVirtVersion") or "")
+            nums = [int(p) for p in version.lstrip("v").split("-")[0].split(".")[:2] if p.isdigit()]
+            if len(nums) == 2:
+                ok = tuple(nums) >= (1, 6)
+                return ok, f"KubeVirt {version} {'has' if ok else 'lacks'} spec.addedNodeSelector"
+        return False, "cannot tell the KubeVirt version; assuming no spec.addedNodeSelector"
+
+    # ---- watching ------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _informer(self, plural: str) -> Informer:
+        with self._lock:
+            inf = self._informers.get(plural)
+            if inf is None:
+                if self._closed:
+                    raise ConnectionFailed("the connection is closed")
+                inf = self._kmod.Informer(
+                    self._kube, plural, self._changed, watch_seconds=self._watch_seconds
+                )
+                self._informers[plural] = inf
+                inf.start()
+            return inf
+
+    def _ensure_watching(self) -> None:
+        for plural in (VMIMS, VMIS):
+            inf = self._informer(plural)
+            if not inf.wait_synced(self._kube.timeout):
+                raise ConnectionFailed(
+                    f"cannot list {plural}: {inf.last_error or 'no answer from the API server'}"
+                )
+        self._start_worker()
+
+    def informer(self, plural: str) -> Informer | None:
+        """The running informer for ``virtualmachineinstances`` or
+        ``virtualmachineinstancemigrations`` (for tests and tools), or ``None``."""
+        with self._lock:
+            return self._informers.get(plural)
+
+    # ---- inventory -----------------------------------------------------------------------------
+    def _vmis(self) -> list[Obj]:
+        inf = self.informer(VMIS)
+        if inf is not None and inf.synced.is_set() and inf.last_error is None:
+            return inf.items()
+        return self._kube.list_all(VMIS)[0]
+
+    @staticmethod
+    def _by_hostname(nodes: list[Obj]) -> dict[str, str]:
+        out = {}
+        for node in nodes:
+            meta = node.get("metadata") or {}
+            name = str(meta.get("name"))
+            out[str((meta.get("labels") or {}).get(HOSTNAME, name))] = name
+        return out
+
+    def hosts(self) -> list[HostInfo]:
+        nodes = self._kube.nodes()
+        vmis = self._vmis()
+        templates = [
+            ((v.get("spec") or {}).get("template") or {}).get("spec") or {}
+            for v in self._kube.list_all(VMS)[0]
+        ]
+        keys = objects.selector_keys([*(v.get("spec") or {} for v in vmis), *templates])
+        return [objects.host_info(n, vmis, self.context, keys) for n in nodes]
+
+    def vms(self) -> list[VMInfo]:
+        nodes = self._kube.nodes()
+        vmis = {str(v["metadata"]["name"]): v for v in self._kube.list_all(VMIS)[0]}
+        vms = {str(v["metadata"]["name"]): v for v in self._kube.list_all(VMS)[0]}
+        by_hostname = self._by_hostname(nodes)
+        out = []
+        for name in sorted(set(vmis) | set(vms)):
+            info = objects.vm_info(name, vmis.get(name), vms.get(name), by_hostname)
+            if info is not None:
+                out.append(info)
+        return out
+
+    def vm(self, ref: str) -> VMInfo:
+        vmi = self._kube.find(VMIS, ref)
+        vm = self._kube.find(VMS, ref)
+        if vmi is None and vm is None:
+            raise NotFound(f"no VM {ref!r} in namespace {self.namespace}")
+        info = objects.vm_info(ref, vmi, vm, self._by_hostname(self._kube.nodes()))
+        if info is None:
+            raise NotFound(
+                f"VM {ref!r} runs on no node: a stopped VirtualMachine needs a node pin "
+                f"(nodeSelector {HOSTNAME}) to have a host"
+            )
+        return info
+
+    def locate(self, vm_id: str) -> str | None:
+        try:
+            return self.vm(vm_id).host
+        except NotFound:
+            return None
+
+    # ---- pre-checks ----------------------------------------------------------------------------
+    @staticmethod
+    def _mode(vm: VMInfo, spec: MigrationSpec) -> MigrationMode:
+        if spec.mode is MigrationMode.AUTO:
+            return MigrationMode.LIVE if vm.power is PowerState.RUNNING else MigrationMode.COLD
+        return spec.mode
+
+    def _policy(self, spec: MigrationSpec) -> Policy:
+        if isinstance(spec.policy, Policy):
+            return spec.policy
+        from vmmove.plugins import plugin_manager  # noqa: PLC0415
+
+        return resolve(spec.policy, plugin_manager().policies)
+
+    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+        problems: list[Problem] = []
+
+        def add(code: str, message: str, severity: str = "error") -> None:
+            problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
+
+        mode = self._mode(vm, spec)
+        node = self._kube.node(target.id)
+        vmi = self._kube.find(VMIS, vm.id)
+        vmobj = self._kube.find(VMS, vm.id)
+        if (node.get("spec") or {}).get("unschedulable"):
+            add("cordoned", f"node {target.name} is cordoned (spec.unschedulable)")
+        if mode is MigrationMode.LIVE:
+            if vmi is None:
+                add("no-vmi", f"{vm.name} has no VirtualMachineInstance: it is not running")
+                return problems
+            cond = objects.condition(vmi, "LiveMigratable")
+            if cond is not None and cond.get("status") == "False":
+                add(
+                    "not-migratable",
+                    f"{vm.name} is not LiveMigratable: {cond.get('reason')}: {cond.get('message')}",
+                )
+            for why in objects.scheduling_problems(vmi.get("spec") or {}, node):
+                add("node-mismatch", f"node {target.name}: {why}")
+            self._check_cpu(vmi, node, add)
+            self._check_busy(vm, vmi, add)
+            if not self.node_selector:
+                if spec.target is not None:
+                    add(
+                        "unsupported",
+                        f"cannot send {vm.name} to {target.name}: {self.node_selector_why}",
+                    )
+                else:
+                    add(
+                        "scheduler-chooses",
+                        f"the cluster's scheduler chooses the target node, not vmmove "
+                        f"({self.node_selector_why}); {target.name} is only a guess",
+                        "warning",
+                    )
+            if self._use_policies:
+                p = plan(self._policy(spec), spec, vm.memory, self.capabilities)
+                for note in p.notes:
+                    add("cluster-policy", note, "warning")
+            else:
+                add(
+                    "cluster-policy",
+                    "migration_policy=false: the cluster's migration defaults apply, not the "
+                    "vmmove policy's settings",
+                    "warning",
+                )
+        else:
+            if vmobj is None:
+                add(
+                    "bare-vmi",
+                    f"{vm.name} is a bare VirtualMachineInstance: there is no VirtualMachine to "
+                    "stop and start again, so it can only migrate live",
+                )
+                return problems
+            vspec = vmobj.get("spec") or {}
+            strategy = vspec.get("runStrategy")
+            if strategy is not None and strategy not in ("Always", "RerunOnFailure", "Halted"):
+                add(
+                    "run-strategy",
+                    f"{vm.name} has runStrategy {strategy}: vmmove stops and starts VMs only "
+                    "through runStrategy Always/RerunOnFailure/Halted or spec.running",
+                )
+            template = copy.deepcopy(((vspec.get("template") or {}).get("spec")) or {})
+            (template.get("nodeSelector") or {}).pop(HOSTNAME, None)
+            for why in objects.scheduling_problems(template, node):
+                add("node-mismatch", f"node {target.name}: {why}")
+            if vm.power is not PowerState.STOPPED:
+                add(
+                    "restart",
+                    f"cold migration stops {vm.name}, pins it to {target.name} and starts it "
+                    "again: the guest restarts",
+                    "warning",
+                )
+            add(
+                "pinned",
+                f"{vm.name} stays pinned to {target.name} (nodeSelector {HOSTNAME}) afterwards",
+                "warning",
+            )
+        return problems
+
+    def _check_cpu(self, vmi: Obj, node: Obj, add: Any) -> None:
+        model = (((vmi.get("spec") or {}).get("domain") or {}).get("cpu") or {}).get("model")
+        if model not in (None, "", "host-model"):
+            return
+        source = ((vmi.get("status") or {}).get("nodeName")) or ""
+        try:
+            src = self._kube.node(source) if source else None
+        except NotFound:
+            src = None
+        if src is None:
+            return
+        src_labels = (src.get("metadata") or {}).get("labels") or {}
+        models = [
+            k.split("/", 1)[1]
+            for k, v in src_labels.items()
+            if k.startswith("host-model-cpu.node.kubevirt.io/") and v == "true"
+        ]
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        for m in models:
+            if labels.get(f"cpu-model-migration.node.kubevirt.io/{m}") != "true":
+                add(
+                    "cpu-model",
+                    f"the VMI uses host-model ({m} on {source}); node "
+                    f"{node['metadata']['name']} cannot run {m}",
+                )
+
+    def _check_busy(self, vm: VMInfo, vmi: Obj, add: Any) -> None:
+        for mig in self._kube.list_all(VMIMS)[0]:
+            phase = (mig.get("status") or {}).get("phase") or ""
+            if (mig.get("spec") or {}).get("vmiName") == vm.id and phase not in (
+                "Succeeded",
+                "Failed",
+            ):
+                add(
+                    "busy",
+                    f"{vm.name} already has an active migration: "
+                    f"VirtualMachineInstanceMigration {mig['metadata']['name']} "
+                    f"({phase or 'new'})",
+                )
+                return
+        state = (vmi.get("status") or {}).get("migrationState") or {}
+        if state.get("migrationUid") and not state.get("completed") and not state.get("failed"):
+            add("busy", f"{vm.name} is migrating (migration uid {state['migrationUid']})")
+
+    # ---- migration -----------------------------------------------------------------------------
+    def start(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        mode: MigrationMode,
+        *,
+        needs: frozenset[str],
+        reservation: Any,
+    ) -> Job:
+        self._ensure_watching()
+        if mode is MigrationMode.COLD:
+            return self._start_cold(vm, target)
+        return self._start_live(vm, target, spec)
+
+    def _policy_ref(self, vm: VMInfo, spec: MigrationSpec) -> tuple[str, str | None]:
+        """Ensure the MigrationPolicy exists and label the VMI for it. Returns the record's
+        note and the label value set (``None``: none)."""
+        if not self._use_policies:
+            return "cluster defaults (migration_policy=false)", None
+        p: PolicyPlan = plan(self._policy(spec), spec, vm.memory, self.capabilities)
+        try:
+            existing = self._kube.cluster_get(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL, p.name)
+            if existing is None:
+                try:
+                    self._kube.cluster_create(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL, p.body())
+                except VMMoveError as exc:
+                    if "already exists" not in str(exc):
+                        raise
+            self._kube.merge_patch(VMIS, vm.id, {"metadata": {"labels": {POLICY_LABEL: p.name}}})
+        except NotFound:
+            raise
+        except VMMoveError as exc:
+            return f"cluster defaults (MigrationPolicy {p.name} not applied: {exc})", None
+        return f"MigrationPolicy {p.name}", p.name
+
+    def _unlabel(self, vmi: str) -> None:
+        self._kube.merge_patch(VMIS, vmi, {"metadata": {"labels": {POLICY_LABEL: None}}})
+
+    def _start_live(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Job:
+        note, label = self._policy_ref(vm, spec)
+        hostname = target.extra.get(HOSTNAME, target.id)
+        body: Obj = {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstanceMigration",
+            "metadata": {
+                "generateName": f"vmmove-{vm.id}-"[:58],
+                "labels": dict(MANAGED_BY),
+                "annotations": {"vmmove.io/source": vm.host, "vmmove.io/target": target.id},
+            },
+            "spec": {"vmiName": vm.id},
+        }
+        if self.node_selector:
+            body["spec"]["addedNodeSelector"] = {HOSTNAME: hostname}
+        request = uuid.uuid4().hex
+        body["metadata"]["annotations"][REQUEST_ANNOTATION] = request
+        try:
+            try:
+                created = self._kube.create(VMIMS, body)
+            except ConnectionFailed:
+                # The answer was lost, maybe not the request: a create is never sent twice,
+                # so look for the object this very request would have made.
+                found = self._created_by(request)
+                if found is None:
+                    raise
+                created = found
+        except BaseException:
+            if label is not None:
+                try:
+                    self._unlabel(vm.id)
+                except VMMoveError:
+                    log.warning("could not take label %s off %s", POLICY_LABEL, vm.id)
+            raise
+        meta = created.get("metadata") or {}
+        name, uid = str(meta.get("name")), str(meta.get("uid"))
+        self._informer(VMIMS).seed(created)
+        job = Job(
+            id=name,
+            vm=vm.id,
+            source=vm.host,
+            target=target.id,
+            mode=MigrationMode.LIVE,
+            ref={
+                "kind": "live",
+                "namespace": self.namespace,
+                "migration": name,
+                "uid": uid,
+                "vmi": vm.id,
+                "target": target.id,
+                "policy": note,
+                "target_pinned": "yes" if self.node_selector else "no: the scheduler chooses",
+            },
+        )
+        with self._lock:
+            self._live[name] = _Live(job=job, name=name, uid=uid, vmi=vm.id, policy_label=label)
+        return job
+
+    def _created_by(self, request: str) -> Obj | None:
+        try:
+            items = self._kube.list_all(VMIMS, label_selector=MANAGED_SELECTOR)[0]
+        except VMMoveError:
+            return None
+        for obj in items:
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(REQUEST_ANNOTATION) == request:
+                return obj
+        return None
+
+    def _start_cold(self, vm: VMInfo, target: HostInfo) -> Job:
+        vmobj = self._kube.find(VMS, vm.id)
+        if vmobj is None:
+            raise NotSupported(
+                f"{vm.name} is a bare VirtualMachineInstance: it can only migrate live"
+            )
+        vspec = vmobj.get("spec") or {}
+        if "runStrategy" in vspec:
+            field_, value = "runStrategy", vspec["runStrategy"]
+            running = value in ("Always", "RerunOnFailure")
+        else:
+            field_, value = "running", bool(vspec.get("running"))
+            running = value
+        running = running or self._kube.find(VMIS, vm.id) is not None
+        job = Job(
+            id=f"cold-{vm.id}-{next(self._ids)}",
+            vm=vm.id,
+            source=vm.host,
+            target=target.id,
+            mode=MigrationMode.COLD,
+            ref={"kind": "cold", "namespace": self.namespace, "vm": vm.id, "target": target.id},
+        )
+        st = _Cold(
+            job=job,
+            vm=vm.id,
+            source=vm.host,
+            target=target.id,
+            target_hostname=target.extra.get(HOSTNAME, target.id),
+            was_running=running,
+            run_field=field_,
+            run_value=value,
+        )
+        with self._cond:
+            self._cold[job.id] = st
+            self._cond.notify_all()
+        return job
+
+    def poll(self, job: Job) -> JobStatus:
+        with self._lock:
+            cold = self._cold.get(job.id)
+            live = self._live.get(job.id)
+        if cold is not None:
+            return self._cold_status(cold)
+        if live is None:
+            raise NotFound(f"no KubeVirt migration {job.id!r} on this connection")
+        return self._live_status(live)
+
+    def _live_status(self, st: _Live) -> JobStatus:
+        vmims, vmis = self.informer(VMIMS), self.informer(VMIS)
+        if vmims is None or vmis is None:
+            self._ensure_watching()
+            vmims, vmis = self.informer(VMIMS), self.informer(VMIS)
+        assert vmims is not None
+        assert vmis is not None
+        try:
+            if vmims.last_error is None and vmis.last_error is None:
+                vmim, vmi = vmims.get(st.name), vmis.get(st.vmi)
+            else:  # the watch is reconnecting: read directly
+                vmim, vmi = self._kube.find(VMIMS, st.name), self._kube.find(VMIS, st.vmi)
+        except ConnectionFailed:
+            if st.last is not None:
+                return st.last  # the platform goes on; so do we, on what we saw last
+            raise
+        status = live_status(
+            vmim, vmi, uid=st.uid, abort_requested=st.aborted, target=st.job.target
+        )
+        if vmim is None and st.last is not None and not st.last.phase.terminal:
+            # The migration object is gone; give the VMI's watch a moment to bring the
+            # migrationState (abortStatus, completed) that says how it ended.
+            state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
+            settled = (
+                state.get("migrationUid") != st.uid or state.get("completed") or state.get("failed")
+            )
+            now = time.monotonic()
+            st.gone_at = st.gone_at or now
+            if not settled and now - st.gone_at < 5.0:
+                return st.last
+        if status.phase.terminal:
+            status = replace(status, figures=self._figures(vmi, st.uid))
+            self._remember(st.name, status)
+        st.last = status
+        return status
+
+    def _remember(self, job_id: str, status: JobStatus) -> None:
+        with self._lock:
+            self._outcomes[job_id] = status
+            while len(self._outcomes) > 1000:
+                del self._outcomes[next(iter(self._outcomes))]
+
+    def outcome(self, job_id: str) -> JobStatus | None:
+        """The terminal status a job ended with on this connection (its ``native`` carries
+        KubeVirt's ``abortStatus`` after a cancel), or ``None``."""
+        with self._lock:
+            return self._outcomes.get(job_id)
+
+    @staticmethod
+    def _figures(vmi: Obj | None, uid: str) -> Figures | None:
+        state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
+        if state.get("migrationUid") != uid:
+            return None
+        start, end = _stamp(state.get("startTimestamp")), _stamp(state.get("endTimestamp"))
+        if start is None or end is None:
+            return None
+        return Figures(total_time=max(end - start, 0.0))
+
+    def _cold_status(self, st: _Cold) -> JobStatus:
+        with self._lock:
+            state, error = st.state, st.error
+        phase = COLD_PHASES[state]
+        vm_host = None
+        if phase is Phase.COMPLETED:
+            vm_host = st.target
+        elif phase is Phase.CANCELLED:
+            vm_host = st.source
+        figures = None
+        if phase.terminal and st.ended is not None:
+            figures = Figures(total_time=st.ended - st.started)
+        status = JobStatus(
+            phase=phase, native=f"cold: {state}", vm_host=vm_host, error=error, figures=figures
+        )
+        if phase.terminal:
+            self._remember(st.job.id, status)
+        return status
+
+    def tune(self, job: Job, action: Action) -> None:
+        raise NotSupported(
+            f"KubeVirt cannot apply {action} to a running migration: it reads its settings "
+            "(MigrationPolicy) once, when the migration starts"
+        )
+
+    def abort(self, job: Job) -> None:
+        with self._cond:
+            if job.id in self._cold:
+                self._cold[job.id].cancel = True
+            elif job.id in self._live:
+                self._live[job.id].aborted = True
+                self._deletes[job.id] = 0.0
+            else:
+                raise NotFound(f"no KubeVirt migration {job.id!r} on this connection")
+            self._cond.notify_all()
+        self._start_worker()
+
+    def finish(self, job: Job) -> None:
+        with self._lock:
+            live = self._live.pop(job.id, None)
+            self._cold.pop(job.id, None)
+            self._deletes.pop(job.id, None)
+            still = live is not None and any(
+                other.vmi == live.vmi and other.policy_label for other in self._live.values()
+            )
+        if live is not None and live.policy_label and not still:
+            with contextlib.suppress(NotFound):  # the VMI is gone: nothing to clean
+                self._unlabel(live.vmi)
+
+    def attach(self, ref: Mapping[str, str]) -> Job:
+        if ref.get("intent") == "start":
+            return self._attach_started(ref)
+        if ref.get("kind") != "live":
+            raise NotSupported("only live migrations can be re-attached; a cold move is not")
+        if ref.get("namespace") not in (None, self.namespace):
+            raise InvalidInput(
+                f"migration {ref.get('migration')} is in namespace {ref.get('namespace')}, "
+                f"this connection in {self.namespace}"
+            )
+        name, vmi = ref.get("migration", ""), ref.get("vmi", "")
+        self._ensure_watching()
+        obj = self._kube.find(VMIMS, name)
+        uid = ref.get("uid") or str(((obj or {}).get("metadata") or {}).get("uid", ""))
+        if obj is None and not uid:
+            raise NotFound(f"no VirtualMachineInstanceMigration {name!r}")
+        if obj is not None:
+            vmi = str((obj.get("spec") or {}).get("vmiName") or vmi)
+            self._informer(VMIMS).seed(obj)
+        label = ref.get("policy", "").removeprefix("MigrationPolicy ")
+        kept = label if label.startswith("vmmove-") else None
+        return self._adopt(name, uid, vmi, obj, ref=dict(ref), label=kept)
+
+    def _attach_started(self, ref: Mapping[str, str]) -> Job:
+        """The client died inside ``start``: find the migration vmmove created for the VM."""
+        vm = ref.get("vm", "")
+        self._ensure_watching()
+        mine = [
+            m
+            for m in self._kube.list_all(VMIMS)[0]
+            if (m.get("spec") or {}).get("vmiName") == vm
+            and ((m.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by")
+            == "vmmove"
+            and (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        if not mine:
+            raise NotFound(f"vmmove started no migration of {vm} that is still active")
+        obj = max(mine, key=lambda m: int(m["metadata"].get("resourceVersion") or "0"))
+        meta = obj["metadata"]
+        vmi_obj = self._kube.find(VMIS, vm) or {}
+        label = ((vmi_obj.get("metadata") or {}).get("labels") or {}).get(POLICY_LABEL)
+        ref2 = {
+            "kind": "live",
+            "namespace": self.namespace,
+            "migration": str(meta["name"]),
+            "uid": str(meta["uid"]),
+            "vmi": vm,
+            "target": ref.get("target", ""),
+        }
+        self._informer(VMIMS).seed(obj)
+        return self._adopt(str(meta["name"]), str(meta["uid"]), vm, obj, ref=ref2, label=label)
+
+    def _adopt(
+        self,
+        name: str,
+        uid: str,
+        vmi: str,
+        obj: Obj | None,
+        *,
+        ref: dict[str, str],
+        label: str | None,
+    ) -> Job:
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        job = Job(
+            id=name,
+            vm=vmi,
+            source=str(annotations.get("vmmove.io/source", "")),
+            target=ref.get("target") or str(annotations.get("vmmove.io/target", "")),
+            mode=MigrationMode.LIVE,
+            ref=ref,
+        )
+        with self._lock:
+            self._live[name] = _Live(job=job, name=name, uid=uid, vmi=vmi, policy_label=label)
+        return job
+
+    # ---- the worker: cancels and cold moves ------------------------------------------------------
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is None and not self._closed:
+                self._worker = threading.Thread(
+                    target=self._work, name="vmmove-kubevirt-worker", daemon=True
+                )
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                deletes = [n for n, at in self._deletes.items() if at <= now]
+                colds = [c for c in self._cold.values() if not COLD_PHASES[c.state].terminal]
+            for name in deletes:
+                self._delete(name)
+            for st in colds:
+                try:
+                    self._step_cold(st)
+                except VMMoveError as exc:
+                    log.debug("cold move of %s: %s (will retry)", st.vm, exc)
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(0.1 if (self._deletes or colds) else 1.0)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self._kube.delete(VMIMS, name)
+        except NotFound:
+            pass
+        except VMMoveError as exc:
+            log.debug("deleting migration %s failed: %s (will retry)", name, exc)
+            with self._lock:
+                if name in self._deletes:
+                    self._deletes[name] = time.monotonic() + 0.5
+            return
+        with self._lock:
+            self._deletes.pop(name, None)
+
+    def _set_cold(self, st: _Cold, state: str, error: str | None = None) -> None:
+        with self._lock:
+            st.state, st.since = state, time.monotonic()
+            if error:
+                st.error = error
+            if COLD_PHASES[state].terminal:
+                st.ended = time.time()
+
+    def _run_patch(self, st: _Cold, running: bool) -> None:
+        if st.run_field == "runStrategy":
+            value = st.run_value if running else "Halted"
+            if running and value == "Halted":
+                value = "Always"
+        else:
+            value = running
+        self._kube.merge_patch(VMS, st.vm, {"spec": {st.run_field: value}})
+
+    def _pin(self, st: _Cold, node: str, hostname: str) -> None:
+        vmobj = self._kube.get(VMS, st.vm)
+        template = ((vmobj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        ops: list[Obj] = []
+        terms = (
+            (((template.get("affinity") or {}).get("nodeAffinity") or {}).get(
+                "requiredDuringSchedulingIgnoredDuringExecution"
+            ) or {}).get("nodeSelectorTerms") or []
+        )  # fmt: skip
+        base = (
+            "/spec/template/spec/affinity/nodeAffinity/"
+            "requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"
+        )
+        for i, term in enumerate(terms):
+            for kind, key, value in (
+                ("matchExpressions", HOSTNAME, hostname),
+                ("matchFields", "metadata.name", node),
+            ):
+                for j, expr in enumerate(term.get(kind) or []):
+                    if expr.get("key") == key and expr.get("operator") == "In":
+                        ops.append(
+                            {
+                                "op": "replace",
+                                "path": f"{base}/{i}/{kind}/{j}/values",
+                                "value": [value],
+                            }
+                        )
+        if ops:
+            self._kube.json_patch(VMS, st.vm, ops)
+        self._kube.merge_patch(
+            VMS, st.vm, {"spec": {"template": {"spec": {"nodeSelector": {HOSTNAME: hostname}}}}}
+        )
+
+    def _step_cold(self, st: _Cold) -> None:
+        vmis = self.informer(VMIS)
+        vmi = vmis.get(st.vm) if vmis is not None else self._kube.find(VMIS, st.vm)
+        node = ((vmi or {}).get("status") or {}).get("nodeName")
+        running_on = node if ((vmi or {}).get("status") or {}).get("phase") == "Running" else None
+        waited = time.monotonic() - st.since
+        if st.state == "queued":
+            if st.cancel:
+                self._set_cold(st, "cancelled")
+            elif st.was_running:
+                self._run_patch(st, running=False)
+                self._set_cold(st, "stopping")
+            else:
+                self._set_cold(st, "moving")
+        elif st.state == "stopping":
+            if st.cancel:
+                self._run_patch(st, running=True)
+                self._set_cold(st, "restoring")
+            elif vmi is None:
+                self._set_cold(st, "moving")
+            elif waited > 600:
+                self._run_patch(st, running=True)
+                self._set_cold(st, "restoring", "the VM did not stop within 600 s")
+        elif st.state == "moving":
+            if st.cancel:
+                if st.was_running:
+                    self._run_patch(st, running=True)
+                    self._set_cold(st, "restoring")
+                else:
+                    self._set_cold(st, "cancelled")
+                return
+            self._pin(st, st.target, st.target_hostname)
+            if st.was_running:
+                self._run_patch(st, running=True)
+                self._set_cold(st, "starting")
+            else:
+                self._set_cold(st, "completed")
+        elif st.state == "starting":
+            if running_on == st.target:
+                self._set_cold(st, "completed")
+            elif waited > 600:
+                self._set_cold(st, "failed", f"the VM did not start on {st.target} within 600 s")
+        elif st.state == "restoring":
+            if running_on is not None:
+                self._set_cold(st, "failed" if st.error else "cancelled")
+            elif waited > 600:
+                self._set_cold(st, "failed", "the VM did not start again within 600 s")
+
+    # ---- shutdown --------------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            informers = list(self._informers.values())
+            worker = self._worker
+            self._cond.notify_all()
+        for inf in informers:
+            inf.stop()
+        if worker is not None:
+            worker.join(timeout=10)
+        self._kube.close()

@@ -1,0 +1,47 @@
+"""Wire-level fakes of Kubernetes and KubeVirt, to test KubeVirt automation without a cluster.
+
+:class:`FakeKube` serves the real Kubernetes HTTP API (HTTP/1.1, TLS, bearer tokens,
+watches) from an in-memory store, with a fake KubeVirt that walks
+``VirtualMachineInstanceMigration`` objects through their phases, so that the official
+``kubernetes`` client and ``kubectl --validate=false`` work against it unchanged::
+
+    from vmmove.testing.kube import FakeKube, MigrationTiming
+
+    with FakeKube(timing=MigrationTiming(running=2.0)) as kube:
+        kube.sample()                                   # three nodes, five VMs
+        kubeconfig = kube.kubeconfig("/tmp/kubeconfig")  # context "fake", namespace "default"
+        ...
+
+Standard library only. Also runs as a process: ``python -m vmmove.testing.kube --help``.
+In pytest, load :mod:`vmmove.testing.kube.pytest_plugin` for the ``fake_kube`` fixture.
+"""
+
+from __future__ import annotations
+
+from vmmove.testing.kube.controller import (
+    CLUSTER_MIGRATION_DEFAULTS,
+    MIGRATION_PHASES,
+    KubeVirtController,
+    MigrationFault,
+    MigrationTiming,
+)
+from vmmove.testing.kube.fake import DEFAULT_TOKEN, FakeKube
+from vmmove.testing.kube.server import ApiFault, KubeApiServer, RequestLog
+from vmmove.testing.kube.store import ApiError, Event, ObjectStore, ResourceType
+
+__all__ = [
+    "CLUSTER_MIGRATION_DEFAULTS",
+    "DEFAULT_TOKEN",
+    "MIGRATION_PHASES",
+    "ApiError",
+    "ApiFault",
+    "Event",
+    "FakeKube",
+    "KubeApiServer",
+    "KubeVirtController",
+    "MigrationFault",
+    "MigrationTiming",
+    "ObjectStore",
+    "RequestLog",
+    "ResourceType",
+]
