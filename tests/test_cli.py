@@ -484,3 +484,25 @@ def test_password_in_command_line_uri_is_refused(fake_backend: list[Mapping[str,
     assert "--uri holds a password" in error_line(result)
     assert CANARY not in result.output
     assert fake_backend == []
+
+
+def test_password_from_the_keyring_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    store = {("vmmove", "sim://"): "from-keyring"}
+    fake = types.SimpleNamespace(get_password=lambda service, user: store.get((service, user)))
+    monkeypatch.setitem(sys.modules, "keyring", fake)
+    monkeypatch.delenv("VMMOVE_PASSWORD", raising=False)
+    seen: dict[str, object] = {}
+    real_connect = vmmove.connect
+
+    def spy(uri: str | None = None, **options: object) -> vmmove.Connection:
+        seen.update(options)
+        return real_connect(uri, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vmmove, "connect", spy)
+    result = run("--uri", "sim://", "hosts")
+    assert result.exit_code == 0, result.output
+    assert seen["password"] == vmmove.Secret("from-keyring")
+    assert "from-keyring" not in result.output

@@ -244,7 +244,7 @@ def _connect(ctx: click.Context) -> Connection:
     if settings.ask_password:
         password = click.prompt("Password", hide_input=True, err=True)
     else:
-        password = os.environ.get("VMMOVE_PASSWORD") or config.password
+        password = os.environ.get("VMMOVE_PASSWORD") or config.password or _keyring(uri)
     if password:
         options["password"] = vmmove.Secret(password)
     if uri is None and sys.stderr.isatty():
@@ -253,6 +253,22 @@ def _connect(ctx: click.Context) -> Connection:
             err=True,
         )
     return vmmove.connect(uri, **options)
+
+
+def _keyring(uri: str | None) -> str | None:
+    """The password stored for this estate in the system keyring, if keyring is installed:
+    ``keyring set vmmove <uri without password>``."""
+    if not uri:
+        return None
+    try:
+        import keyring  # noqa: PLC0415 (optional)
+    except ImportError:
+        return None
+    try:
+        found = keyring.get_password("vmmove", uri)
+    except Exception:  # no usable keyring backend here: fall through to no password
+        return None
+    return str(found) if found else None
 
 
 def _has_password(uri: str) -> bool:
