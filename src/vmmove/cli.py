@@ -261,7 +261,7 @@ def _keyring(uri: str | None) -> str | None:
     if not uri:
         return None
     try:
-        import keyring  # noqa: PLC0415 (optional)
+        import keyring  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
     except ImportError:
         return None
     try:

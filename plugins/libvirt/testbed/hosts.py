@@ -28,6 +28,7 @@ Environment: VMMOVE_TESTBED_CACHE (cache root, default /var/cache/vmmove-testbed
 QEMU 10, the wrapper, kernel and initramfs in its libvirt/ subdirectory), VMMOVE_TESTBED_STATE (default /run/vmmove-testbed: host dirs,
 PIDs, consoles, logs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -143,7 +144,9 @@ def read_heartbeats(path: os.PathLike | str) -> Heartbeats:
         return Heartbeats()
 
 
-def wait_heartbeat(path: os.PathLike | str, min_seq: int = 1, timeout: float = 60.0, poll: float = 0.1) -> Heartbeats:
+def wait_heartbeat(
+    path: os.PathLike | str, min_seq: int = 1, timeout: float = 60.0, poll: float = 0.1
+) -> Heartbeats:
     """Wait until the console shows a heartbeat with seq >= min_seq; raises TestbedError on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -151,7 +154,9 @@ def wait_heartbeat(path: os.PathLike | str, min_seq: int = 1, timeout: float = 6
         if hb.latest_seq >= min_seq:
             return hb
         if time.monotonic() > deadline:
-            raise TestbedError(f"no heartbeat seq>={min_seq} in {path} after {timeout:.0f}s (latest {hb.latest})")
+            raise TestbedError(
+                f"no heartbeat seq>={min_seq} in {path} after {timeout:.0f}s (latest {hb.latest})"
+            )
         time.sleep(poll)
 
 
@@ -206,7 +211,9 @@ def _port_open(port: int) -> bool:
 
 
 def _virsh(uri: str, *args: str, timeout: float = 60.0, check: bool = True) -> str:
-    p = subprocess.run([VIRSH, "-q", "-c", uri, *args], capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [VIRSH, "-q", "-c", uri, *args], capture_output=True, text=True, timeout=timeout
+    )
     if check and p.returncode != 0:
         raise TestbedError(f"virsh -c {uri} {' '.join(args)}: {p.stderr.strip()}")
     return p.stdout
@@ -224,7 +231,8 @@ class Host:
     migration_port_max: int
     host_uuid: str
     dir: str
-    pid: int = 0
+    pid: int = 0  # libvirtd
+    reaper_pid: int = 0  # the subreaper that started libvirtd and reaps its orphaned QEMUs
 
     @property
     def uri(self) -> str:
@@ -299,8 +307,12 @@ exec {libvirtd} --listen -f /etc/libvirt/libvirtd.conf -p {dir}/libvirtd.pid
 class Testbed:
     """Two (or more) libvirt hosts. Create with Testbed.start() or Testbed.attach()."""
 
-    def __init__(self, state_dir: os.PathLike | str | None = None, ports: Iterable[int] = DEFAULT_PORTS,
-                 cache: os.PathLike | str | None = None):
+    def __init__(
+        self,
+        state_dir: os.PathLike | str | None = None,
+        ports: Iterable[int] = DEFAULT_PORTS,
+        cache: os.PathLike | str | None = None,
+    ):
         self.state_dir = Path(state_dir or state_dir_default())
         self.cache = Path(cache or cache_dir())
         self.emulator = str(self.cache / "bin" / "qemu-system-x86_64-10")
@@ -311,11 +323,19 @@ class Testbed:
             n = HOST_NAMES[i]
             hostname = f"vmmove-host-{n}"
             lo = MIGRATION_PORT_BASE + MIGRATION_PORT_SPAN * i
-            self.hosts.append(Host(
-                name=n, hostname=hostname, port=int(port),
-                migration_port_min=lo, migration_port_max=lo + MIGRATION_PORT_SPAN - 1,
-                host_uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}.vmmove-testbed.invalid")),
-                dir=str(self.state_dir / f"host-{n}")))
+            self.hosts.append(
+                Host(
+                    name=n,
+                    hostname=hostname,
+                    port=int(port),
+                    migration_port_min=lo,
+                    migration_port_max=lo + MIGRATION_PORT_SPAN - 1,
+                    host_uuid=str(
+                        uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}.vmmove-testbed.invalid")
+                    ),
+                    dir=str(self.state_dir / f"host-{n}"),
+                )
+            )
         self._procs: dict[str, subprocess.Popen] = {}
 
     # ---- properties ------------------------------------------------------------------------------
@@ -336,8 +356,15 @@ class Testbed:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def start(cls, state_dir=None, ports: Iterable[int] = DEFAULT_PORTS, cache=None, warm: bool = True,
-              reuse: bool = False, timeout: float = 60.0) -> "Testbed":
+    def start(
+        cls,
+        state_dir=None,
+        ports: Iterable[int] = DEFAULT_PORTS,
+        cache=None,
+        warm: bool = True,
+        reuse: bool = False,
+        timeout: float = 60.0,
+    ) -> "Testbed":
         """Start the hosts and wait until each answers (and has probed the emulator, if warm).
 
         Hosts left over from an earlier run in the same state dir are stopped first (by their
@@ -347,7 +374,11 @@ class Testbed:
         tb._check_artifacts()
         prev = cls._load(tb.state_dir)
         if prev is not None:
-            if reuse and [h.port for h in prev.hosts] == [h.port for h in tb.hosts] and all(h.alive() for h in prev.hosts):
+            if (
+                reuse
+                and [h.port for h in prev.hosts] == [h.port for h in tb.hosts]
+                and all(h.alive() for h in prev.hosts)
+            ):
                 return prev
             prev.stop()
         tb._start(warm=warm, timeout=timeout)
@@ -368,9 +399,15 @@ class Testbed:
         self.stop()
 
     def _check_artifacts(self) -> None:
-        missing = [p for p in (self.emulator, self.kernel, self.initrd, LIBVIRTD, UNSHARE) if not os.path.exists(p)]
+        missing = [
+            p
+            for p in (self.emulator, self.kernel, self.initrd, LIBVIRTD, UNSHARE)
+            if not os.path.exists(p)
+        ]
         if missing or not shutil.which(VIRSH):
-            raise TestbedError(f"missing {missing or [VIRSH]}: run plugins/libvirt/testbed/setup.sh first")
+            raise TestbedError(
+                f"missing {missing or [VIRSH]}: run plugins/libvirt/testbed/setup.sh first"
+            )
 
     def _prepare_host_dir(self, h: Host) -> None:
         d = Path(h.dir)
@@ -383,17 +420,22 @@ class Testbed:
         for sub in ("run", "log/qemu", "cache"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         # no default network (would start dnsmasq), no autostarted anything
-        for f in [d / "etc/qemu/networks/default.xml", *(d / "etc/qemu/networks/autostart").glob("*"),
-                  *(d / "etc/qemu/autostart").glob("*")]:
+        for f in [
+            d / "etc/qemu/networks/default.xml",
+            *(d / "etc/qemu/networks/autostart").glob("*"),
+            *(d / "etc/qemu/autostart").glob("*"),
+        ]:
             if f.is_file() or f.is_symlink():
                 f.unlink()
         (d / "etc/libvirtd.conf").write_text(_libvirtd_conf(h))
         (d / "etc/qemu.conf").write_text(_qemu_conf(h))
         mounts = "\n".join(f"mount --bind {d / sub} {target}" for sub, target in HOST_DIRS.items())
         launcher = d / "launch.sh"
-        launcher.write_text(_LAUNCHER.format(mounts=mounts, hostname=h.hostname, libvirtd=LIBVIRTD, dir=d))
+        launcher.write_text(
+            _LAUNCHER.format(mounts=mounts, hostname=h.hostname, libvirtd=LIBVIRTD, dir=d)
+        )
         launcher.chmod(0o755)
-        for f in ("libvirtd.pid", "daemon.log"):
+        for f in ("libvirtd.pid", "reaper.pid", "daemon.log"):
             (d / f).unlink(missing_ok=True)
 
     def _start(self, warm: bool, timeout: float) -> None:
@@ -409,14 +451,39 @@ class Testbed:
             for h in self.hosts:
                 self._prepare_host_dir(h)
                 with open(h.log, "ab") as log:
-                    # unshare without --fork execs in place, and launch.sh execs libvirtd: the PID we
-                    # get is libvirtd's. New session: the daemon outlives the CLI that started it.
+                    # The reaper (this file, `reaper` command) is a child subreaper: QEMU daemonizes, so
+                    # when libvirt stops a guest its QEMU is an orphan, and this machine's PID 1 reaps
+                    # orphans lazily (libvirt then waits ~1.6 s for the zombie in every migration's
+                    # confirm phase). Its child: unshare without --fork execs in place and launch.sh
+                    # execs libvirtd, so the reaper's child PID is libvirtd's. New session: the daemon
+                    # outlives the CLI that started it.
                     p = subprocess.Popen(
-                        [UNSHARE, "--mount", "--uts", "--propagation", "private", "/bin/sh", f"{h.dir}/launch.sh"],
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                        close_fds=True, cwd="/")
-                h.pid = p.pid
+                        [
+                            sys.executable,
+                            os.path.abspath(__file__),
+                            "reaper",
+                            "--pid-file",
+                            f"{h.dir}/reaper.pid",
+                            "--",
+                            UNSHARE,
+                            "--mount",
+                            "--uts",
+                            "--propagation",
+                            "private",
+                            "/bin/sh",
+                            f"{h.dir}/launch.sh",
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                        cwd="/",
+                    )
+                h.reaper_pid = p.pid
                 self._procs[h.name] = p
+            for h in self.hosts:
+                h.pid = self._wait_child_pid(h, t0 + timeout)
             self._save()
             for h in self.hosts:
                 self._wait_ready(h, t0 + timeout)
@@ -428,11 +495,31 @@ class Testbed:
             raise
         self.started_in = time.monotonic() - t0
 
+    def _wait_child_pid(self, h: Host, deadline: float) -> int:
+        """libvirtd's PID: the reaper's only direct child (written to reaper.pid as "reaper child")."""
+        f = Path(h.dir, "reaper.pid")
+        while True:
+            try:
+                reaper, child = (int(x) for x in f.read_text().split())
+                if reaper == h.reaper_pid:
+                    return child
+            except (FileNotFoundError, ValueError):
+                pass
+            if not self._proc_running(h):
+                raise TestbedError(
+                    f"the launcher for host {h.name} exited; see {h.log}:\n" + _tail(h.log)
+                )
+            if time.monotonic() > deadline:
+                raise TestbedError(f"host {h.name}: libvirtd did not start")
+            time.sleep(0.01)
+
     def _wait_ready(self, h: Host, deadline: float) -> None:
         while True:
             if not self._proc_running(h):
-                raise TestbedError(f"libvirtd for host {h.name} exited; see {h.log} and {h.dir}/log/libvirtd.log:\n"
-                                   + _tail(h.log))
+                raise TestbedError(
+                    f"libvirtd for host {h.name} exited; see {h.log} and {h.dir}/log/libvirtd.log:\n"
+                    + _tail(h.log)
+                )
             if _port_open(h.port):
                 try:
                     _virsh(h.uri, "uri", timeout=10)
@@ -444,14 +531,22 @@ class Testbed:
             time.sleep(0.05)
 
     def _proc_running(self, h: Host) -> bool:
+        if h.pid:  # may still be unshare or launch.sh, about to exec libvirtd
+            return _alive(h.pid)
         p = self._procs.get(h.name)
-        if p is not None:
-            return p.poll() is None
-        return h.alive()
+        return p is not None and p.poll() is None
 
     def _warm(self, h: Host) -> None:
         """Have libvirt probe the QEMU 10 wrapper now, not during the first migration (3-4 s)."""
-        _virsh(h.uri, "domcapabilities", "--emulatorbin", self.emulator, "--virttype", "qemu", timeout=120)
+        _virsh(
+            h.uri,
+            "domcapabilities",
+            "--emulatorbin",
+            self.emulator,
+            "--virttype",
+            "qemu",
+            timeout=120,
+        )
 
     def stop(self) -> None:
         """Destroy every domain, kill left-over QEMUs, then the daemons: all by recorded PID."""
@@ -469,12 +564,14 @@ class Testbed:
         for h in self.hosts:
             if h.pid:
                 _kill_pid(h.pid, (LIBVIRTD, f"{h.dir}/libvirtd.pid"))
-                p = self._procs.pop(h.name, None)
-                if p is not None:
-                    try:
-                        p.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        pass
+            p = self._procs.pop(h.name, None)
+            if p is not None:  # the reaper exits once libvirtd and every orphan it adopted are gone
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if h.reaper_pid:
+                _kill_pid(h.reaper_pid, ("reaper", f"{h.dir}/reaper.pid"), timeout=5)
         if self.state_file.exists():
             self.state_file.unlink()
 
@@ -498,9 +595,17 @@ class Testbed:
     def status(self) -> dict:
         out = {"state_dir": str(self.state_dir), "emulator": self.emulator, "hosts": []}
         for h in self.hosts:
-            st = {"name": h.name, "uri": h.uri, "pid": h.pid, "alive": h.alive(), "hostname": h.hostname,
-                  "host_uuid": h.host_uuid, "migration_ports": [h.migration_port_min, h.migration_port_max],
-                  "qemu_pids": {d: p for d, p in h.qemu_pids().items() if _alive(p)}, "domains": None}
+            st = {
+                "name": h.name,
+                "uri": h.uri,
+                "pid": h.pid,
+                "alive": h.alive(),
+                "hostname": h.hostname,
+                "host_uuid": h.host_uuid,
+                "migration_ports": [h.migration_port_min, h.migration_port_max],
+                "qemu_pids": {d: p for d, p in h.qemu_pids().items() if _alive(p)},
+                "domains": None,
+            }
             if st["alive"]:
                 try:
                     st["domains"] = _virsh(h.uri, "list", "--all", "--name", timeout=10).split()
@@ -510,9 +615,18 @@ class Testbed:
         return out
 
     # ---- guests ----------------------------------------------------------------------------------
-    def domain_xml(self, name: str, memory_mib: int = 256, wss_mib: int = 0, dirty_mib_s: int = 0,
-                   console_path: Optional[str] = None, vcpus: int = 1, hb_ms: int = 1000,
-                   extra_cmdline: str = "", fresh_console: bool = True) -> str:
+    def domain_xml(
+        self,
+        name: str,
+        memory_mib: int = 256,
+        wss_mib: int = 0,
+        dirty_mib_s: int = 0,
+        console_path: Optional[str] = None,
+        vcpus: int = 1,
+        hb_ms: int = 1000,
+        extra_cmdline: str = "",
+        fresh_console: bool = True,
+    ) -> str:
         """TCG test-guest XML: kernel + initramfs, serial console appended to a file, no disk/NIC.
 
         The console file (default: <state>/consoles/<name>.log) is shared by the source and the
@@ -523,8 +637,10 @@ class Testbed:
         Path(console).parent.mkdir(parents=True, exist_ok=True)
         if fresh_console:
             open(console, "w").close()
-        cmdline = (f"console=ttyS0 quiet panic=-1 wss_mib={int(wss_mib)} dirty_mib_s={int(dirty_mib_s)} "
-                   f"hb_ms={int(hb_ms)} {extra_cmdline}").strip()
+        cmdline = (
+            f"console=ttyS0 quiet panic=-1 wss_mib={int(wss_mib)} dirty_mib_s={int(dirty_mib_s)} "
+            f"hb_ms={int(hb_ms)} {extra_cmdline}"
+        ).strip()
         return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
   <memory unit='MiB'>{int(memory_mib)}</memory>
@@ -567,12 +683,55 @@ def _tail(path: str, n: int = 20) -> str:
 # --------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------
+def reaper(pid_file: str, argv: list[str]) -> int:
+    """Run argv as a child subreaper: reap every orphan re-parented here, at once; forward SIGTERM and
+    SIGINT to the child; exit when no child is left (the child's exit status, or 0)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+    tmp = pid_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {child.pid}\n")
+    os.replace(tmp, pid_file)
+
+    def forward(signum, frame):
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return code
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+            code = child.returncode if child.returncode >= 0 else 128 - child.returncode
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reaper"]:  # internal: python3 hosts.py reaper --pid-file F -- cmd...
+        sep = argv.index("--")
+        return reaper(argv[argv.index("--pid-file") + 1], argv[sep + 1 :])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--state-dir", default=None, help=f"default $VMMOVE_TESTBED_STATE or {DEFAULT_STATE}")
+    ap.add_argument(
+        "--state-dir", default=None, help=f"default $VMMOVE_TESTBED_STATE or {DEFAULT_STATE}"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start", help="start the hosts (no-op if they already run)")
-    s.add_argument("--ports", default=",".join(map(str, DEFAULT_PORTS)), help="comma-separated TCP ports, one per host")
+    s.add_argument(
+        "--ports",
+        default=",".join(map(str, DEFAULT_PORTS)),
+        help="comma-separated TCP ports, one per host",
+    )
     s.add_argument("--no-warm", action="store_true", help="skip the emulator capability probe")
     s.add_argument("--restart", action="store_true", help="restart even if already running")
     sub.add_parser("stop", help="destroy domains and stop the hosts started from this state dir")
@@ -595,7 +754,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         how = "started" if tb._procs else "already running"
         for h in tb.hosts:
             print(f"host {h.name}: {h.uri} pid={h.pid} hostname={h.hostname} {how}")
-        print(f"ready in {time.monotonic() - t0:.1f}s; state {tb.state_dir}; stop with: {sys.argv[0]} stop")
+        print(
+            f"ready in {time.monotonic() - t0:.1f}s; state {tb.state_dir}; stop with: {sys.argv[0]} stop"
+        )
     elif args.cmd == "stop":
         tb = Testbed._load(Path(args.state_dir or state_dir_default()))
         if tb is None:
@@ -615,16 +776,29 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(json.dumps(stt, indent=2))
         else:
             for h in stt["hosts"]:
-                print(f"host {h['name']}: {h['uri']} pid={h['pid']} alive={h['alive']} domains={h['domains']} "
-                      f"qemu={h['qemu_pids']}")
+                print(
+                    f"host {h['name']}: {h['uri']} pid={h['pid']} alive={h['alive']} domains={h['domains']} "
+                    f"qemu={h['qemu_pids']}"
+                )
         return 0 if all(h["alive"] for h in stt["hosts"]) else 1
     elif args.cmd == "xml":
         tb = Testbed(args.state_dir)
-        print(tb.domain_xml(args.name, args.memory_mib, args.wss_mib, args.dirty_mib_s, args.console,
-                            fresh_console=False), end="")
+        print(
+            tb.domain_xml(
+                args.name,
+                args.memory_mib,
+                args.wss_mib,
+                args.dirty_mib_s,
+                args.console,
+                fresh_console=False,
+            ),
+            end="",
+        )
     elif args.cmd == "heartbeats":
         r = read_heartbeats(args.console)
-        print(json.dumps({**dataclasses.asdict(r), "latest_seq": r.latest_seq, "ok": r.ok}, indent=2))
+        print(
+            json.dumps({**dataclasses.asdict(r), "latest_seq": r.latest_seq, "ok": r.ok}, indent=2)
+        )
     return 0
 
 

@@ -7,7 +7,8 @@
 #
 # What it does (each step is skipped when its result is already present):
 #   1. apt: libvirt 9.0 daemon + QEMU 7.2 (libvirt needs a system QEMU installed), libvirt-dev,
-#      gcc/static libc/cpio for the test guest, and the few shared libraries QEMU 10 needs.
+#      pkg-config and python3-dev (to build libvirt-python), gcc/static libc/cpio for the test
+#      guest, and the few shared libraries QEMU 10 needs.
 #   2. guest kernel: `apt-get download` of the Debian cloud kernel, vmlinuz extracted into the cache.
 #   3. QEMU 10 from bookworm-backports, fetched with a PRIVATE apt configuration (own sources.list,
 #      lists and cache dirs under the cache dir; the system's apt sources are not touched) and
@@ -16,7 +17,7 @@
 #   4. an <emulator> wrapper (cache/bin/qemu-system-x86_64-10) that runs QEMU 10 in its own mount
 #      namespace with QEMU 10's module dir bind-mounted over /usr/lib/x86_64-linux-gnu/qemu, and
 #      checks that libvirt can probe it.
-#   5. libvirt-python via pip (built from source against libvirt-dev).
+#   5. libvirt-python via pip (built from source against libvirt-dev) where smoke.py runs.
 #   6. guest/build.sh: static /init + initramfs.
 #
 # Nothing here starts a daemon that keeps running; hosts.py does that.
@@ -32,7 +33,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 SYSTEM_PKGS=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
-  libvirt-dev pkg-config
+  libvirt-dev pkg-config python3-dev
   gcc libc6-dev cpio util-linux
 )
 # Shared libraries the bookworm-backports QEMU 10 binary links against beyond what the Debian 12
@@ -234,14 +235,28 @@ fi
 # --------------------------------------------------------------------------------------------------
 # 5. libvirt-python
 # --------------------------------------------------------------------------------------------------
+# It has no wheels: pip builds it against libvirt-dev with gcc, pkg-config and the Python headers
+# (step 1). `pip install -e plugins/libvirt[test]` installs it as a dependency of vmmove-libvirt;
+# this step also installs it where smoke.py runs: $VMMOVE_PYTHON, else the project's virtualenv
+# (${VMMOVE_VENV:-.venv}) if there is one, else python3. A Python that refuses pip (Debian's own,
+# "externally managed") only gets a note: the tests' environment installs it anyway.
 if [[ "${VMMOVE_TESTBED_SKIP_PIP:-0}" != 1 ]]; then
-  if python3 -c 'import libvirt' 2>/dev/null; then
-    log "libvirt-python: present ($(python3 -c 'import libvirt; print(libvirt.getVersion())'))"
+  PY="${VMMOVE_PYTHON:-}"
+  if [[ -z "$PY" ]]; then
+    if [[ -x "${VMMOVE_VENV:-$PWD/.venv}/bin/python" ]]; then PY="${VMMOVE_VENV:-$PWD/.venv}/bin/python"
+    else PY=python3; fi
+  fi
+  if "$PY" -c 'import libvirt' 2>/dev/null; then
+    log "libvirt-python: present in $PY ($("$PY" -c 'import libvirt; print(libvirt.getVersion())'))"
   else
     T=$(date +%s)
-    log "pip install libvirt-python (builds from source against libvirt-dev)"
-    python3 -m pip install -q libvirt-python
-    log "libvirt-python installed in $(( $(date +%s) - T )) s"
+    log "pip install libvirt-python into $PY (builds from source against libvirt-dev)"
+    if "$PY" -m pip install -q libvirt-python; then
+      log "libvirt-python installed in $(( $(date +%s) - T )) s"
+    else
+      log "note: could not pip-install libvirt-python into $PY; pip install -e plugins/libvirt[test]" \
+          "in the environment that runs the tests installs it"
+    fi
   fi
 fi
 

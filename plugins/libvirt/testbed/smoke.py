@@ -17,6 +17,7 @@ Scenarios:
 
 Exit status 0 when every scenario migrated and the guest saw no bad page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,9 @@ from hosts import Testbed, read_heartbeats, wait_heartbeat  # noqa: E402
 try:
     import libvirt
 except ImportError:  # pragma: no cover
-    sys.exit("libvirt-python missing: run plugins/libvirt/testbed/setup.sh (or pip install libvirt-python)")
+    sys.exit(
+        "libvirt-python missing: run plugins/libvirt/testbed/setup.sh (or pip install libvirt-python)"
+    )
 
 SCENARIOS = {
     "idle": dict(wss_mib=64, dirty_mib_s=0, bandwidth=None, raise_downtime_ms=None),
@@ -86,8 +89,11 @@ class JobPoller(threading.Thread):
             st["_t"] = time.monotonic() - self._t0
             self.samples.append(st)
             self.last = st
-            if (self.raise_downtime_ms and self.raised_at is None
-                    and st.get("memory_iteration", 0) >= 2):  # dirty-sync count 2 = first pass done
+            if (
+                self.raise_downtime_ms
+                and self.raised_at is None
+                and st.get("memory_iteration", 0) >= 2
+            ):  # dirty-sync count 2 = first pass done
                 try:
                     self.dom.migrateSetMaxDowntime(self.raise_downtime_ms, 0)
                     self.raised_at = st["_t"]
@@ -105,11 +111,21 @@ class JobPoller(threading.Thread):
         self.join(5)
 
 
-def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: int, bandwidth, raise_downtime_ms):
-    res = {"scenario": name, "wss_mib": wss_mib, "dirty_mib_s": dirty_mib_s, "bandwidth_mib_s": bandwidth,
-           "max_downtime_raised_to_ms": raise_downtime_ms, "ok": False}
+def run_scenario(
+    tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: int, bandwidth, raise_downtime_ms
+):
+    res = {
+        "scenario": name,
+        "wss_mib": wss_mib,
+        "dirty_mib_s": dirty_mib_s,
+        "bandwidth_mib_s": bandwidth,
+        "max_downtime_raised_to_ms": raise_downtime_ms,
+        "ok": False,
+    }
     console = tb.console_path(name)
-    xml = tb.domain_xml(name, memory_mib=256, wss_mib=wss_mib, dirty_mib_s=dirty_mib_s, console_path=console)
+    xml = tb.domain_xml(
+        name, memory_mib=256, wss_mib=wss_mib, dirty_mib_s=dirty_mib_s, console_path=console
+    )
     t0 = time.monotonic()
     dom = src.defineXML(xml)
     dom.create()
@@ -125,19 +141,25 @@ def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: in
             completed.update(params)
             done.set()
 
-    cb_id = src.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
+    cb_id = src.domainEventRegisterAny(
+        dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None
+    )
     # URI: without it libvirt hands QEMU the destination's hostname, which does not resolve.
     # LISTEN_ADDRESS: otherwise the destination QEMU listens on all addresses (qemu.conf's
     # migration_address refuses a loopback address).
-    params = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1",
-              libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1"}
+    params = {
+        libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1",
+        libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1",
+    }
     if bandwidth:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth  # MiB/s
     poller = JobPoller(dom, raise_downtime_ms=raise_downtime_ms)
     poller.start()
     t_mig = time.monotonic()
     try:
-        dom.migrateToURI3(tb.uris[1], params, libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)
+        dom.migrateToURI3(
+            tb.uris[1], params, libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+        )
         res["migrated"] = True
     except libvirt.libvirtError as e:
         res["migrated"] = False
@@ -157,17 +179,23 @@ def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: in
             stats = {}
     if not stats.get("data_processed"):
         stats = poller.last  # last polled sample (e.g. after an abort)
-    res.update({
-        "downtime_ms": stats.get("downtime"),
-        "data_mib": round(stats.get("data_processed", 0) / MIB, 1),
-        "iterations": stats.get("memory_iteration"),
-        "libvirt_time_elapsed_ms": stats.get("time_elapsed"),
-        "dirty_rate_pages_s": poller.last.get("memory_dirty_rate"),
-        "remaining_mib_samples": [round(s.get("data_remaining", 0) / MIB) for s in poller.samples][::5],
-        "raised_downtime_at_s": None if poller.raised_at is None else round(poller.raised_at, 2),
-        "polled_samples": len(poller.samples),
-        "stats_source": "event" if completed.get("data_processed") else "jobStats/poll",
-    })
+    res.update(
+        {
+            "downtime_ms": stats.get("downtime"),
+            "data_mib": round(stats.get("data_processed", 0) / MIB, 1),
+            "iterations": stats.get("memory_iteration"),
+            "libvirt_time_elapsed_ms": stats.get("time_elapsed"),
+            "dirty_rate_pages_s": poller.last.get("memory_dirty_rate"),
+            "remaining_mib_samples": [
+                round(s.get("data_remaining", 0) / MIB) for s in poller.samples
+            ][::5],
+            "raised_downtime_at_s": None
+            if poller.raised_at is None
+            else round(poller.raised_at, 2),
+            "polled_samples": len(poller.samples),
+            "stats_source": "event" if completed.get("data_processed") else "jobStats/poll",
+        }
+    )
 
     if res["migrated"]:
         try:
@@ -185,10 +213,21 @@ def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: in
             except Exception as e:  # noqa: BLE001
                 hb = read_heartbeats(console)
                 res["error"] = str(e)
-        res.update(seq_before=hb_before.latest_seq, seq_at_migration_end=seq_at_end, seq_after=hb.latest_seq,
-                   bad=hb.bad, boots=hb.boots, panic=hb.panic_lines[:3], bad_lines=hb.bad_lines[:3])
-        res["ok"] = (res["dest_state"] and not res["source_active"] and hb.ok
-                     and hb.latest_seq >= seq_at_end + 3)
+        res.update(
+            seq_before=hb_before.latest_seq,
+            seq_at_migration_end=seq_at_end,
+            seq_after=hb.latest_seq,
+            bad=hb.bad,
+            boots=hb.boots,
+            panic=hb.panic_lines[:3],
+            bad_lines=hb.bad_lines[:3],
+        )
+        res["ok"] = (
+            res["dest_state"]
+            and not res["source_active"]
+            and hb.ok
+            and hb.latest_seq >= seq_at_end + 3
+        )
         if d2 is not None and d2.isActive():
             d2.destroy()
     else:
@@ -200,13 +239,18 @@ def run_scenario(tb: Testbed, src, dst, name: str, wss_mib: int, dirty_mib_s: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all", help="all = idle + busy")
+    ap.add_argument(
+        "--scenario", choices=[*SCENARIOS, "all"], default="all", help="all = idle + busy"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="run the scenario(s) N times")
     ap.add_argument("--state-dir", default=None)
     ap.add_argument("--json", action="store_true", help="print results as JSON")
-    ap.add_argument("--emulator", default=None,
-                    help="override the guest <emulator> (negative control: /usr/bin/qemu-system-x86_64, "
-                         "Debian's QEMU 7.2, whose TCG migration corrupts a busy guest)")
+    ap.add_argument(
+        "--emulator",
+        default=None,
+        help="override the guest <emulator> (negative control: /usr/bin/qemu-system-x86_64, "
+        "Debian's QEMU 7.2, whose TCG migration corrupts a busy guest)",
+    )
     args = ap.parse_args()
 
     libvirt.registerErrorHandler(lambda ctx, err: None, None)  # silence libvirt's stderr printer
@@ -227,12 +271,15 @@ def main() -> int:
             r = run_scenario(tb, src, dst, n if args.repeat == 1 else f"{n}-{i}", **SCENARIOS[n])
             r["cycle_s"] = round(time.monotonic() - t0, 2)
             results.append(r)
-            print(f"[{n}] {'OK' if r['ok'] else 'FAIL'}: wall {r['wall_s']} s, downtime {r['downtime_ms']} ms, "
-                  f"data {r['data_mib']} MiB, iterations {r['iterations']}, boot {r['boot_to_first_heartbeat_s']} s, "
-                  f"heartbeats seq {r.get('seq_before')}->{r.get('seq_after')} bad={r.get('bad')}, "
-                  f"downtime raised at {r['raised_downtime_at_s']} s, cycle {r['cycle_s']} s"
-                  + (f", error: {r['error']}" if r.get("error") else "")
-                  + (f", console: {r['panic'][-1]}" if r.get("panic") else ""), flush=True)
+            print(
+                f"[{n}] {'OK' if r['ok'] else 'FAIL'}: wall {r['wall_s']} s, downtime {r['downtime_ms']} ms, "
+                f"data {r['data_mib']} MiB, iterations {r['iterations']}, boot {r['boot_to_first_heartbeat_s']} s, "
+                f"heartbeats seq {r.get('seq_before')}->{r.get('seq_after')} bad={r.get('bad')}, "
+                f"downtime raised at {r['raised_downtime_at_s']} s, cycle {r['cycle_s']} s"
+                + (f", error: {r['error']}" if r.get("error") else "")
+                + (f", console: {r['panic'][-1]}" if r.get("panic") else ""),
+                flush=True,
+            )
         src.close()
         dst.close()
     finally:

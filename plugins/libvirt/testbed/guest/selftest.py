@@ -8,6 +8,7 @@ after a migration would be reported, not only a guest kernel panic.
 
     python3 plugins/libvirt/testbed/guest/selftest.py
 """
+
 import os
 import re
 import subprocess
@@ -51,16 +52,25 @@ def run(binary: str, dirty: int) -> bool:
         finally:
             p.kill()
             p.wait()
-    ok = before.count > 0 and before.bad == 0 and after.bad == 1 and any("page=5 " in b for b in after.bad_lines)
-    print(f"dirty_mib_s={dirty}: before bad={before.bad}, after bad={after.bad}, "
-          f"{after.bad_lines[:1]} -> {'OK' if ok else 'FAIL'}")
+    ok = (
+        before.count > 0
+        and before.bad == 0
+        and after.bad == 1
+        and any("page=5 " in b for b in after.bad_lines)
+    )
+    print(
+        f"dirty_mib_s={dirty}: before bad={before.bad}, after bad={after.bad}, "
+        f"{after.bad_lines[:1]} -> {'OK' if ok else 'FAIL'}"
+    )
     return ok
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         binary = os.path.join(d, "init")
-        subprocess.run(["gcc", "-static", "-O2", "-o", binary, os.path.join(HERE, "init.c")], check=True)
+        subprocess.run(
+            ["gcc", "-static", "-O2", "-o", binary, os.path.join(HERE, "init.c")], check=True
+        )
         results = [run(binary, 0), run(binary, 16)]
     return 0 if all(results) else 1
 
