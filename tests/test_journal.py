@@ -160,3 +160,19 @@ def test_attach_to_a_finished_record_returns_it() -> None:
 def test_attach_unknown_record_is_not_found() -> None:
     with pytest.raises(vmmove.NotFound):
         vmmove.attach("no-such-record")
+
+
+def test_a_damaged_journal_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "j.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(vmmove.InvalidInput, match="move it aside"):
+        Journal(bad)
+
+
+def test_a_stale_wal_beside_a_deleted_journal_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    with vmmove.connect("sim://", store=Journal(path)) as conn:
+        conn.migrate("web-1", to="host-b").wait()
+    path.unlink()  # someone removed the database but not its -wal and -shm
+    fresh = Journal(path)
+    assert fresh.list() == []

@@ -136,15 +136,25 @@ class Journal:
         self.estate = estate
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # A WAL left beside a deleted database would be replayed into the new one.
+            for stale in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                stale.unlink(missing_ok=True)
         # Create owner-only before SQLite opens it: records name hosts and VMs.
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         os.chmod(self.path, 0o600)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a client crash
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a client crash
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InvalidInput(
+                f"the journal {self.path} is unusable ({exc}): move it aside, "
+                "or point VMMOVE_JOURNAL elsewhere"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<vmmove.Journal {self.path}>"
