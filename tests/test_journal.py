@@ -176,3 +176,21 @@ def test_a_stale_wal_beside_a_deleted_journal_is_dropped(tmp_path: Path) -> None
     path.unlink()  # someone removed the database but not its -wal and -shm
     fresh = Journal(path)
     assert fresh.list() == []
+
+
+def test_attach_to_an_ended_record_raises_its_outcome() -> None:
+    with vmmove.connect("sim://") as conn:
+        m = conn.migrate("db-1", to="host-b")
+        for event in m.events():
+            if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
+                m.cancel()
+    with pytest.raises(vmmove.MigrationCancelled):
+        vmmove.attach(m.id).wait()
+
+
+def test_journal_off_means_no_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMMOVE_JOURNAL", "off")
+    with vmmove.connect("sim://") as conn:
+        assert not isinstance(conn.store, Journal)
+    with pytest.raises(vmmove.InvalidInput, match="journal is off"):
+        Journal()

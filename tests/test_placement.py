@@ -152,7 +152,7 @@ def test_anti_affinity_keeps_group_apart() -> None:
     web2 = vm("web-2", on="b", extra={"anti_affinity": "web"})
     ctx = build_context(hosts, [web1, web2])
     out = verdict(web1, hosts, ctx)
-    assert out["b"] == "anti-affinity: 1 other VM of group web run there"
+    assert out["b"] == "anti-affinity: 1 other VM of group web runs there"
     assert out["c"] == "ok"
 
 

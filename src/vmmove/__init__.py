@@ -214,11 +214,11 @@ def attach(
 
 def _store_for(estate: str, store: RecordStore | None) -> RecordStore:
     """The journal by default (``VMMOVE_JOURNAL=off`` keeps records in memory only)."""
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journal import OFF, Journal  # noqa: PLC0415
     from vmmove.store import MemoryStore  # noqa: PLC0415
 
     if store is None:
-        if os.environ.get("VMMOVE_JOURNAL", "").lower() in ("off", "memory", "none"):
+        if os.environ.get("VMMOVE_JOURNAL", "").lower() in OFF:
             return MemoryStore()
         store = Journal()
     if isinstance(store, Journal) and not store.estate:

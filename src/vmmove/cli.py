@@ -359,7 +359,7 @@ def _table(*columns: str) -> Any:
     "--uri",
     envvar="VMMOVE_URI",
     metavar="URI",
-    help="Hypervisor to connect to, e.g. qemu+ssh://root@kvm1/system [env: VMMOVE_URI].",
+    help="Hypervisor to connect to, e.g. vsphere://admin@vc.example/DC1 [env: VMMOVE_URI].",
 )
 @click.option(
     "--config",

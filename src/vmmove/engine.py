@@ -639,6 +639,24 @@ class _Run:
         self.conn._release(self)
 
 
+def _error_of(record: MigrationRecord) -> VMMoveError | None:
+    """The error ``wait()`` raises for a record that ended badly, rebuilt from the journal."""
+    if record.phase is Phase.CANCELLED:
+        return MigrationCancelled(
+            f"migration of {record.vm_name}: cancelled", vm_host=record.vm_host
+        )
+    if record.phase is not Phase.FAILED:
+        return None
+    message = f"migration of {record.vm_name}: {record.error}"
+    kinds: dict[str | None, type[MigrationFailed] | type[MigrationTimedOut]] = {
+        "PostcopyFailed": PostcopyFailed,
+        "MigrationTimedOut": MigrationTimedOut,
+    }
+    error = kinds.get(record.error_type, MigrationFailed)(message, vm_host=record.vm_host)
+    error.record = record
+    return error
+
+
 class _Supervisor:
     """One loop for all migrations of a connection."""
 
@@ -1021,6 +1039,7 @@ class Connection:
             policy = resolve("none")  # a custom schedule is not in the record: budgets only
         spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=policy)
         run = _Run(self, spec, vm, policy, record=record)
+        run.error = _error_of(record)
         if not record.phase.terminal:
             if hasattr(self.store, "adopt"):
                 self.store.adopt(record)

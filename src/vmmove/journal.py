@@ -61,8 +61,13 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
+OFF = ("off", "memory", "none")
+
+
 def default_path() -> Path:
     env = os.environ.get("VMMOVE_JOURNAL")
+    if env and env.lower() in OFF:
+        raise InvalidInput(f"the journal is off (VMMOVE_JOURNAL={env}): there are no records")
     if env:
         return Path(env)
     import platformdirs  # noqa: PLC0415 (only when a journal is opened)
@@ -214,7 +219,8 @@ class Journal:
         return str(row[0])
 
     def list(self, limit: int | None = None) -> list[MigrationRecord]:
-        sql = "SELECT body FROM records ORDER BY created_at DESC, rowid DESC"
+        # Insertion order, not created_at: a simulator's virtual clock starts at a fixed date.
+        sql = "SELECT body FROM records ORDER BY rowid DESC"
         rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         return [record_from_json(r[0]) for r in rows]
 

@@ -199,7 +199,10 @@ def anti_affinity(vm: VMInfo, host: HostInfo, ctx: PlacementContext) -> str | No
     for group in groups_of(vm)[1]:
         n = _others(vm, group, ctx).get(host.id, 0)
         if n:
-            return f"{n} other VM{'s' if n > 1 else ''} of group {group} run there"
+            many = n > 1
+            return (
+                f"{n} other VM{'s' if many else ''} of group {group} run{'' if many else 's'} there"
+            )
     return None
 
 
