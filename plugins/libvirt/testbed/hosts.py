@@ -233,6 +233,8 @@ class Host:
     dir: str
     pid: int = 0  # libvirtd
     reaper_pid: int = 0  # the subreaper that started libvirtd and reaps its orphaned QEMUs
+    # reapers of earlier libvirtd instances (restart_host): each stays while QEMUs it adopted run
+    old_reapers: list = dataclasses.field(default_factory=list)
 
     @property
     def uri(self) -> str:
@@ -337,6 +339,7 @@ class Testbed:
                 )
             )
         self._procs: dict[str, subprocess.Popen] = {}
+        self._retired: list[subprocess.Popen] = []  # reapers of restarted daemons
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -450,38 +453,7 @@ class Testbed:
         try:
             for h in self.hosts:
                 self._prepare_host_dir(h)
-                with open(h.log, "ab") as log:
-                    # The reaper (this file, `reaper` command) is a child subreaper: QEMU daemonizes, so
-                    # when libvirt stops a guest its QEMU is an orphan, and this machine's PID 1 reaps
-                    # orphans lazily (libvirt then waits ~1.6 s for the zombie in every migration's
-                    # confirm phase). Its child: unshare without --fork execs in place and launch.sh
-                    # execs libvirtd, so the reaper's child PID is libvirtd's. New session: the daemon
-                    # outlives the CLI that started it.
-                    p = subprocess.Popen(
-                        [
-                            sys.executable,
-                            os.path.abspath(__file__),
-                            "reaper",
-                            "--pid-file",
-                            f"{h.dir}/reaper.pid",
-                            "--",
-                            UNSHARE,
-                            "--mount",
-                            "--uts",
-                            "--propagation",
-                            "private",
-                            "/bin/sh",
-                            f"{h.dir}/launch.sh",
-                        ],
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                        close_fds=True,
-                        cwd="/",
-                    )
-                h.reaper_pid = p.pid
-                self._procs[h.name] = p
+                self._launch(h)
             for h in self.hosts:
                 h.pid = self._wait_child_pid(h, t0 + timeout)
             self._save()
@@ -494,6 +466,55 @@ class Testbed:
             self.stop()
             raise
         self.started_in = time.monotonic() - t0
+
+    def _launch(self, h: Host) -> None:
+        with open(h.log, "ab") as log:
+            # The reaper (this file, `reaper` command) is a child subreaper: QEMU daemonizes, so when
+            # libvirt stops a guest its QEMU is an orphan, and this machine's PID 1 reaps orphans
+            # lazily (libvirt then waits ~1.6 s for the zombie in every migration's confirm phase).
+            # Its child: unshare without --fork execs in place and launch.sh execs libvirtd, so the
+            # reaper's child PID is libvirtd's. New session: the daemon outlives the CLI that
+            # started it.
+            p = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "reaper", "--pid-file",
+                 f"{h.dir}/reaper.pid", "--", UNSHARE, "--mount", "--uts", "--propagation",
+                 "private", "/bin/sh", f"{h.dir}/launch.sh"],  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+            )
+        h.reaper_pid = p.pid
+        self._procs[h.name] = p
+
+    def restart_host(
+        self, index: int, sig: int = signal.SIGTERM, down_for: float = 0.0, timeout: float = 60.0
+    ) -> None:
+        """Stop host ``index``'s libvirtd (``sig``: SIGTERM stops it, SIGKILL crashes it) and start a
+        new one on the same state. Guests keep running: their QEMUs outlive libvirtd, and the new
+        daemon reconnects to them."""
+        h = self.hosts[index]
+        if not h.alive() or f"{h.dir}/libvirtd.pid" not in " ".join(_cmdline(h.pid)):
+            raise TestbedError(f"host {h.name}: libvirtd is not running")
+        os.kill(h.pid, sig)
+        deadline = time.monotonic() + 15
+        while _alive(h.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(h.pid):
+            raise TestbedError(f"host {h.name}: libvirtd {h.pid} did not stop")
+        time.sleep(down_for)
+        h.old_reapers.append(h.reaper_pid)
+        old = self._procs.pop(h.name, None)
+        if old is not None:
+            self._retired.append(old)
+        Path(h.dir, "reaper.pid").unlink(missing_ok=True)
+        t0 = time.monotonic()
+        self._launch(h)
+        h.pid = self._wait_child_pid(h, t0 + timeout)
+        self._save()
+        self._wait_ready(h, t0 + timeout)
 
     def _wait_child_pid(self, h: Host, deadline: float) -> int:
         """libvirtd's PID: the reaper's only direct child (written to reaper.pid as "reaper child")."""
@@ -570,8 +591,15 @@ class Testbed:
                     p.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
-            if h.reaper_pid:
-                _kill_pid(h.reaper_pid, ("reaper", f"{h.dir}/reaper.pid"), timeout=5)
+            for pid in [h.reaper_pid, *h.old_reapers]:
+                if pid:
+                    _kill_pid(pid, ("reaper", f"{h.dir}/reaper.pid"), timeout=5)
+        for p in self._retired:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._retired = []
         if self.state_file.exists():
             self.state_file.unlink()
 
