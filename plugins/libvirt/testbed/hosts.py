@@ -510,6 +510,7 @@ class Testbed:
         if old is not None:
             self._retired.append(old)
         Path(h.dir, "reaper.pid").unlink(missing_ok=True)
+        h.pid = 0
         t0 = time.monotonic()
         self._launch(h)
         h.pid = self._wait_child_pid(h, t0 + timeout)

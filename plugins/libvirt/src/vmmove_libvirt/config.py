@@ -1,0 +1,174 @@
+"""What a libvirt estate is: a named cluster of libvirt host URIs, and the backend's options.
+
+Two URI forms, plus options from ``vmmove.connect(..., **options)`` or the config file's
+``[options]`` table:
+
+``qemu+tcp://10.0.0.1,10.0.0.2/system``
+    One transport, several hosts: each comma-separated authority is a host, and every host
+    gets the same transport, path and query (``qemu+tcp://10.0.0.1/system``, ...). A user
+    given on the first host applies to the others that name none. One host is a cluster of one.
+
+``libvirt://NAME`` with ``hosts = [...]``
+    A named cluster of any libvirt URIs (``qemu+ssh://...``, ``qemu+unix:///system?socket=...``).
+
+Options: ``hosts`` (more host URIs), ``cluster`` (the cluster's name, default ``default``),
+``password`` (a :class:`vmmove.Secret` for libvirt's SASL/password prompt),
+``shutdown_timeout`` (seconds a cold migration waits for a graceful shutdown, default 60),
+``copy_storage`` (``none``: refuse VMs with local disks; ``all``: copy them, NON_SHARED_DISK;
+``inc``: NON_SHARED_INC), ``shared_paths`` (directories every host mounts: a disk under one
+is shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from vmmove.errors import InvalidInput
+from vmmove.secrets import Secret
+
+__all__ = ["OPTIONS", "ClusterConfig", "migration_address", "parse", "redact"]
+
+OPTIONS = ("hosts", "cluster", "password", "shutdown_timeout", "copy_storage", "shared_paths")
+CopyStorage = Literal["none", "all", "inc"]
+_COPY = ("none", "all", "inc")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    name: str
+    uris: tuple[str, ...]
+    password: Secret | None = None
+    shutdown_timeout: float = 60.0
+    copy_storage: CopyStorage = "none"
+    shared_paths: tuple[str, ...] = ()
+
+
+def redact(uri: str) -> str:
+    """The URI without a password, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def migration_address(uri: str) -> str | None:
+    """The address the destination is reached at (``None`` for a local or unix-socket URI).
+
+    The migration stream goes there too: QEMU listens on it and the source connects to it.
+    """
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return f"[{host}]" if ":" in host else host
+
+
+def _is_qemu(scheme: str) -> bool:
+    return scheme == "qemu" or scheme.startswith("qemu+")
+
+
+def _split_hosts(uri: str, parts: SplitResult) -> list[str]:
+    """``qemu+tcp://a,b:16601/system`` -> one libvirt URI per comma-separated authority."""
+    if "," not in parts.netloc:
+        return [uri]  # as given: urlunsplit would turn qemu:///system into qemu:/system
+    authorities = [a.strip() for a in parts.netloc.split(",")]
+    if any(not a for a in authorities):
+        raise InvalidInput(f"empty host in {redact(urlunsplit(parts))!r}")
+    user = authorities[0].rsplit("@", 1)[0] + "@" if "@" in authorities[0] else ""
+    out = []
+    for authority in authorities:
+        netloc = authority if "@" in authority else user + authority
+        out.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")))
+    return out
+
+
+def _host_list(value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidInput("the hosts option is a list of libvirt URIs")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise InvalidInput(f"hosts: {item!r} is not a libvirt URI")
+        parts = urlsplit(item)
+        if not _is_qemu(parts.scheme):
+            raise InvalidInput(
+                f"hosts: {redact(item)!r} is not a QEMU driver URI (qemu://, qemu+ssh://, ...)"
+            )
+        out.extend(_split_hosts(item, parts))
+    return out
+
+
+def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
+    """The cluster behind ``uri`` and ``options``; :class:`InvalidInput` for anything malformed."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown libvirt option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}"
+        )
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise InvalidInput(f"malformed URI: {exc}") from None
+    name = options.get("cluster")
+    uris: list[str] = []
+    if parts.scheme == "libvirt":
+        if parts.path not in ("", "/") or parts.query:
+            raise InvalidInput("a libvirt:// URI names a cluster only: libvirt://NAME")
+        name = name or parts.netloc or None
+        if "hosts" not in options:
+            raise InvalidInput(
+                "libvirt://NAME needs its hosts: connect(uri, hosts=['qemu+ssh://kvm1/system', "
+                "...]), or hosts = [...] under [options] in the config file"
+            )
+    elif _is_qemu(parts.scheme):
+        uris.extend(_split_hosts(uri, parts))
+    else:
+        raise InvalidInput(f"not a libvirt URI: {redact(uri)!r}")
+    if "hosts" in options:
+        uris.extend(_host_list(options["hosts"]))
+    if not uris:
+        raise InvalidInput("a libvirt cluster needs at least one host URI")
+    if len(set(uris)) != len(uris):
+        raise InvalidInput("a host URI is listed twice")
+    if name is None:
+        name = "default"
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("cluster must be a non-empty string")
+
+    password = options.get("password")
+    if password is not None and not isinstance(password, Secret):
+        if not isinstance(password, str):
+            raise InvalidInput("password must be a string or a vmmove.Secret")
+        password = Secret(password)
+
+    timeout = options.get("shutdown_timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidInput(
+            f"shutdown_timeout must be a positive number of seconds, not {timeout!r}"
+        )
+
+    copy = options.get("copy_storage", "none")
+    if copy not in _COPY:
+        raise InvalidInput(f"copy_storage must be one of {', '.join(_COPY)}, not {copy!r}")
+
+    shared = options.get("shared_paths", ())
+    if isinstance(shared, str) or not isinstance(shared, Sequence):
+        raise InvalidInput("shared_paths is a list of directories")
+    for path in shared:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InvalidInput(f"shared_paths: {path!r} is not an absolute directory")
+
+    return ClusterConfig(
+        name=name,
+        uris=tuple(uris),
+        password=password,
+        shutdown_timeout=float(timeout),
+        copy_storage=copy,
+        shared_paths=tuple(p.rstrip("/") or "/" for p in shared),
+    )

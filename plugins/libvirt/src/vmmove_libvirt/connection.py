@@ -1,0 +1,210 @@
+"""One libvirt host of a cluster: its connection, its identity, its cached static facts, and
+the domain events it forwards to the backend."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from vmmove.errors import AuthenticationFailed, ConnectionFailed
+from vmmove.secrets import Secret
+from vmmove_libvirt.config import redact
+from vmmove_libvirt.events import ensure_loop
+from vmmove_libvirt.xmlinfo import HostFacts, host_facts, machine_version
+
+__all__ = ["Emulator", "EventListener", "HostConn", "libvirt_error_code"]
+
+log = logging.getLogger("vmmove.libvirt")
+
+#: ``listener(host, domain_uuid, kind, payload)``; kind is "lifecycle" (payload (event,
+#: detail)), "iteration" (payload: pass number) or "completed" (payload: final job stats).
+EventListener = Callable[["HostConn", str, str, Any], None]
+
+_AUTH_ERRORS = {45, 46}  # VIR_ERR_AUTH_FAILED, VIR_ERR_AUTH_CANCELLED
+
+
+@dataclass(frozen=True, kw_only=True)
+class Emulator:
+    usable: bool
+    version: tuple[int, int] | None
+    error: str
+
+
+def libvirt_error_code(exc: BaseException) -> int | None:
+    get = getattr(exc, "get_error_code", None)
+    return get() if callable(get) else None
+
+
+class HostConn:
+    """A libvirt connection to one host. ``id`` is the host's name as libvirt reports it
+    (``virConnectGetHostname``), which the backend checks is unique in the cluster."""
+
+    def __init__(self, lv: Any, uri: str, password: Secret | None, listener: EventListener) -> None:
+        self.lv = lv
+        self.uri = uri
+        self._password = password
+        self._listener = listener
+        self._lock = threading.Lock()
+        self._emulators: dict[tuple[str, str, str], Emulator] = {}
+        self._callbacks: list[int] = []
+        self.conn: Any = None
+        self.id = ""
+        self.facts = HostFacts(
+            uuid="", arch="", model="", vendor="", features=frozenset(), cpu_xml=None
+        )
+        self.libvirt_version = ""
+        self.hypervisor_version = ""
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"<HostConn {self.id or '?'} {redact(self.uri)}>"
+
+    # ---- connection ----------------------------------------------------------------------
+    def _open(self) -> None:
+        ensure_loop(self.lv)
+        try:
+            if self._password is None:
+                conn = self.lv.open(self.uri)
+            else:
+                conn = self.lv.openAuth(self.uri, self._auth(), 0)
+        except self.lv.libvirtError as exc:
+            message = f"cannot connect to {redact(self.uri)}: {exc}"
+            if libvirt_error_code(exc) in _AUTH_ERRORS:
+                raise AuthenticationFailed(message) from None
+            raise ConnectionFailed(message) from None
+        try:
+            hostname = conn.getHostname()
+            facts = host_facts(conn.getCapabilities())
+            lib = conn.getLibVersion()
+            hyp = conn.getVersion()
+            callbacks = [
+                conn.domainEventRegisterAny(
+                    None, self.lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+                ),
+                conn.domainEventRegisterAny(
+                    None, self.lv.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, self._on_iteration, None
+                ),
+                conn.domainEventRegisterAny(
+                    None, self.lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_completed, None
+                ),
+            ]
+        except self.lv.libvirtError as exc:
+            conn.close()
+            raise ConnectionFailed(f"{redact(self.uri)}: {exc}") from None
+        if self.id and hostname != self.id:
+            log.warning("%s now calls itself %s, not %s", redact(self.uri), hostname, self.id)
+        self.conn = conn
+        self.id = self.id or hostname
+        self.facts = facts
+        self.libvirt_version = _version(lib)
+        self.hypervisor_version = _version(hyp)
+        self._callbacks = callbacks
+
+    def _auth(self) -> list[Any]:
+        lv = self.lv
+        user = unquote(urlsplit(self.uri).username or "")
+        secret = self._password
+
+        def answer(credentials: list[list[Any]], _data: Any) -> int:
+            for cred in credentials:
+                if cred[0] == lv.VIR_CRED_AUTHNAME:
+                    cred[4] = user or cred[3]
+                elif cred[0] == lv.VIR_CRED_PASSPHRASE and secret is not None:
+                    cred[4] = secret.reveal()
+                else:
+                    return -1
+            return 0
+
+        return [[lv.VIR_CRED_AUTHNAME, lv.VIR_CRED_PASSPHRASE], answer, None]
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.conn is not None and self.conn.isAlive())
+        except self.lv.libvirtError:
+            return False
+
+    def ensure(self) -> Any:
+        """The live connection, reopened if it dropped; :class:`ConnectionFailed` if it can't be."""
+        with self._lock:
+            if not self.alive():
+                log.info("reconnecting to %s", redact(self.uri))
+                self._close_quietly()
+                self._open()
+            return self.conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        for cb in self._callbacks:
+            with contextlib.suppress(self.lv.libvirtError):
+                conn.domainEventDeregisterAny(cb)
+        self._callbacks = []
+        with contextlib.suppress(self.lv.libvirtError):
+            conn.close()
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def domain(self, uuid: str) -> Any | None:
+        """The domain with this UUID on this host, or ``None``."""
+        conn = self.ensure()
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except self.lv.libvirtError as exc:
+            if libvirt_error_code(exc) == self.lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def domain_named(self, name: str) -> Any | None:
+        conn = self.ensure()
+        try:
+            return conn.lookupByName(name)
+        except self.lv.libvirtError as exc:
+            if libvirt_error_code(exc) == self.lv.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def emulator(self, emulator: str, arch: str, virt_type: str) -> Emulator:
+        """Whether this host can run ``emulator`` for ``arch``/``virt_type``, and its QEMU
+        release (from the domain capabilities, else the driver's default); cached."""
+        key = (emulator, arch, virt_type)
+        if key not in self._emulators:
+            conn = self.ensure()
+            try:
+                caps = conn.getDomainCapabilities(emulator or None, arch or None, None, virt_type)
+            except self.lv.libvirtError as exc:
+                return Emulator(usable=False, version=None, error=str(exc))  # not cached
+            version = machine_version(caps)
+            if version is None and self.hypervisor_version:
+                major, minor = self.hypervisor_version.split(".")[:2]
+                version = (int(major), int(minor))
+            self._emulators[key] = Emulator(usable=True, version=version, error="")
+        return self._emulators[key]
+
+    # ---- events (called on the event loop's thread: never raise) --------------------------
+    def _forward(self, dom: Any, kind: str, payload: Any) -> None:
+        try:
+            self._listener(self, dom.UUIDString(), kind, payload)
+        except Exception:
+            log.exception("handling a libvirt %s event failed", kind)
+
+    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        self._forward(dom, "lifecycle", (event, detail))
+
+    def _on_iteration(self, _conn: Any, dom: Any, iteration: int, _opaque: Any) -> None:
+        self._forward(dom, "iteration", iteration)
+
+    def _on_completed(self, _conn: Any, dom: Any, params: dict[str, Any], _opaque: Any) -> None:
+        self._forward(dom, "completed", dict(params))
+
+
+def _version(number: int) -> str:
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

@@ -1,0 +1,89 @@
+"""libvirt job statistics (``virDomainGetJobStats`` and the JOB_COMPLETED event, same keys) to
+vmmove's units: bytes, bytes/s, passes, milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vmmove.model import Figures
+
+__all__ = ["JOB_ACTIVE", "Sample", "figures", "sample"]
+
+# virDomainJobType
+JOB_NONE, JOB_BOUNDED, JOB_UNBOUNDED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED = range(6)
+JOB_ACTIVE = frozenset({JOB_BOUNDED, JOB_UNBOUNDED})
+PAGE = 4096  # when memory_page_size is missing (libvirt reports it with every rate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """One reading of a running migration job."""
+
+    data_total: int | None = None
+    data_processed: int | None = None
+    data_remaining: int | None = None
+    transfer_rate: float | None = None  # memory_bps
+    dirty_rate: float | None = None  # memory_dirty_rate pages/s x memory_page_size
+    iteration: int | None = None  # memory_iteration: QEMU's dirty-sync count, 1 in the first pass
+    expected_downtime_ms: int | None = None  # "downtime" while the job runs is QEMU's estimate
+    postcopy_requests: int | None = None
+
+    @property
+    def started(self) -> bool:
+        """QEMU is sending: libvirt reports sizes only once its migration is active."""
+        return bool(self.data_total) or bool(self.iteration)
+
+
+def _int(stats: Mapping[str, Any], key: str) -> int | None:
+    value = stats.get(key)
+    return int(value) if isinstance(value, int | float) else None
+
+
+def sample(stats: Mapping[str, Any]) -> Sample:
+    """A running job's statistics. QEMU computes the dirty rate at the end of each pass, so
+    during the first pass ``memory_dirty_rate`` is 0 for "not measured yet": ``None`` here."""
+    iteration = _int(stats, "memory_iteration") or None
+    pages = _int(stats, "memory_dirty_rate")
+    page_size = _int(stats, "memory_page_size") or PAGE
+    dirty = None
+    if pages is not None and (pages > 0 or (iteration or 0) >= 2):
+        dirty = float(pages * page_size)
+    bps = _int(stats, "memory_bps")
+    return Sample(
+        data_total=_int(stats, "data_total"),
+        data_processed=_int(stats, "data_processed"),
+        data_remaining=_int(stats, "data_remaining"),
+        transfer_rate=float(bps) if bps else None,
+        dirty_rate=dirty,
+        iteration=iteration,
+        expected_downtime_ms=_int(stats, "downtime"),
+        postcopy_requests=_int(stats, "memory_postcopy_requests"),
+    )
+
+
+def figures(
+    final: Mapping[str, Any] | None,
+    last: Sample | None,
+    total_time: float,
+    *,
+    completed: bool,
+) -> Figures:
+    """What the migration cost. ``final`` is the completed job's statistics (the JOB_COMPLETED
+    event, or ``jobStats(COMPLETED)``); after an abort libvirt keeps none, and the last sample
+    taken while the job ran stands in (no downtime: the VM never paused)."""
+    if final and _int(final, "data_processed") is not None:
+        downtime = _int(final, "downtime") if completed else None
+        return Figures(
+            total_time=total_time,
+            downtime_ms=float(downtime) if downtime is not None else None,
+            data_sent=_int(final, "data_processed"),
+            iterations=_int(final, "memory_iteration"),
+        )
+    return Figures(
+        total_time=total_time,
+        downtime_ms=None,
+        data_sent=last.data_processed if last else None,
+        iterations=last.iteration if last else None,
+    )

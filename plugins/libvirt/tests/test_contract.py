@@ -1,0 +1,75 @@
+"""The libvirt backend passes vmmove's backend contract, on two real libvirt hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from vmmove.testing.contract import BackendContract, ContractSetup
+
+HOST_A = "vmmove-host-a"
+HOST_B = "vmmove-host-b"
+RUN, SLOW, OFF = "vt-c-run", "vt-c-slow", "vt-c-off"
+GUESTS: dict[str, dict[str, int] | None] = {
+    RUN: {"memory_mib": 256, "wss_mib": 16, "dirty_mib_s": 0},  # idle
+    # Rewrites 128 MiB at 64 MiB/s: a migration that lasts long enough to cancel, and still
+    # converges under QEMU's defaults on the unthrottled local link.
+    SLOW: {"memory_mib": 256, "wss_mib": 128, "dirty_mib_s": 64},
+    OFF: None,  # defined, never started
+}
+
+
+def _in_place(guests: Any, name: str, running: bool) -> bool:
+    """Is ``name`` on host a only, persistent, running (or shut off) as the estate wants?"""
+    found = guests.find(name)
+    if len(found) != 1 or found[0][0] != 0:
+        return False
+    dom = found[0][1]
+    state = dom.state()[0]
+    want = guests.lv.VIR_DOMAIN_RUNNING if running else guests.lv.VIR_DOMAIN_SHUTOFF
+    return bool(dom.isPersistent()) and state == want
+
+
+def reset_estate(guests: Any) -> None:
+    """The same estate for every test: put back only what the last test changed."""
+    guests.remove_all(keep=lambda n: n in GUESTS)
+    for name, spec in GUESTS.items():
+        running = spec is not None
+        if _in_place(guests, name, running):
+            continue
+        guests.create(
+            name, start=running, wait_beats=2 if name == SLOW else 0, **(spec or {"wss_mib": 0})
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _contract_guests_go_afterwards(guests_session: Any) -> Iterator[None]:
+    """The contract's guests live for this module only (the busy one takes a whole core)."""
+    yield
+    guests_session.remove_all()
+
+
+class TestLibvirtContract(BackendContract):
+    @pytest.fixture
+    def contract_setup(self, guests: Any, connect: Any) -> Iterator[ContractSetup]:
+        reset_estate(guests)
+        yield ContractSetup(
+            connection=connect(),
+            running_vm=RUN,
+            target=HOST_B,
+            stopped_vm=OFF,
+            slow_vm=SLOW,
+            timeout=180.0,
+        )
+        # Whatever the test did, the guests that ran kept their memory intact.
+        for name in (RUN, SLOW):
+            if not any(active for _, active in guests.where(name)):
+                continue
+            hb = guests.heartbeats(name)
+            if hb.latest_seq:  # booted: it must keep beating
+                hb = guests.wait_beat(name, hb.latest_seq + 1, timeout=30)
+            assert hb.bad == 0, hb.bad_lines
+            assert not hb.panic_lines, hb.panic_lines
+            assert hb.boots <= 1

@@ -1,0 +1,207 @@
+"""The parts of the libvirt backend that need no daemon: URIs and options, XML, statistics,
+and the plugin's registration."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmmove.errors import InvalidInput
+from vmmove.model import Figures, MiB
+from vmmove.secrets import Secret
+from vmmove_libvirt.config import migration_address, parse, redact
+from vmmove_libvirt.stats import figures, sample
+from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
+
+# ---- URIs and options ----------------------------------------------------------------------
+
+
+def test_one_uri_several_hosts() -> None:
+    cfg = parse("qemu+tcp://127.0.0.1:16600,127.0.0.1:16601/system", {})
+    assert cfg.uris == ("qemu+tcp://127.0.0.1:16600/system", "qemu+tcp://127.0.0.1:16601/system")
+    assert cfg.name == "default"
+
+
+def test_the_first_hosts_user_and_the_query_apply_to_all() -> None:
+    cfg = parse("qemu+ssh://root@kvm1,kvm2,admin@kvm3/system?keyfile=/k", {"cluster": "lab"})
+    assert cfg.uris == (
+        "qemu+ssh://root@kvm1/system?keyfile=/k",
+        "qemu+ssh://root@kvm2/system?keyfile=/k",
+        "qemu+ssh://admin@kvm3/system?keyfile=/k",
+    )
+    assert cfg.name == "lab"
+
+
+def test_named_cluster_with_hosts_option() -> None:
+    hosts = ["qemu+unix:///system?socket=/run/a/libvirt-sock", "qemu+ssh://kvm2/system"]
+    cfg = parse("libvirt://lab", {"hosts": hosts, "shutdown_timeout": 5, "copy_storage": "all"})
+    assert (cfg.name, cfg.uris) == ("lab", tuple(hosts))
+    assert (cfg.shutdown_timeout, cfg.copy_storage) == (5.0, "all")
+
+
+def test_a_local_uri_is_a_cluster_of_one() -> None:
+    assert parse("qemu:///system", {}).uris == ("qemu:///system",)
+
+
+@pytest.mark.parametrize(
+    ("uri", "options"),
+    [
+        ("libvirt://lab", {}),  # no hosts
+        ("libvirt://lab/extra", {"hosts": ["qemu:///system"]}),
+        ("qemu+tcp://a,,b/system", {}),
+        ("qemu+tcp://a,a/system", {}),
+        ("vsphere://vc", {}),
+        ("qemu:///system", {"hosts": "qemu+tcp://b/system"}),  # a string, not a list
+        ("qemu:///system", {"hosts": ["vsphere://x"]}),
+        ("qemu:///system", {"shutdown_timeout": 0}),
+        ("qemu:///system", {"shutdown_timeout": True}),
+        ("qemu:///system", {"copy_storage": "some"}),
+        ("qemu:///system", {"shared_paths": ["relative/dir"]}),
+        ("qemu:///system", {"cluster": ""}),
+        ("qemu:///system", {"bogus": 1}),
+        ("qemu:///system", {"password": 42}),
+    ],
+)
+def test_malformed_input_is_refused(uri: str, options: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        parse(uri, options)
+
+
+def test_password_becomes_a_secret_and_never_shows() -> None:
+    cfg = parse("qemu+tcp://admin:hunter2@kvm1/system", {"password": "s3cret"})
+    assert isinstance(cfg.password, Secret)
+    assert "s3cret" not in repr(cfg)
+    assert redact(cfg.uris[0]) == "qemu+tcp://admin:***@kvm1/system"
+
+
+def test_migration_address() -> None:
+    assert migration_address("qemu+tcp://127.0.0.1:16601/system") == "127.0.0.1"
+    assert migration_address("qemu+ssh://root@kvm2.example/system") == "kvm2.example"
+    assert migration_address("qemu+tcp://[::1]:16601/system") == "[::1]"
+    assert migration_address("qemu+unix:///system?socket=/s") is None
+
+
+authority = st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[a-z]{1,5})?(:[1-9][0-9]{1,4})?", fullmatch=True)
+
+
+@given(st.lists(authority, min_size=1, max_size=6, unique=True))
+def test_every_authority_becomes_one_host(authorities: list[str]) -> None:
+    cfg = parse(f"qemu+tcp://{','.join(authorities)}/system", {})
+    assert cfg.uris == tuple(f"qemu+tcp://{a}/system" for a in authorities)
+
+
+# ---- XML -------------------------------------------------------------------------------------
+
+DOMAIN = """<domain type='qemu'>
+  <name>web-1</name><uuid>6f1c2c1e-8d7b-4f7a-9a55-1d1f0f0c0a01</uuid>
+  <memory unit='KiB'>262144</memory><vcpu placement='static'>2</vcpu>
+  <os><type arch='x86_64' machine='pc-i440fx-10.0'>hvm</type></os>
+  <cpu mode='custom' match='exact' check='full'><model fallback='forbid'>qemu64</model></cpu>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/web.qcow2'/>
+      <target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><source file='/mnt/nfs/data.raw'/>
+      <target dev='vdb' bus='virtio'/></disk>
+    <disk type='network' device='disk'><source protocol='rbd' name='pool/img'/>
+      <target dev='vdc' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    <disk type='block' device='disk'><source dev='/dev/sdz'/><shareable/>
+      <target dev='vdd' bus='virtio'/></disk>
+    <hostdev mode='subsystem' type='pci'/>
+  </devices>
+</domain>"""
+
+
+def test_domain_facts() -> None:
+    f = domain_facts(DOMAIN, shared_paths=["/mnt/nfs"])
+    assert (f.name, f.virt_type, f.arch, f.machine) == ("web-1", "qemu", "x86_64", "pc-i440fx-10.0")
+    assert (f.memory, f.vcpus, f.hostdevs) == (256 * MiB, 2, 1)
+    assert f.cpu_mode == "custom"
+    assert f.cpu_xml is not None
+    assert "qemu64" in f.cpu_xml
+    by_target = {d.target: d for d in f.disks}
+    assert set(by_target) == {"vda", "vdb", "vdc", "vdd"}  # the empty CD-ROM moves nothing
+    assert not by_target["vda"].shared
+    assert by_target["vdb"].why == "under shared path /mnt/nfs"
+    assert by_target["vdc"].why == "network disk (rbd)"
+    assert by_target["vdd"].why == "marked <shareable/>"
+    assert [d.target for d in f.local_disks] == ["vda"]
+
+
+def test_host_facts_and_emulator_release() -> None:
+    caps = """<capabilities><host><uuid>895fcced-02e3-5f30-9d45-9272960ff8e2</uuid>
+      <cpu><arch>x86_64</arch><model>EPYC</model><vendor>AMD</vendor>
+      <feature name='avx2'/><feature name='x2apic'/></cpu></host></capabilities>"""
+    h = host_facts(caps)
+    assert (h.uuid[:8], h.arch, h.model, h.vendor) == ("895fcced", "x86_64", "EPYC", "AMD")
+    assert h.features == {"avx2", "x2apic"}
+    assert machine_version("<domainCapabilities><machine>pc-i440fx-10.0</machine>"
+                           "</domainCapabilities>") == (10, 0)  # fmt: skip
+    assert machine_version("<domainCapabilities><machine>pc-q35-7.2</machine>"
+                           "</domainCapabilities>") == (7, 2)  # fmt: skip
+    assert machine_version("<domainCapabilities><machine>pc</machine></domainCapabilities>") is None
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+
+def test_a_running_job_in_vmmove_units() -> None:
+    s = sample(
+        {
+            "type": 2,
+            "data_total": 256 * MiB,
+            "data_processed": 189 * MiB,
+            "data_remaining": 131 * MiB,
+            "memory_bps": 33 * MiB,
+            "memory_dirty_rate": 5635,
+            "memory_page_size": 4096,
+            "memory_iteration": 2,
+            "downtime": 4122,
+        }
+    )
+    assert s.dirty_rate == 5635 * 4096  # pages/s -> bytes/s
+    assert (s.transfer_rate, s.iteration, s.expected_downtime_ms) == (33 * MiB, 2, 4122)
+    assert s.started
+
+
+def test_the_first_pass_has_no_dirty_rate_yet() -> None:
+    s = sample({"type": 2, "memory_dirty_rate": 0, "memory_iteration": 1, "data_total": 1})
+    assert s.dirty_rate is None
+    assert not sample({"type": 2, "data_total": 0, "memory_iteration": 0}).started
+
+
+def test_figures_from_the_completed_job_or_the_last_sample() -> None:
+    final = {"downtime": 125, "data_processed": 337 * MiB, "memory_iteration": 4}
+    assert figures(final, None, 7.0, completed=True) == Figures(
+        total_time=7.0, downtime_ms=125.0, data_sent=337 * MiB, iterations=4
+    )
+    last = sample({"data_processed": 40 * MiB, "memory_iteration": 1})
+    assert figures({"type": 0}, last, 3.0, completed=False) == Figures(
+        total_time=3.0, downtime_ms=None, data_sent=40 * MiB, iterations=1
+    )
+
+
+# ---- registration ----------------------------------------------------------------------------
+
+
+def test_the_plugin_serves_qemu_transports_and_named_clusters() -> None:
+    from vmmove.plugins import plugin_manager
+
+    backends = plugin_manager(reload=True).backends
+    for scheme in ("qemu", "qemu+tcp", "qemu+ssh", "libvirt"):
+        spec = backends.get(scheme)
+        assert spec.plugin == "libvirt"
+        assert spec.capabilities is not None
+        assert spec.capabilities.postcopy
+        assert not spec.capabilities.reserve
+
+
+def test_importing_the_plugin_does_not_import_libvirt() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, vmmove_libvirt.plugin; print('libvirt' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
