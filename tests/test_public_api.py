@@ -10,7 +10,8 @@ import vmmove
 PUBLIC = {
     "PRESETS", "AuthenticationFailed", "Backend", "BackendNotFound", "BackendProtocolError",
     "Capabilities", "Capacity", "Conflict", "Connection", "ConnectionFailed", "CpuInfo",
-    "EventKind", "Figures", "HostInfo", "HostState", "InvalidInput", "Job", "JobStatus",
+    "EventKind", "Figures", "HostInfo", "HostState", "InsecureConnectionWarning", "InvalidInput",
+    "Job", "JobStatus",
     "MemoryStore", "Migration", "MigrationCancelled", "MigrationError", "MigrationEvent",
     "MigrationFailed", "MigrationMode", "MigrationRecord", "MigrationSpec", "MigrationTimedOut",
     "NotFound", "NotSupported", "Phase", "Policy", "PostcopyFailed", "PowerState",
@@ -30,6 +31,9 @@ def test_every_error_is_a_vmmove_error() -> None:
     from vmmove import errors
 
     for name in errors.__all__:
+        if name == "InsecureConnectionWarning":  # the one warning beside the tree
+            assert issubclass(errors.InsecureConnectionWarning, UserWarning)
+            continue
         assert issubclass(getattr(errors, name), vmmove.VMMoveError)
 
 

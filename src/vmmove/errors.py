@@ -22,6 +22,9 @@ Catch :class:`VMMoveError` to catch them all; nothing else escapes the public AP
     ├── WaitTimeout               ``Migration.wait(timeout)`` returned before the migration ended
     └── BackendProtocolError      a backend reported something impossible (a bug in the backend)
 
+One warning category sits beside the tree: :class:`InsecureConnectionWarning`, issued when
+an option switches TLS certificate verification off.
+
 Messages never carry secrets: credentials travel as :class:`vmmove.secrets.Secret`.
 """
 
@@ -39,6 +42,7 @@ __all__ = [
     "BackendProtocolError",
     "Conflict",
     "ConnectionFailed",
+    "InsecureConnectionWarning",
     "InvalidInput",
     "MigrationCancelled",
     "MigrationError",
@@ -135,3 +139,8 @@ class WaitTimeout(VMMoveError, TimeoutError):
 
 class BackendProtocolError(VMMoveError):
     """A backend reported a status that maps to no legal transition: a bug in that backend."""
+
+
+class InsecureConnectionWarning(UserWarning):
+    """TLS certificate verification was switched off on request (``insecure=True`` or the
+    platform's own configuration): anyone on the path can pose as the server."""

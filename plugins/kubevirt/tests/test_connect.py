@@ -101,3 +101,38 @@ def test_a_token_option_replaces_the_configured_credentials(kube: FakeKube, tmp_
         vmmove.connect("kubevirt://fake/default", kubeconfig=path)
     with pytest.raises(vmmove.InvalidInput, match="never goes in the URI"):
         vmmove.connect(f"kubevirt://fake/default?token={kube.token}", kubeconfig=path)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_a_context_that_skips_tls_checks_needs_insecure(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """insecure-skip-tls-verify in a kubeconfig is refused until insecure=True says it is
+    meant; then the connection works and warns."""
+    config = kube.kubeconfig_dict(context="lab")
+    cluster = config["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["insecure-skip-tls-verify"] = True
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    with pytest.raises(vmmove.InvalidInput, match="insecure=True"):
+        vmmove.connect("kubevirt://")
+    with (
+        pytest.warns(vmmove.InsecureConnectionWarning, match="verification is OFF"),
+        vmmove.connect("kubevirt://", insecure=True) as conn,
+    ):
+        assert conn.vm("web-1").host == "node-a"
+
+
+def test_tls_is_verified_by_default(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kubeconfig that trusts no CA for the fake server's certificate: refused."""
+    config = kube.kubeconfig_dict(context="lab")
+    del config["clusters"][0]["cluster"]["certificate-authority-data"]
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    with pytest.raises(vmmove.ConnectionFailed, match="(?i)certificate"):
+        vmmove.connect("kubevirt://")

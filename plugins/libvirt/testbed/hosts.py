@@ -53,10 +53,12 @@ DEFAULT_STATE = "/run/vmmove-testbed"
 DEFAULT_PORTS = (16600, 16601)
 MIGRATION_PORT_BASE = 49152  # host i gets [base + 64*i, base + 64*i + 63]
 MIGRATION_PORT_SPAN = 64
+TLS_PORT_OFFSET = 10  # host i also listens for TLS on its TCP port + 10 (16610, 16611)
 HOST_NAMES = "abcdefghijklmnopqrstuvwxyz"
 
 # Directories each host gets a private copy of (bind-mounted inside its mount namespace).
 HOST_DIRS = {
+    "pki": "/etc/pki",  # the daemon's TLS files, as server and as the client of its peer
     "etc": "/etc/libvirt",
     "run": "/run/libvirt",
     "lib": "/var/lib/libvirt",
@@ -67,6 +69,9 @@ HOST_DIRS = {
 UNSHARE = "/usr/bin/unshare"
 LIBVIRTD = "/usr/sbin/libvirtd"
 VIRSH = "virsh"
+IPTABLES = "iptables"
+#: Our own iptables chain (jumped to from INPUT): a cut link is a pair of DROP rules in it.
+LINK_CHAIN = "VMMOVE-TESTBED"
 
 
 class TestbedError(RuntimeError):
@@ -219,6 +224,103 @@ def _virsh(uri: str, *args: str, timeout: float = 60.0, check: bool = True) -> s
     return p.stdout
 
 
+def _iptables(*args: str, check: bool = True) -> int:
+    """Run iptables (waiting for its lock); the exit status, or TestbedError if check fails."""
+    if shutil.which(IPTABLES) is None:
+        raise TestbedError("iptables is missing: run plugins/libvirt/testbed/setup.sh")
+    p = subprocess.run([IPTABLES, "-w", "10", *args], capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise TestbedError(f"iptables {' '.join(args)}: {p.stderr.strip()}")
+    return p.returncode
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS: a throw-away CA, a server and a client certificate (openssl), in libvirt's layout
+# --------------------------------------------------------------------------------------------------
+_CA_EXT = """[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = ext
+[dn]
+CN = {cn}
+[ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+# libvirt checks key usage and purpose: digitalSignature + keyEncipherment, and the TLS
+# server or client purpose to match the end the certificate is used at.
+_LEAF_EXT = """[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = {cn}
+[ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = {purpose}
+subjectAltName = DNS:localhost, IP:127.0.0.1
+"""
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise TestbedError(f"openssl {' '.join(args)}: {p.stderr.strip()}")
+
+
+def _new_key_args(key: str) -> list[str]:
+    return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
+
+
+def make_pki(root: Path) -> None:
+    """Write, under ``root``: ``host/`` (a daemon's /etc/pki: CA, server and client pairs),
+    ``client/`` (a client's pkipath: cacert, clientcert, clientkey) and ``untrusting/`` (the
+    a client of another CA, which did not sign the server's certificate)."""
+    if shutil.which("openssl") is None:
+        raise TestbedError("openssl is missing: run plugins/libvirt/testbed/setup.sh")
+    shutil.rmtree(root, ignore_errors=True)
+    work = root / "work"
+    work.mkdir(parents=True)
+    for ca in ("ca", "other-ca"):
+        (work / f"{ca}.cnf").write_text(_CA_EXT.format(cn=f"vmmove testbed {ca}"))
+        _openssl("req", "-x509", "-new", *_new_key_args(f"{ca}.key"), "-days", "3650",
+                 "-config", f"{ca}.cnf", "-out", f"{ca}.pem", cwd=work)  # fmt: skip
+    leaves = (("server", "serverAuth", "ca"), ("client", "clientAuth", "ca"),
+              ("other-client", "clientAuth", "other-ca"))  # fmt: skip
+    for leaf, purpose, ca in leaves:
+        (work / f"{leaf}.cnf").write_text(_LEAF_EXT.format(cn=f"vmmove-{leaf}", purpose=purpose))
+        _openssl("req", "-new", *_new_key_args(f"{leaf}.key"), "-config", f"{leaf}.cnf",
+                 "-out", f"{leaf}.csr", cwd=work)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{leaf}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+                 "-CAcreateserial", "-days", "3650", "-extfile", f"{leaf}.cnf", "-extensions",
+                 "ext", "-out", f"{leaf}.pem", cwd=work)  # fmt: skip
+    # The hosts trust clients of either CA, so a client that distrusts the hosts (untrusting/)
+    # is still a client they accept: only its own check of the server can fail.
+    (work / "both-cas.pem").write_text(
+        (work / "ca.pem").read_text() + (work / "other-ca.pem").read_text()
+    )
+    layout = {
+        "host/CA/cacert.pem": "both-cas.pem",
+        "host/libvirt/servercert.pem": "server.pem",
+        "host/libvirt/private/serverkey.pem": "server.key",
+        "host/libvirt/clientcert.pem": "client.pem",
+        "host/libvirt/private/clientkey.pem": "client.key",
+        "client/cacert.pem": "ca.pem",
+        "client/clientcert.pem": "client.pem",
+        "client/clientkey.pem": "client.key",
+        "untrusting/cacert.pem": "other-ca.pem",
+        "untrusting/clientcert.pem": "other-client.pem",
+        "untrusting/clientkey.pem": "other-client.key",
+    }
+    for dest, src in layout.items():
+        path = root / dest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / src, path)
+        if src.endswith(".key"):
+            path.chmod(0o600)
+
+
 # --------------------------------------------------------------------------------------------------
 # hosts
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +341,14 @@ class Host:
     @property
     def uri(self) -> str:
         return f"qemu+tcp://127.0.0.1:{self.port}/system"
+
+    @property
+    def tls_port(self) -> int:
+        return self.port + TLS_PORT_OFFSET
+
+    @property
+    def tls_uri(self) -> str:
+        return f"qemu+tls://127.0.0.1:{self.tls_port}/system"
 
     @property
     def socket_uri(self) -> str:
@@ -265,8 +375,11 @@ class Host:
 
 
 def _libvirtd_conf(h: Host) -> str:
+    # TLS files are libvirt's defaults under /etc/pki, which is the host's own (bind mount).
     return f"""# generated by vmmove testbed hosts.py for host {h.name}
-listen_tls = 0
+listen_tls = 1
+tls_port = "{h.tls_port}"
+auth_tls = "none"
 listen_tcp = 1
 listen_addr = "127.0.0.1"
 tcp_port = "{h.port}"
@@ -351,6 +464,24 @@ class Testbed:
         return [h.socket_uri for h in self.hosts]
 
     @property
+    def tls_uris(self) -> list[str]:
+        return [h.tls_uri for h in self.hosts]
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def tls_dir(self) -> str:
+        """A client's ``pkipath`` that trusts the hosts' CA."""
+        return str(self.pki_dir / "client")
+
+    @property
+    def untrusting_tls_dir(self) -> str:
+        """A client's ``pkipath`` whose CA did not sign the hosts' certificate."""
+        return str(self.pki_dir / "untrusting")
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 
@@ -430,6 +561,8 @@ class Testbed:
         ]:
             if f.is_file() or f.is_symlink():
                 f.unlink()
+        shutil.rmtree(d / "pki", ignore_errors=True)
+        shutil.copytree(self.pki_dir / "host", d / "pki")
         (d / "etc/libvirtd.conf").write_text(_libvirtd_conf(h))
         (d / "etc/qemu.conf").write_text(_qemu_conf(h))
         mounts = "\n".join(f"mount --bind {d / sub} {target}" for sub, target in HOST_DIRS.items())
@@ -444,9 +577,11 @@ class Testbed:
     def _start(self, warm: bool, timeout: float) -> None:
         t0 = time.monotonic()
         for h in self.hosts:
-            if _port_open(h.port):
-                raise TestbedError(f"127.0.0.1:{h.port} is already in use")
+            for port in (h.port, h.tls_port):
+                if _port_open(port):
+                    raise TestbedError(f"127.0.0.1:{port} is already in use")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_pki(self.pki_dir)
         (self.state_dir / "consoles").mkdir(exist_ok=True)
         for target in HOST_DIRS.values():  # mount points
             os.makedirs(target, exist_ok=True)
@@ -476,9 +611,21 @@ class Testbed:
             # reaper's child PID is libvirtd's. New session: the daemon outlives the CLI that
             # started it.
             p = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "reaper", "--pid-file",
-                 f"{h.dir}/reaper.pid", "--", UNSHARE, "--mount", "--uts", "--propagation",
-                 "private", "/bin/sh", f"{h.dir}/launch.sh"],  # fmt: skip
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "reaper",
+                    "--pid-file",
+                    f"{h.dir}/reaper.pid",
+                    "--",
+                    UNSHARE,
+                    "--mount",
+                    "--uts",
+                    "--propagation",
+                    "private",
+                    "/bin/sh",
+                    f"{h.dir}/launch.sh",
+                ],  # fmt: skip
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -572,6 +719,7 @@ class Testbed:
 
     def stop(self) -> None:
         """Destroy every domain, kill left-over QEMUs, then the daemons: all by recorded PID."""
+        self.heal_links()
         for h in self.hosts:
             if h.alive():
                 try:
@@ -603,6 +751,30 @@ class Testbed:
         self._retired = []
         if self.state_file.exists():
             self.state_file.unlink()
+
+    # ---- the migration link ----------------------------------------------------------------------
+    def cut_link(self, index: int) -> None:
+        """Cut host ``index``'s migration network: every TCP segment to or from its migration
+        ports on loopback is dropped, both ways, silently (no RST: to QEMU the wire just goes
+        dark). libvirt's own connections (the hosts' TCP ports) stay up, as a separate
+        management network would. ``heal_links()`` undoes it; ``stop()`` does too."""
+        h = self.hosts[index]
+        ports = f"{h.migration_port_min}:{h.migration_port_max}"
+        if _iptables("-n", "-L", LINK_CHAIN, check=False) != 0:
+            _iptables("-N", LINK_CHAIN)
+        if _iptables("-C", "INPUT", "-j", LINK_CHAIN, check=False) != 0:
+            _iptables("-I", "INPUT", "1", "-j", LINK_CHAIN)
+        for direction in ("--dport", "--sport"):
+            _iptables("-A", LINK_CHAIN, "-i", "lo", "-p", "tcp", direction, ports, "-j", "DROP")
+
+    def heal_links(self) -> None:
+        """Remove every cut (our chain and the jump to it); a no-op when nothing was cut."""
+        if shutil.which(IPTABLES) is None:
+            return
+        while _iptables("-D", "INPUT", "-j", LINK_CHAIN, check=False) == 0:
+            pass
+        _iptables("-F", LINK_CHAIN, check=False)
+        _iptables("-X", LINK_CHAIN, check=False)
 
     # ---- state file ------------------------------------------------------------------------------
     def _save(self) -> None:

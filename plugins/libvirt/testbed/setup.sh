@@ -8,7 +8,8 @@
 # What it does (each step is skipped when its result is already present):
 #   1. apt: libvirt 9.0 daemon + QEMU 7.2 (libvirt needs a system QEMU installed), libvirt-dev,
 #      pkg-config and python3-dev (to build libvirt-python), gcc/static libc/cpio for the test
-#      guest, and the few shared libraries QEMU 10 needs.
+#      guest, iptables (the link-cut fault test), openssl (the TLS test's PKI), and the few shared
+#      libraries QEMU 10 needs.
 #   2. guest kernel: `apt-get download` of the Debian cloud kernel, vmlinuz extracted into the cache.
 #   3. QEMU 10 from bookworm-backports, fetched with a PRIVATE apt configuration (own sources.list,
 #      lists and cache dirs under the cache dir; the system's apt sources are not touched) and
@@ -34,7 +35,7 @@ export DEBIAN_FRONTEND=noninteractive
 SYSTEM_PKGS=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   libvirt-dev pkg-config python3-dev
-  gcc libc6-dev cpio util-linux
+  gcc libc6-dev cpio util-linux iptables openssl
 )
 # Shared libraries the bookworm-backports QEMU 10 binary links against beyond what the Debian 12
 # QEMU 7.2 install pulls in. Currently none (checked with ldd on QEMU 10.0.2); the ldd check in

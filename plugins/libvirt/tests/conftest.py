@@ -193,6 +193,34 @@ def guests(guests_session: Guests) -> Iterator[Guests]:
     guests_session.remove_all(keep=lambda n: n.startswith(PREFIX + "c-"))
 
 
+#: (fault, phase it struck in, outcome, error, where the VM runs): one row per fault test,
+#: printed as a table at the end of the session. "Where" is read from the hosts, not the record.
+FAULT_ROWS: list[tuple[str, str, str, str, str]] = []
+
+
+@pytest.fixture
+def fault_row(guests: Guests) -> Callable[[str, str, Any, str], None]:
+    """``fault_row(fault, phase, record, vm_name)``: add this test's row to the fault table."""
+
+    def add(fault: str, phase: str, record: Any, name: str) -> None:
+        running = [host for host, active in guests.where(name) if active]
+        FAULT_ROWS.append(
+            (fault, phase, str(record.phase), record.error_type or "", ", ".join(running) or "-")
+        )
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_ROWS:
+        return
+    terminalreporter.section("libvirt fault matrix (real libvirt + QEMU)")
+    terminalreporter.write_line("| fault | phase | outcome | error | VM runs on |")
+    terminalreporter.write_line("|---|---|---|---|---|")
+    for row in FAULT_ROWS:
+        terminalreporter.write_line("| " + " | ".join(row) + " |")
+
+
 @pytest.fixture(scope="session")
 def cluster_uri(testbed: Any) -> str:
     """Both hosts in one URI: ``qemu+tcp://127.0.0.1:16600,127.0.0.1:16601/system``."""

@@ -3,14 +3,16 @@ and the plugin's registration."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmmove.errors import InvalidInput
+from vmmove.errors import InsecureConnectionWarning, InvalidInput
 from vmmove.model import Figures, MiB
 from vmmove.secrets import Secret
-from vmmove_libvirt.config import migration_address, parse, redact
+from vmmove_libvirt.config import client_uri, migration_address, parse, peer_uri, redact
 from vmmove_libvirt.stats import figures, sample
 from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
 
@@ -205,3 +207,46 @@ def test_importing_the_plugin_does_not_import_libvirt() -> None:
     code = "import sys, vmmove_libvirt.plugin; print('libvirt' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _pki(tmp_path: Path) -> str:
+    for name in ("cacert.pem", "clientcert.pem", "clientkey.pem"):
+        (tmp_path / name).write_text("x")
+    return str(tmp_path)
+
+
+def test_tls_dir_goes_to_the_client_not_to_the_peer(tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    cfg = parse("qemu+tls://a,b:16514/system?x=1", {"tls_dir": pki + "/"})
+    assert cfg.tls_dir == pki
+    opened = client_uri(cfg.uris[1], cfg)
+    assert opened == f"qemu+tls://b:16514/system?x=1&pkipath={pki}"
+    assert peer_uri(opened) == "qemu+tls://b:16514/system?x=1"
+    assert peer_uri(cfg.uris[0]) == cfg.uris[0]
+    # plain qemu://host is TLS too; ssh is not touched
+    assert "pkipath" in client_uri("qemu://a/system", cfg)
+    assert client_uri("qemu+ssh://a/system", cfg) == "qemu+ssh://a/system"
+
+
+@pytest.mark.parametrize(
+    ("uri", "options", "message"),
+    [
+        ("qemu+tls://a/system?no_verify=1", {}, "insecure=True"),
+        ("qemu://a/system?no_verify=yes", {}, "insecure=True"),
+        ("qemu+ssh://a/system", {"insecure": True}, "TLS transports only"),
+        ("qemu+tcp://a/system", {"tls_dir": "/"}, "TLS transports only"),
+        ("qemu+tls://a/system", {"insecure": "yes"}, "true or false"),
+        ("qemu+tls://a/system", {"tls_dir": "relative"}, "absolute"),
+        ("qemu+tls://a/system", {"tls_dir": "/nonexistent-vmmove"}, "lacks cacert.pem"),
+    ],
+)
+def test_tls_options_are_checked(uri: str, options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse(uri, options)
+
+
+def test_insecure_warns_and_turns_verification_off(tmp_path: Path) -> None:
+    with pytest.warns(InsecureConnectionWarning, match="qemu\\+tls://a/system"):
+        cfg = parse("qemu+tls://a/system", {"insecure": True, "tls_dir": _pki(tmp_path)})
+    assert client_uri(cfg.uris[0], cfg).endswith("&no_verify=1")
+    assert "no_verify" not in peer_uri(client_uri(cfg.uris[0], cfg))

@@ -82,6 +82,7 @@ _OPTIONS = frozenset(
         "migration_policy",
         "timeout",
         "watch_seconds",
+        "insecure",
     }
 )
 
@@ -187,6 +188,7 @@ class KubeVirtBackend(Backend):
             str(kubeconfig) if kubeconfig is not None else None,
             None if in_cluster is None else _flag(in_cluster),
             token,
+            insecure=_flag(opts.get("insecure", False)),
         )
         self._kube: Kube = kube.Kube(conn, timeout=timeout)
         self.namespace = conn.namespace

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from vmmove.errors import (
     AuthenticationFailed,
     Conflict,
     ConnectionFailed,
+    InsecureConnectionWarning,
     InvalidInput,
     NotFound,
     VMMoveError,
@@ -116,9 +118,12 @@ def connect(
     kubeconfig: str | None,
     in_cluster: bool | None,
     token: Secret | None = None,
+    insecure: bool = False,
 ) -> Connected:
     """Load a kubeconfig context (or the in-cluster service account) into a new ApiClient.
-    ``token``, if given, is the bearer token sent instead of the configured credentials."""
+    ``token``, if given, is the bearer token sent instead of the configured credentials.
+    A context that skips TLS verification is refused unless ``insecure`` says it is meant;
+    ``insecure`` switches verification off for any context, with a warning."""
     use_cluster = (
         in_cluster
         if in_cluster is not None
@@ -159,6 +164,20 @@ def connect(
         raise
     except Exception as exc:  # ConfigException, missing files, bad YAML
         raise InvalidInput(f"cannot load the Kubernetes configuration: {exc}") from None
+    if not cfg.verify_ssl and not insecure:
+        raise InvalidInput(
+            f"the Kubernetes context {ctx_name!r} turns off TLS certificate checks "
+            "(insecure-skip-tls-verify); pass insecure=True if that is really meant, or give "
+            "the cluster's certificate-authority"
+        )
+    if insecure:
+        cfg.verify_ssl = False
+        message = (
+            f"TLS certificate verification is OFF for {cfg.host} (insecure=True): anyone on "
+            "the path can read the token; trust the cluster's CA in the kubeconfig instead"
+        )
+        warnings.warn(message, InsecureConnectionWarning, stacklevel=6)
+        log.warning("%s", message)
     if token:
         cfg.api_key = {"authorization": f"Bearer {token.reveal()}"}
         cfg.api_key_prefix = {}

@@ -36,7 +36,14 @@ from vmmove.model import (
     VMInfo,
 )
 from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
-from vmmove_libvirt.config import ClusterConfig, migration_address, parse, redact
+from vmmove_libvirt.config import (
+    ClusterConfig,
+    client_uri,
+    migration_address,
+    parse,
+    peer_uri,
+    redact,
+)
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
 from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, ColdJob, LiveJob, MigrationJob
 from vmmove_libvirt.plugin import CAPABILITIES
@@ -88,7 +95,15 @@ class LibvirtBackend(Backend):
         opened: list[HostConn] = []
         try:
             for uri in config.uris:
-                opened.append(HostConn(self.lv, uri, config.password, self._on_event))
+                opened.append(
+                    HostConn(
+                        self.lv,
+                        uri,
+                        config.password,
+                        self._on_event,
+                        open_uri=client_uri(uri, config),
+                    )
+                )
             self._hosts = self._identify(opened)
         except BaseException:
             for host in opened:
@@ -533,7 +548,7 @@ class LibvirtBackend(Backend):
                 | lv.VIR_MIGRATE_PEER2PEER
             )
             job = ColdJob(
-                dest_uri=dest.uri,
+                dest_uri=peer_uri(dest.uri),
                 flags=flags,
                 shutdown_timeout=self.config.shutdown_timeout,
                 **common,
@@ -589,7 +604,7 @@ class LibvirtBackend(Backend):
         except lv.libvirtError as exc:
             log.warning("could not set the downtime limit of %s: %s", dom.name(), exc)
         job = LiveJob(
-            dest_uri=dest.uri,
+            dest_uri=peer_uri(dest.uri),
             params=params,
             flags=flags,
             postcopy_enabled=postcopy,
@@ -734,7 +749,7 @@ class LibvirtBackend(Backend):
             dom = source.domain(vm_id)
         mode = MigrationMode(ref.get("mode", MigrationMode.LIVE.value))
         job = LiveJob(
-            dest_uri=dest.uri,
+            dest_uri=peer_uri(dest.uri),
             params={},
             flags=0,
             postcopy_enabled=False,

@@ -16,22 +16,56 @@ Options: ``hosts`` (more host URIs), ``cluster`` (the cluster's name, default ``
 ``shutdown_timeout`` (seconds a cold migration waits for a graceful shutdown, default 60),
 ``copy_storage`` (``none``: refuse VMs with local disks; ``all``: copy them, NON_SHARED_DISK;
 ``inc``: NON_SHARED_INC), ``shared_paths`` (directories every host mounts: a disk under one
-is shared).
+is shared), ``tls_dir`` (the client's PKI directory for TLS transports: ``cacert.pem``,
+``clientcert.pem``, ``clientkey.pem``), ``insecure`` (skip the server certificate check of TLS
+transports; warned).
+
+TLS is libvirt's own (``qemu+tls://``, and plain ``qemu://host/`` whose default transport is
+TLS), and libvirt verifies the server's certificate unless the URI says ``no_verify=1``; vmmove
+refuses that switch unless ``insecure=True`` says it is meant. ``pkipath`` and ``no_verify``
+are the client's settings: the URI a source daemon opens to reach its peer (peer-to-peer
+migration) goes without them, so the daemon checks its peer with its own PKI.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
-from vmmove.errors import InvalidInput
+from vmmove.errors import InsecureConnectionWarning, InvalidInput
 from vmmove.secrets import Secret
 
-__all__ = ["OPTIONS", "ClusterConfig", "migration_address", "parse", "redact"]
+log = logging.getLogger("vmmove.libvirt")
 
-OPTIONS = ("hosts", "cluster", "password", "shutdown_timeout", "copy_storage", "shared_paths")
+__all__ = [
+    "OPTIONS",
+    "ClusterConfig",
+    "client_uri",
+    "migration_address",
+    "parse",
+    "peer_uri",
+    "redact",
+]
+
+OPTIONS = (
+    "hosts",
+    "cluster",
+    "password",
+    "shutdown_timeout",
+    "copy_storage",
+    "shared_paths",
+    "tls_dir",
+    "insecure",
+)
+#: What libvirt's client reads from ``pkipath`` (server side: servercert/serverkey).
+TLS_FILES = ("cacert.pem", "clientcert.pem", "clientkey.pem")
+#: Query parameters that configure the client end only.
+_CLIENT_PARAMS = ("pkipath", "no_verify")
 CopyStorage = Literal["none", "all", "inc"]
 _COPY = ("none", "all", "inc")
 
@@ -44,6 +78,48 @@ class ClusterConfig:
     shutdown_timeout: float = 60.0
     copy_storage: CopyStorage = "none"
     shared_paths: tuple[str, ...] = ()
+    tls_dir: str | None = None
+    insecure: bool = False
+
+
+def uses_tls(uri: str) -> bool:
+    """Whether libvirt reaches ``uri`` over TLS: ``qemu+tls``, or ``qemu`` with a host."""
+    parts = urlsplit(uri)
+    return parts.scheme == "qemu+tls" or (parts.scheme == "qemu" and bool(parts.netloc))
+
+
+def _with_query(uri: str, edit: dict[str, str | None]) -> str:
+    parts = urlsplit(uri)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in edit]
+    query += [(k, v) for k, v in edit.items() if v is not None]
+    # libvirt reads pkipath raw: keep the slashes unescaped.
+    return parts._replace(query=urlencode(query, safe="/")).geturl()
+
+
+def client_uri(uri: str, config: ClusterConfig) -> str:
+    """The URI this client opens: a TLS URI gets the configured ``pkipath`` and, only when
+    ``insecure`` is set, ``no_verify=1``."""
+    if not uses_tls(uri):
+        return uri
+    edit: dict[str, str | None] = {}
+    if config.tls_dir is not None:
+        edit["pkipath"] = config.tls_dir
+    if config.insecure:
+        edit["no_verify"] = "1"
+    return _with_query(uri, edit) if edit else uri
+
+
+def peer_uri(uri: str) -> str:
+    """The URI a source daemon opens to reach this host: without the client's own settings."""
+    query = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    if not any(k in query for k in _CLIENT_PARAMS):
+        return uri
+    return _with_query(uri, dict.fromkeys(_CLIENT_PARAMS))
+
+
+def _no_verify(uri: str) -> bool:
+    query = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    return query.get("no_verify", "0") not in ("", "0")
 
 
 def redact(uri: str) -> str:
@@ -164,6 +240,7 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         if not isinstance(path, str) or not path.startswith("/"):
             raise InvalidInput(f"shared_paths: {path!r} is not an absolute directory")
 
+    tls_dir, insecure = _tls(uris, options)
     return ClusterConfig(
         name=name,
         uris=tuple(uris),
@@ -171,4 +248,41 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         shutdown_timeout=float(timeout),
         copy_storage=copy,
         shared_paths=tuple(p.rstrip("/") or "/" for p in shared),
+        tls_dir=tls_dir,
+        insecure=insecure,
     )
+
+
+def _tls(uris: Sequence[str], options: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """Check the TLS options against the URIs; warn once when verification is switched off."""
+    insecure = options.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise InvalidInput(f"insecure must be true or false, not {insecure!r}")
+    tls = [u for u in uris if uses_tls(u)]
+    unverified = [u for u in tls if _no_verify(u)]
+    if unverified and not insecure:
+        raise InvalidInput(
+            f"{redact(unverified[0])!r} turns off TLS certificate checks (no_verify); "
+            "pass insecure=True if that is really meant, or trust the server's CA with tls_dir"
+        )
+    if insecure and not tls:
+        raise InvalidInput("insecure applies to TLS transports only (qemu+tls://, qemu://host/)")
+    tls_dir = options.get("tls_dir")
+    if tls_dir is not None:
+        if not isinstance(tls_dir, str) or not tls_dir.startswith("/"):
+            raise InvalidInput(f"tls_dir must be an absolute directory, not {tls_dir!r}")
+        if not tls:
+            raise InvalidInput("tls_dir applies to TLS transports only (qemu+tls://, qemu://host/)")
+        missing = [f for f in TLS_FILES if not os.path.isfile(os.path.join(tls_dir, f))]
+        if missing:
+            raise InvalidInput(f"tls_dir {tls_dir!r} lacks {', '.join(missing)}")
+        tls_dir = tls_dir.rstrip("/") or "/"
+    if insecure:
+        message = (
+            "TLS certificate verification is OFF for libvirt hosts "
+            f"{', '.join(redact(u) for u in tls)} (insecure=True): anyone on the path can pose "
+            "as the host; trust its CA with tls_dir instead"
+        )
+        warnings.warn(message, InsecureConnectionWarning, stacklevel=5)
+        log.warning("%s", message)
+    return tls_dir, insecure

@@ -44,9 +44,17 @@ class HostConn:
     """A libvirt connection to one host. ``id`` is the host's name as libvirt reports it
     (``virConnectGetHostname``), which the backend checks is unique in the cluster."""
 
-    def __init__(self, lv: Any, uri: str, password: Secret | None, listener: EventListener) -> None:
+    def __init__(
+        self,
+        lv: Any,
+        uri: str,
+        password: Secret | None,
+        listener: EventListener,
+        open_uri: str | None = None,
+    ) -> None:
         self.lv = lv
-        self.uri = uri
+        self.uri = uri  # as configured: what the host is known by
+        self._open_uri = open_uri or uri  # what this client opens (the TLS settings added)
         self._password = password
         self._listener = listener
         self._lock = threading.Lock()
@@ -69,11 +77,16 @@ class HostConn:
         ensure_loop(self.lv)
         try:
             if self._password is None:
-                conn = self.lv.open(self.uri)
+                conn = self.lv.open(self._open_uri)
             else:
-                conn = self.lv.openAuth(self.uri, self._auth(), 0)
+                conn = self.lv.openAuth(self._open_uri, self._auth(), 0)
         except self.lv.libvirtError as exc:
             message = f"cannot connect to {redact(self.uri)}: {exc}"
+            if "certificate" in str(exc).lower():
+                # libvirt files a failed TLS check under AUTH_FAILED: it is not a credential.
+                raise ConnectionFailed(
+                    f"{message} (TLS: is the host's CA in tls_dir's cacert.pem?)"
+                ) from None
             if libvirt_error_code(exc) in _AUTH_ERRORS:
                 raise AuthenticationFailed(message) from None
             raise ConnectionFailed(message) from None
@@ -96,6 +109,9 @@ class HostConn:
         except self.lv.libvirtError as exc:
             conn.close()
             raise ConnectionFailed(f"{redact(self.uri)}: {exc}") from None
+        except BaseException:  # e.g. capabilities it cannot parse: don't leak the connection
+            conn.close()
+            raise
         if self.id and hostname != self.id:
             log.warning("%s now calls itself %s, not %s", redact(self.uri), hostname, self.id)
         self.conn = conn

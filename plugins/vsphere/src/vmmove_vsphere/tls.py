@@ -16,6 +16,7 @@ import ssl
 import warnings
 from typing import Any
 
+from vmmove.errors import InsecureConnectionWarning
 from vmmove_vsphere.options import Settings
 
 __all__ = ["InsecureConnectionWarning", "PinnedContext", "ThumbprintMismatch", "ssl_context"]
@@ -23,10 +24,6 @@ __all__ = ["InsecureConnectionWarning", "PinnedContext", "ThumbprintMismatch", "
 log = logging.getLogger("vmmove.vsphere")
 
 _DIGESTS = {40: "sha1", 64: "sha256", 128: "sha512"}
-
-
-class InsecureConnectionWarning(UserWarning):
-    """Certificate verification was switched off with ``insecure=True``."""
 
 
 class ThumbprintMismatch(ssl.SSLCertVerificationError):
