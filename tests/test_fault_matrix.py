@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -113,9 +114,14 @@ def cases() -> Iterator[tuple[str, Phase]]:
             yield fault, phase
 
 
+def where(out: Outcome) -> str:
+    return {out.source: "source", out.target: "target", None: "nowhere (lost)"}[out.vm_host]
+
+
 @pytest.mark.parametrize(("fault", "phase"), list(cases()))
-def test_fault_matrix(fault: str, phase: Phase) -> None:
+def test_fault_matrix(fault: str, phase: Phase, fault_table: Any) -> None:
     out = run_case(fault, phase)
+    row = (fault, str(phase), str(out.result), out.error or "", where(out))
     assert out.result.terminal
     assert out.vm_host == out.actual_host  # the record is true
     backend_host = out.vm_host
@@ -123,6 +129,7 @@ def test_fault_matrix(fault: str, phase: Phase) -> None:
         # The one loud exception: neither side holds the whole VM, and the record says so.
         assert (fault, phase) in {("target-fails", Phase.POSTCOPY), ("link-drop", Phase.POSTCOPY)}
         assert backend_host is None
+        fault_table("simulator fault matrix", row)  # printed at the end: rows that held
         return
     assert backend_host in (out.source, out.target)
     assert out.copies == 1  # exactly once
@@ -138,6 +145,7 @@ def test_fault_matrix(fault: str, phase: Phase) -> None:
         assert out.result is Phase.COMPLETED
     if fault == "cancel-races-completion" and phase.cancellable:
         assert any("cancel arrived" in w for w in out.warnings)
+    fault_table("simulator fault matrix", row)
 
 
 if __name__ == "__main__":  # the table for the docs
@@ -149,5 +157,4 @@ if __name__ == "__main__":  # the table for the docs
     print("|---|---|---|---|---|")
     for f, p in cases():
         o = run_case(f, p)
-        where = {o.source: "source", o.target: "target", None: "nowhere (lost)"}[o.vm_host]
-        print(f"| {f} | {p} | {o.result} | {o.error or ''} | {where} |")
+        print(f"| {f} | {p} | {o.result} | {o.error or ''} | {where(o)} |")

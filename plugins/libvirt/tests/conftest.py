@@ -193,32 +193,18 @@ def guests(guests_session: Guests) -> Iterator[Guests]:
     guests_session.remove_all(keep=lambda n: n.startswith(PREFIX + "c-"))
 
 
-#: (fault, phase it struck in, outcome, error, where the VM runs): one row per fault test,
-#: printed as a table at the end of the session. "Where" is read from the hosts, not the record.
-FAULT_ROWS: list[tuple[str, str, str, str, str]] = []
-
-
 @pytest.fixture
-def fault_row(guests: Guests) -> Callable[[str, str, Any, str], None]:
-    """``fault_row(fault, phase, record, vm_name)``: add this test's row to the fault table."""
+def fault_row(guests: Guests, fault_table: Any) -> Callable[[str, str, Any, str], None]:
+    """``fault_row(fault, phase, record, vm_name)``: this test's row of the libvirt fault
+    table (printed at the end of the session); where the VM runs is read from the hosts."""
 
     def add(fault: str, phase: str, record: Any, name: str) -> None:
         running = [host for host, active in guests.where(name) if active]
-        FAULT_ROWS.append(
-            (fault, phase, str(record.phase), record.error_type or "", ", ".join(running) or "-")
-        )
+        where = ", ".join(running) or "-"
+        row = (fault, phase, str(record.phase), record.error_type or "", where)
+        fault_table("libvirt fault matrix (real libvirt + QEMU)", row)
 
     return add
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FAULT_ROWS:
-        return
-    terminalreporter.section("libvirt fault matrix (real libvirt + QEMU)")
-    terminalreporter.write_line("| fault | phase | outcome | error | VM runs on |")
-    terminalreporter.write_line("|---|---|---|---|---|")
-    for row in FAULT_ROWS:
-        terminalreporter.write_line("| " + " | ".join(row) + " |")
 
 
 @pytest.fixture(scope="session")

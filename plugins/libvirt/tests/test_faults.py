@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vmmove.errors import MigrationFailed, VMMoveError
+from vmmove.errors import MigrationFailed, MigrationTimedOut, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import MiB, MigrationMode
 
@@ -34,7 +34,9 @@ def qemu_pid(testbed: Any, host: int, name: str) -> int:
     return pid
 
 
-def test_the_destination_qemu_dies_mid_transfer(guests: Any, connect: Any, testbed: Any) -> None:
+def test_the_destination_qemu_dies_mid_transfer(
+    guests: Any, connect: Any, testbed: Any, fault_row: Any
+) -> None:
     guests.create("vt-fault", wait_beats=2, **BUSY)
     conn = connect()
     m = conn.migrate("vt-fault", to=HOST_B, mode=MigrationMode.LIVE, bandwidth=16)
@@ -52,9 +54,12 @@ def test_the_destination_qemu_dies_mid_transfer(guests: Any, connect: Any, testb
     assert info.value.vm_host == record.vm_host == HOST_A
     assert guests.where("vt-fault") == [(HOST_A, True)]
     guests.assert_alive_and_intact("vt-fault")
+    fault_row("destination QEMU killed", "transferring", record, "vt-fault")
 
 
-def test_the_source_libvirtd_crashes_mid_transfer(guests: Any, connect: Any, testbed: Any) -> None:
+def test_the_source_libvirtd_crashes_mid_transfer(
+    guests: Any, connect: Any, testbed: Any, fault_row: Any
+) -> None:
     """libvirtd dies under a running migration and a new one starts: it cancels the migration
     as it reconnects to the source QEMU. The backend waits for it, reconnects, and records
     where the VM runs."""
@@ -79,6 +84,7 @@ def test_the_source_libvirtd_crashes_mid_transfer(guests: Any, connect: Any, tes
     assert running == [record.vm_host], (record.phase, record.error, running)
     assert conn.vm("vt-restart").host == record.vm_host
     guests.assert_alive_and_intact("vt-restart")
+    fault_row("source libvirtd crashed, restarted", "transferring", record, "vt-restart")
 
 
 CLIENT = """
@@ -97,7 +103,7 @@ print("never transferred", m.record.phase, m.record.error, flush=True)
 
 
 def test_a_client_crash_then_attach(
-    guests: Any, cluster_uri: str, testbed: Any, tmp_path: Path
+    guests: Any, cluster_uri: str, testbed: Any, tmp_path: Path, fault_row: Any
 ) -> None:
     """The client dies mid-transfer; another process attaches from the journal and finishes
     the job: libvirt goes on with a peer-to-peer migration without its client, and the
@@ -136,3 +142,75 @@ def test_a_client_crash_then_attach(
     running = [host for host, active in guests.where("vt-crash") if active]
     assert running == [record.vm_host], (record.phase, record.error, running)
     guests.assert_alive_and_intact("vt-crash")
+    fault_row("client killed, then attach", "transferring", record, "vt-crash")
+
+
+def _transfer_until(m: Any, sent_at_least: int, timeout: float = 120) -> None:
+    """Follow ``m`` until pre-copy has sent ``sent_at_least`` bytes."""
+    for event in m.events(timeout=timeout):
+        if (
+            event.phase is Phase.TRANSFERRING
+            and (event.progress.data_processed or 0) > sent_at_least
+        ):
+            return
+    raise AssertionError(f"never transferred {sent_at_least} bytes: {m.record.phase}")
+
+
+def test_the_migration_link_is_cut_mid_transfer(
+    guests: Any, connect: Any, testbed: Any, fault_row: Any
+) -> None:
+    """The migration network goes dark mid-transfer and stays dark: pre-copy stops moving,
+    the stall timeout aborts the job, QEMU drops the stream, and the VM runs on at the
+    source. Once the link is back, the same VM migrates normally: nothing was left behind."""
+    guests.create("vt-cut", wait_beats=2, **BUSY)
+    conn = connect()
+    m = conn.migrate("vt-cut", to=HOST_B, mode=MigrationMode.LIVE, bandwidth=16, stall_timeout=6)
+    try:
+        _transfer_until(m, 16 * MiB)
+        testbed.cut_link(1)
+        with pytest.raises(MigrationTimedOut) as info:
+            m.wait(120)
+    finally:
+        testbed.heal_links()
+    record = m.record
+    assert record.phase is Phase.FAILED, (record.phase, record.error)
+    assert "stalled" in (record.error or "")
+    assert info.value.vm_host == record.vm_host == HOST_A
+    assert guests.where("vt-cut") == [(HOST_A, True)]
+    assert conn.vm("vt-cut").host == HOST_A
+    guests.assert_alive_and_intact("vt-cut")
+    fault_row("migration link cut, stays cut", "transferring", record, "vt-cut")
+
+    again = conn.migrate("vt-cut", to=HOST_B, mode=MigrationMode.LIVE)
+    again.wait(180)
+    assert again.record.vm_host == HOST_B
+    assert guests.where("vt-cut") == [(HOST_B, True)]
+    guests.assert_alive_and_intact("vt-cut")
+
+
+def test_a_link_flap_shorter_than_the_stall_timeout(
+    guests: Any, connect: Any, testbed: Any, fault_row: Any
+) -> None:
+    """The link drops for a few seconds and comes back: TCP retransmits, pre-copy resumes,
+    and the migration completes without anyone acting on it."""
+    # A smaller working set than BUSY: it converges at the 16 MiB/s cap without auto-converge.
+    guests.create("vt-flap", wait_beats=2, memory_mib=256, wss_mib=32, dirty_mib_s=32)
+    conn = connect()
+    m = conn.migrate("vt-flap", to=HOST_B, mode=MigrationMode.LIVE, bandwidth=16)
+    try:
+        _transfer_until(m, 16 * MiB)
+        testbed.cut_link(1)
+        sent = m.progress.data_processed or 0
+        guests.wait_beat("vt-flap", guests.heartbeats("vt-flap").latest_seq + 3)  # ~3 s dark
+        # At 16 MiB/s some 48 MiB would have gone; the socket's send buffer (tcp_wmem, at
+        # most 4 MiB here) takes what QEMU writes into the dark.
+        assert (m.progress.data_processed or 0) - sent < 8 * MiB, "the cut let data by"
+    finally:
+        testbed.heal_links()
+    m.wait(240)
+    record = m.record
+    assert record.phase is Phase.COMPLETED, (record.phase, record.error)
+    assert record.vm_host == HOST_B
+    assert guests.where("vt-flap") == [(HOST_B, True)]
+    guests.assert_alive_and_intact("vt-flap")
+    fault_row("migration link down ~3 s, back", "transferring", record, "vt-flap")
