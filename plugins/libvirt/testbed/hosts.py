@@ -637,16 +637,22 @@ class Testbed:
         self._procs[h.name] = p
 
     def restart_host(
-        self, index: int, sig: int = signal.SIGTERM, down_for: float = 0.0, timeout: float = 60.0
+        self,
+        index: int,
+        sig: int = signal.SIGTERM,
+        down_for: float = 0.0,
+        timeout: float = 60.0,
+        stop_timeout: float = 15.0,
     ) -> None:
         """Stop host ``index``'s libvirtd (``sig``: SIGTERM stops it, SIGKILL crashes it) and start a
         new one on the same state. Guests keep running: their QEMUs outlive libvirtd, and the new
-        daemon reconnects to them."""
+        daemon reconnects to them. A SIGTERM'd libvirtd first waits for running API calls (a
+        migration, say) for up to its 30 s shutdown timeout: give ``stop_timeout`` room."""
         h = self.hosts[index]
         if not h.alive() or f"{h.dir}/libvirtd.pid" not in " ".join(_cmdline(h.pid)):
             raise TestbedError(f"host {h.name}: libvirtd is not running")
         os.kill(h.pid, sig)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + stop_timeout
         while _alive(h.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _alive(h.pid):
