@@ -134,5 +134,5 @@ def test_tls_is_verified_by_default(
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps(config))
     monkeypatch.setenv("KUBECONFIG", str(path))
-    with pytest.raises(vmmove.ConnectionFailed, match="(?i)certificate"):
+    with pytest.raises(vmmove.ConnectionFailed, match=r"(?i)certificate"):
         vmmove.connect("kubevirt://")

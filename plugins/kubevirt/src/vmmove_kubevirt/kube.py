@@ -118,6 +118,7 @@ def connect(
     kubeconfig: str | None,
     in_cluster: bool | None,
     token: Secret | None = None,
+    *,
     insecure: bool = False,
 ) -> Connected:
     """Load a kubeconfig context (or the in-cluster service account) into a new ApiClient.

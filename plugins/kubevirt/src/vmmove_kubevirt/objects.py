@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from vmmove.errors import ConnectionFailed
 from vmmove.model import Capacity, CpuInfo, HostInfo, HostState, PowerState, VMInfo
 
 __all__ = [
@@ -37,37 +38,98 @@ _SUFFIX: dict[str, Decimal | int] = {
     "": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
 }  # fmt: skip
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+#: Beyond this a "quantity" is no resource a cluster has (Kubernetes caps them near 2**63);
+#: checked before multiplying, so ``1e999999999Ei`` costs nothing.
+_QUANTITY_MAX = Decimal(2**64)
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    """A value quoted in a message, not echoed at length."""
+    text = _text(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _text(value: Any) -> str:
+    """``str(value)`` that cannot fail (str() of a 5000-digit int raises ValueError)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
 
 
 def parse_quantity(value: Any) -> Decimal:
-    """A Kubernetes quantity (``"4"``, ``"3500m"``, ``"16Gi"``, ``"1e3"``) as a number."""
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    m = _QUANTITY.match(str(value).strip())
-    if m is None or m.group(2) not in _SUFFIX:
-        raise ValueError(f"not a Kubernetes quantity: {value!r}")
-    try:
-        return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2)])
-    except InvalidOperation:
-        raise ValueError(f"not a Kubernetes quantity: {value!r}") from None
+    """A Kubernetes quantity (``"4"``, ``"3500m"``, ``"16Gi"``, ``"1e3"``) as a number.
+
+    Raises :class:`ConnectionFailed` (the platform spoke nonsense) for anything else:
+    other types, NaN, infinities and absurd magnitudes included."""
+    number: Decimal | None = None
+    if isinstance(value, bool):  # a JSON true is no quantity, though bool is an int
+        pass
+    elif isinstance(value, int | float | str):
+        m = _QUANTITY.match(_text(value).strip())
+        if m is not None and m.group(2) in _SUFFIX:
+            try:
+                number = Decimal(m.group(1))
+            except InvalidOperation:  # "1.2.3", "."
+                number = None
+            if number is not None and (not number.is_finite() or number.adjusted() > 30):
+                number = None
+            if number is not None:
+                number *= Decimal(_SUFFIX[m.group(2)])
+                if abs(number) > _QUANTITY_MAX:
+                    number = None
+    if number is None:
+        raise ConnectionFailed(f"not a Kubernetes quantity: {_clip(value)}")
+    return number
 
 
 def _quantity(value: Any, default: int = 0) -> int:
+    """A size in bytes; ``default`` when absent or unreadable, 0 when negative."""
     try:
-        return int(parse_quantity(value)) if value is not None else default
-    except ValueError:
+        return max(int(parse_quantity(value)), 0) if value is not None else default
+    except ConnectionFailed:
         return default
 
 
+def _map(value: Any) -> Obj:
+    """A nested field that should be an object: anything else counts as absent."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """A nested field that should be a list: anything else (a string too) counts as absent."""
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _maps(value: Any) -> list[Obj]:
+    """The objects of a list field, skipping entries that are not objects."""
+    return [v for v in _list(value) if isinstance(v, Mapping)]
+
+
+def _name(value: Any) -> str | None:
+    """A node or object name: a non-empty string, else ``None``."""
+    return value if isinstance(value, str) and value else None
+
+
+def _obj(value: Any, what: str) -> Obj:
+    """A whole API object: without one there is nothing to read."""
+    if not isinstance(value, Mapping):
+        raise ConnectionFailed(f"the API server sent {what} as {type(value).__name__}")
+    return value
+
+
 def condition(obj: Obj, ctype: str) -> Obj | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
+    for cond in _maps(_map(_obj(obj, "an object").get("status")).get("conditions")):
         if cond.get("type") == ctype:
             return dict(cond)
     return None
 
 
 def _labels(obj: Obj) -> dict[str, str]:
-    return dict((obj.get("metadata") or {}).get("labels") or {})
+    labels = _map(_map(obj.get("metadata")).get("labels"))
+    return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _prefixed(labels: Mapping[str, str], prefix: str) -> list[str]:
@@ -80,10 +142,10 @@ def _prefixed(labels: Mapping[str, str], prefix: str) -> list[str]:
 
 
 def node_state(node: Obj) -> HostState:
-    ready = condition(node, "Ready")
+    ready = condition(_obj(node, "a Node"), "Ready")
     if ready is not None and ready.get("status") != "True":
         return HostState.DOWN
-    if (node.get("spec") or {}).get("unschedulable"):
+    if _map(node.get("spec")).get("unschedulable"):
         return HostState.MAINTENANCE
     if _labels(node).get("kubevirt.io/schedulable") == "false":
         return HostState.MAINTENANCE
@@ -94,21 +156,25 @@ def selector_keys(specs: Iterable[Obj]) -> set[str]:
     """The label keys the nodeSelectors of these VMI (or VM template) specs ask for, but
     ``kubernetes.io/hostname`` (a pin, which a cold move changes)."""
     return {
-        key for spec in specs for key in (spec.get("nodeSelector") or {}) if key != HOSTNAME_LABEL
+        key
+        for spec in specs
+        for key in _map(_obj(spec, "a VMI spec").get("nodeSelector"))
+        if key != HOSTNAME_LABEL
     }
 
 
 def host_info(node: Obj, vmis: Iterable[Obj], cluster: str, keys: Iterable[str] = ()) -> HostInfo:
     """A node as a host: allocatable CPU and memory, what its VMIs hold, CPU labels, and
     its values for the label ``keys`` some VM's nodeSelector asks for (``node_labels``)."""
-    meta = node.get("metadata") or {}
-    name = str(meta.get("name"))
+    name = _name(_map(_obj(node, "a Node").get("metadata")).get("name"))
+    if name is None:  # a host needs an id
+        raise ConnectionFailed("the API server sent a Node without a name")
     labels = _labels(node)
-    status = node.get("status") or {}
-    alloc = status.get("allocatable") or status.get("capacity") or {}
+    status = _map(node.get("status"))
+    alloc = _map(status.get("allocatable") or status.get("capacity"))
     cpus, memory = 0, 0
     for vmi in vmis:
-        if ((vmi.get("status") or {}).get("nodeName")) == name:
+        if _map(_map(vmi).get("status")).get("nodeName") == name:
             cpus += vmi_vcpus(vmi)
             memory += vmi_memory(vmi)
     models = _prefixed(labels, "host-model-cpu.node.kubevirt.io/")
@@ -122,25 +188,25 @@ def host_info(node: Obj, vmis: Iterable[Obj], cluster: str, keys: Iterable[str] 
     wanted = sorted(f"{k}={labels[k]}" for k in set(keys) if k in labels)
     if wanted:
         extra["node_labels"] = ",".join(wanted)
-    if (node.get("spec") or {}).get("unschedulable"):
+    if _map(node.get("spec")).get("unschedulable"):
         extra["cordoned"] = "yes"
     taints = [
-        f"{t.get('key')}:{t.get('effect')}"
-        for t in (node.get("spec") or {}).get("taints") or []
+        f"{_text(t.get('key'))}:{_text(t.get('effect'))}"
+        for t in _maps(_map(node.get("spec")).get("taints"))
         if t.get("effect") in ("NoSchedule", "NoExecute")
     ]
     if taints:
         extra["taints"] = ",".join(taints)
-    kubelet = (status.get("nodeInfo") or {}).get("kubeletVersion")
+    kubelet = _map(status.get("nodeInfo")).get("kubeletVersion")
     if kubelet:
-        extra["kubelet"] = str(kubelet)
+        extra["kubelet"] = _text(kubelet)
     return HostInfo(
         id=name,
         name=name,
         cluster=cluster,
         state=state,
         capacity=Capacity(
-            cpus=max(math.floor(parse_quantity(alloc.get("cpu", 0))), 0),
+            cpus=_cpus(alloc.get("cpu")),
             memory=_quantity(alloc.get("memory")),
         ),
         allocated=Capacity(cpus=cpus, memory=memory),
@@ -154,19 +220,28 @@ def host_info(node: Obj, vmis: Iterable[Obj], cluster: str, keys: Iterable[str] 
     )
 
 
+def _cpus(value: Any) -> int:
+    """Allocatable CPUs, whole ones; 0 when absent, unreadable or negative."""
+    try:
+        return max(math.floor(parse_quantity(value)), 0) if value is not None else 0
+    except ConnectionFailed:
+        return 0
+
+
 # ---- VMs ------------------------------------------------------------------------------------
 
 
 def vmi_memory(vmi: Obj) -> int:
     """Guest memory in bytes: ``domain.memory.guest``, else the memory request or limit."""
-    spec = vmi.get("spec") or {}
-    domain = spec.get("domain") or {}
-    current = ((vmi.get("status") or {}).get("memory") or {}).get("guestCurrent")
+    spec = _map(_obj(vmi, "a VMI").get("spec"))
+    domain = _map(spec.get("domain"))
+    resources = _map(domain.get("resources"))
+    current = _map(_map(vmi.get("status")).get("memory")).get("guestCurrent")
     for value in (
         current,
-        (domain.get("memory") or {}).get("guest"),
-        ((domain.get("resources") or {}).get("requests") or {}).get("memory"),
-        ((domain.get("resources") or {}).get("limits") or {}).get("memory"),
+        _map(domain.get("memory")).get("guest"),
+        _map(resources.get("requests")).get("memory"),
+        _map(resources.get("limits")).get("memory"),
     ):
         if value:
             got = _quantity(value)
@@ -175,18 +250,37 @@ def vmi_memory(vmi: Obj) -> int:
     return 0
 
 
+def _topology_count(value: Any) -> int:
+    """cores/sockets/threads: a positive int, else the default 1 (KubeVirt's own default;
+    a string, float or negative number here is nonsense we do not multiply)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16
+    return int(value) if ok else 1
+
+
 def vmi_vcpus(vmi: Obj) -> int:
-    spec = vmi.get("spec") or {}
-    domain = spec.get("domain") or {}
-    cpu = domain.get("cpu") or {}
+    spec = _map(_obj(vmi, "a VMI").get("spec"))
+    domain = _map(spec.get("domain"))
+    cpu = _map(domain.get("cpu"))
     if any(k in cpu for k in ("cores", "sockets", "threads")):
         return (
-            int(cpu.get("cores") or 1) * int(cpu.get("sockets") or 1) * int(cpu.get("threads") or 1)
+            _topology_count(cpu.get("cores"))
+            * _topology_count(cpu.get("sockets"))
+            * _topology_count(cpu.get("threads"))
         )
-    request = ((domain.get("resources") or {}).get("requests") or {}).get("cpu")
+    request = _map(_map(domain.get("resources")).get("requests")).get("cpu")
     if request:
-        return max(1, math.ceil(parse_quantity(request)))
+        try:
+            return max(1, math.ceil(parse_quantity(request)))
+        except ConnectionFailed:
+            return 1  # an unreadable request: at least one vCPU, as with none
     return 1
+
+
+def _required_terms(spec: Obj) -> list[Obj]:
+    """``affinity.nodeAffinity.requiredDuringScheduling...nodeSelectorTerms``."""
+    affinity = _map(_map(spec.get("affinity")).get("nodeAffinity"))
+    required = _map(affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    return _maps(required.get("nodeSelectorTerms"))
 
 
 def node_pin(spec: Obj, nodes_by_hostname: Mapping[str, str]) -> str | None:
@@ -195,30 +289,26 @@ def node_pin(spec: Obj, nodes_by_hostname: Mapping[str, str]) -> str | None:
     Pins are ``nodeSelector[kubernetes.io/hostname]``, or a required node affinity with one
     term naming one node by ``kubernetes.io/hostname`` or ``metadata.name``.
     """
-    selector = spec.get("nodeSelector") or {}
+    selector = _map(_obj(spec, "a VMI spec").get("nodeSelector"))
     if HOSTNAME_LABEL in selector:
-        value = str(selector[HOSTNAME_LABEL])
+        value = _text(selector[HOSTNAME_LABEL])
         return nodes_by_hostname.get(value, value)
-    terms = (
-        (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-            "requiredDuringSchedulingIgnoredDuringExecution"
-        ) or {}).get("nodeSelectorTerms") or []
-    )  # fmt: skip
+    terms = _required_terms(spec)
     if len(terms) != 1:
         return None
     for key, exprs in (("matchExpressions", HOSTNAME_LABEL), ("matchFields", "metadata.name")):
-        for expr in terms[0].get(key) or []:
-            values = expr.get("values") or []
+        for expr in _maps(terms[0].get(key)):
+            values = _list(expr.get("values"))
             if expr.get("key") == exprs and expr.get("operator") == "In" and len(values) == 1:
-                value = str(values[0])
+                value = _text(values[0])
                 return nodes_by_hostname.get(value, value) if key == "matchExpressions" else value
     return None
 
 
 def _owner_vm(vmi: Obj) -> str | None:
-    for ref in (vmi.get("metadata") or {}).get("ownerReferences") or []:
+    for ref in _maps(_map(vmi.get("metadata")).get("ownerReferences")):
         if ref.get("kind") == "VirtualMachine":
-            return str(ref.get("name"))
+            return _text(ref.get("name"))
     return None
 
 
@@ -230,14 +320,16 @@ def vm_info(
 ) -> VMInfo | None:
     """A VMI (running, paused) or a stopped VM pinned to a node, as a VM; ``None`` when it
     is on no node (a stopped VM with no pin, a VMI not scheduled yet)."""
-    template = ((vm or {}).get("spec") or {}).get("template") or {}
-    source: Obj = vmi if vmi is not None else template
-    spec = source.get("spec") or {}
+    if vm is not None:
+        vm = _obj(vm, "a VirtualMachine")
+    template = _map(_map((vm or {}).get("spec")).get("template"))
+    source: Obj = _obj(vmi, "a VMI") if vmi is not None else template
+    spec = _map(source.get("spec"))
     extra: dict[str, str] = {}
     if vmi is not None:
-        status = vmi.get("status") or {}
-        node = status.get("nodeName")
-        phase = str(status.get("phase") or "")
+        status = _map(vmi.get("status"))
+        node = _name(status.get("nodeName"))
+        phase = _text(status.get("phase") or "")
         paused = condition(vmi, "Paused")
         if phase == "Running" and node:
             power = (
@@ -249,11 +341,11 @@ def vm_info(
             node = node or node_pin(spec, nodes_by_hostname)
             power = PowerState.STOPPED
         extra["phase"] = phase
-        extra["uid"] = str((vmi.get("metadata") or {}).get("uid", ""))
+        extra["uid"] = _text(_map(vmi.get("metadata")).get("uid", ""))
         owner = _owner_vm(vmi)
         extra["owner"] = f"VirtualMachine/{owner}" if owner else "none (bare VMI)"
         migratable = condition(vmi, "LiveMigratable")
-        state = status.get("migrationState") or {}
+        state = _map(status.get("migrationState"))
         if state.get("migrationUid"):
             outcome = (
                 "completed"
@@ -262,7 +354,7 @@ def vm_info(
                 if state.get("failed")
                 else "active"
             )
-            extra["last_migration"] = f"{state.get('migrationUid')} {outcome}"
+            extra["last_migration"] = f"{_text(state.get('migrationUid'))} {outcome}"
     else:
         node = node_pin(spec, nodes_by_hostname)
         power = PowerState.STOPPED
@@ -272,28 +364,30 @@ def vm_info(
     if not node:
         return None
     if vm is not None:
-        vspec = vm.get("spec") or {}
-        extra["run_strategy"] = str(
+        vspec = _map(vm.get("spec"))
+        extra["run_strategy"] = _text(
             vspec.get("runStrategy") or ("Always" if vspec.get("running") else "Halted")
         )
     eviction = spec.get("evictionStrategy")
     if eviction:
-        extra["eviction_strategy"] = str(eviction)
-    selector = spec.get("nodeSelector") or {}
+        extra["eviction_strategy"] = _text(eviction)
+    selector = _map(spec.get("nodeSelector"))
     if selector:
-        extra["node_selector"] = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pairs = sorted((_text(k), _text(v)) for k, v in selector.items())
+        extra["node_selector"] = ",".join(f"{k}={v}" for k, v in pairs)
     live, why = True, None
     if migratable is not None:
         live = migratable.get("status") == "True"
-        extra["live_migratable"] = str(migratable.get("status"))
+        extra["live_migratable"] = _text(migratable.get("status"))
         if not live:
-            reason, message = migratable.get("reason") or "", migratable.get("message") or ""
+            reason = _text(migratable.get("reason") or "")
+            message = _text(migratable.get("message") or "")
             why = f"{reason}: {message}" if reason and message else reason or message or None
-            extra["live_migratable_reason"] = str(reason)
+            extra["live_migratable_reason"] = reason
     return VMInfo(
         id=name,
         name=name,
-        host=str(node),
+        host=node,
         power=power,
         memory=vmi_memory(source),
         vcpus=vmi_vcpus(source),
@@ -312,9 +406,11 @@ def _term_ok(labels: Mapping[str, str], name: str, term: Obj) -> bool:
         (labels, term.get("matchExpressions")),
         (fields, term.get("matchFields")),
     ):
-        for expr in exprs or []:
-            key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-            value = source.get(key)
+        for expr in _maps(exprs):
+            # An unhashable key or a string of "values" would make a TypeError of get()/in.
+            key, op = _name(expr.get("key")), expr.get("operator")
+            values = _list(expr.get("values"))
+            value = source.get(key) if key is not None else None
             ok = {
                 "In": value in values,
                 "NotIn": value not in values,
@@ -322,7 +418,7 @@ def _term_ok(labels: Mapping[str, str], name: str, term: Obj) -> bool:
                 "DoesNotExist": key not in source,
                 "Gt": value is not None and values and _int(value) > _int(values[0]),
                 "Lt": value is not None and values and _int(value) < _int(values[0]),
-            }.get(str(op), False)
+            }.get(_text(op), False)
             if not ok:
                 return False
     return True
@@ -331,7 +427,7 @@ def _term_ok(labels: Mapping[str, str], name: str, term: Obj) -> bool:
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         return 0
 
 
@@ -349,37 +445,35 @@ def _tolerated(tolerations: Iterable[Obj], taint: Obj) -> bool:
 
 def scheduling_problems(spec: Obj, node: Obj) -> list[str]:
     """Why a pod of this VMI ``spec`` cannot run on ``node`` (nothing: it can)."""
-    meta = node.get("metadata") or {}
-    name = str(meta.get("name"))
+    name = _text(_map(_obj(node, "a Node").get("metadata")).get("name"))
     labels = _labels(node)
     out: list[str] = []
-    for key, want in sorted((spec.get("nodeSelector") or {}).items()):
+    selector = _map(_obj(spec, "a VMI spec").get("nodeSelector"))
+    for key, want in sorted(selector.items(), key=lambda kv: _text(kv[0])):
         if labels.get(key) != want:
             have = labels.get(key)
             out.append(
-                f"the VMI's nodeSelector {key}={want} excludes it"
-                + (f" (it has {key}={have})" if have is not None else "")
+                f"the VMI's nodeSelector {_text(key)}={_text(want)} excludes it"
+                + (f" (it has {_text(key)}={have})" if have is not None else "")
             )
-    terms = (
-        (((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-            "requiredDuringSchedulingIgnoredDuringExecution"
-        ) or {}).get("nodeSelectorTerms") or []
-    )  # fmt: skip
+    terms = _required_terms(spec)
     if terms and not any(_term_ok(labels, name, t) for t in terms):
         out.append("the VMI's required node affinity excludes it")
-    model = ((spec.get("domain") or {}).get("cpu") or {}).get("model")
+    model = _map(_map(spec.get("domain")).get("cpu")).get("model")
     if (
         model
         and model not in ("host-model", "host-passthrough")
-        and labels.get(f"cpu-model.node.kubevirt.io/{model}") != "true"
+        and labels.get(f"cpu-model.node.kubevirt.io/{_text(model)}") != "true"
     ):
-        out.append(f"it does not offer the VMI's CPU model {model}")
-    tolerations = spec.get("tolerations") or []
-    for taint in (node.get("spec") or {}).get("taints") or []:
+        out.append(f"it does not offer the VMI's CPU model {_text(model)}")
+    tolerations = _maps(spec.get("tolerations"))
+    for taint in _maps(_map(node.get("spec")).get("taints")):
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(
             tolerations, taint
         ):
             if taint.get("key") == "node.kubernetes.io/unschedulable":
                 continue  # reported as "cordoned" by the caller
-            out.append(f"taint {taint.get('key')}:{taint.get('effect')} is not tolerated")
+            out.append(
+                f"taint {_text(taint.get('key'))}:{_text(taint.get('effect'))} is not tolerated"
+            )
     return out

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmmove.backend import JobStatus
+from vmmove.errors import ConnectionFailed
 from vmmove.machine import Phase
 
 __all__ = ["COLD_PHASES", "VMIM_PHASES", "live_status"]
@@ -47,9 +48,36 @@ COLD_PHASES: Mapping[str, Phase] = {
 }
 
 
+def _map(value: Any) -> Obj:
+    """A nested field that should be an object: anything else counts as absent."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _name(value: Any) -> str | None:
+    """A node name: a non-empty string, else ``None`` (a host id must be a string)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _text(value: Any) -> str:
+    """``str(value)`` that cannot fail (str() of a 5000-digit int raises ValueError)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+
+
+def _obj(value: Any, what: str) -> Obj | None:
+    """``None``, or a whole API object; anything else is nonsense from the API server."""
+    if value is not None and not isinstance(value, Mapping):
+        raise ConnectionFailed(f"the API server sent {what} as {type(value).__name__}")
+    return value
+
+
 def _state_for(vmi: Obj | None, uid: str) -> Obj:
     """The VMI's migrationState if it belongs to migration ``uid``, else {}."""
-    state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
+    state = _map(_map((vmi or {}).get("status")).get("migrationState"))
     return state if uid and state.get("migrationUid") == uid else {}
 
 
@@ -66,11 +94,14 @@ def live_status(
     ``vmim`` is the migration object (``None`` once it is gone: deleted after an abort,
     or garbage-collected), ``vmi`` the VMI it moves, ``uid`` the migration's uid.
     """
+    vmim = _obj(vmim, "a VirtualMachineInstanceMigration")
+    vmi = _obj(vmi, "a VMI")
     state = _state_for(vmi, uid)
-    node = ((vmi or {}).get("status") or {}).get("nodeName")
+    node = _name(_map((vmi or {}).get("status")).get("nodeName"))
+    target_node, source_node = _name(state.get("targetNode")), _name(state.get("sourceNode"))
     postcopy = state.get("mode") == "PostCopy"
     abort = state.get("abortStatus")
-    suffix = f", abortStatus={abort}" if abort else ""
+    suffix = f", abortStatus={_text(abort)}" if abort else ""
     if vmim is None:
         # Gone. The VMI's migrationState (if the controller ever handed it over) says how
         # it ended; otherwise it was deleted before anything happened.
@@ -78,15 +109,15 @@ def live_status(
             return JobStatus(
                 phase=Phase.COMPLETED,
                 native=f"deleted after completion{suffix}",
-                vm_host=state.get("targetNode") or node,
+                vm_host=target_node or node,
                 postcopy=postcopy,
             )
-        reason = state.get("failureReason") or ""
+        reason = _text(state.get("failureReason") or "")
         if abort_requested:
             return JobStatus(
                 phase=Phase.CANCELLED,
                 native=f"deleted{suffix or ' before the handover'}",
-                vm_host=state.get("sourceNode") or node,
+                vm_host=source_node or node,
                 error=f"cancelled: migration object deleted{suffix}",
             )
         return JobStatus(
@@ -95,12 +126,14 @@ def live_status(
             vm_host=node,
             error=reason or "the migration object was deleted by someone else",
         )
-    status = vmim.get("status") or {}
-    native = str(status.get("phase") or "")
+    status = _map(vmim.get("status"))
+    vmim_state = _map(status.get("migrationState"))
+    native = _text(status.get("phase") or "")
     if native not in VMIM_PHASES:
+        native = native if len(native) <= 60 else native[:60] + "..."  # not echoed at length
         return JobStatus(phase=Phase.FAILED, native=native, error=f"unknown phase {native!r}")
     phase = VMIM_PHASES[native]
-    deleting = bool((vmim.get("metadata") or {}).get("deletionTimestamp"))
+    deleting = bool(_map(vmim.get("metadata")).get("deletionTimestamp"))
     label = (native or "Created") + (" (deleting)" if deleting else "") + suffix
     if phase is Phase.TRANSFERRING:
         if state.get("completed"):
@@ -112,27 +145,26 @@ def live_status(
             label += ", PostCopy"
         return JobStatus(phase=phase, native=label, postcopy=postcopy)
     if phase is Phase.COMPLETED:
-        where = state.get("targetNode") or (status.get("migrationState") or {}).get("targetNode")
+        where = target_node or _name(vmim_state.get("targetNode"))
         return JobStatus(
             phase=phase, native=label, vm_host=where or node or target, postcopy=postcopy
         )
     if phase is Phase.FAILED:
-        reason = state.get("failureReason") or (status.get("migrationState") or {}).get(
-            "failureReason"
-        )
+        why = state.get("failureReason") or vmim_state.get("failureReason")
+        failure = _text(why) if why else None
         if state.get("completed"):
             # Switch-over was seen: the target runs it. A failure after that is cleanup.
             return JobStatus(
                 phase=Phase.COMPLETED,
                 native=label,
-                vm_host=state.get("targetNode") or node,
+                vm_host=target_node or node,
                 postcopy=postcopy,
             )
         if abort_requested and (abort in (None, "Succeeded") or not state):
             return JobStatus(
                 phase=Phase.CANCELLED,
                 native=label,
-                vm_host=state.get("sourceNode") or node,
+                vm_host=source_node or node,
                 error=f"cancelled{suffix}",
             )
         where = node if not postcopy else None
@@ -140,7 +172,7 @@ def live_status(
             phase=Phase.FAILED,
             native=label,
             vm_host=where,
-            error=reason or f"KubeVirt failed the migration in phase {_last_phase(status)}",
+            error=failure or f"KubeVirt failed the migration in phase {_last_phase(status)}",
             postcopy=postcopy,
         )
     return JobStatus(phase=phase, native=label)
@@ -148,6 +180,7 @@ def live_status(
 
 def _last_phase(status: Obj) -> str:
     """The phase before Failed, from ``phaseTransitionTimestamps``."""
-    stamps = [s.get("phase") for s in status.get("phaseTransitionTimestamps") or []]
-    before = [p for p in stamps if p and p != "Failed"]
+    stamps = status.get("phaseTransitionTimestamps")
+    phases = [_map(s).get("phase") for s in (stamps if isinstance(stamps, list) else [])]
+    before = [p for p in phases if isinstance(p, str) and p and p != "Failed"]
     return before[-1] if before else "Pending"

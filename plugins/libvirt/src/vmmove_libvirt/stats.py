@@ -3,10 +3,12 @@ vmmove's units: bytes, bytes/s, passes, milliseconds."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmmove.errors import ConnectionFailed
 from vmmove.model import Figures
 
 __all__ = ["JOB_ACTIVE", "Sample", "figures", "sample"]
@@ -36,14 +38,32 @@ class Sample:
         return bool(self.data_total) or bool(self.iteration)
 
 
+_LIMIT = 1 << 64  # libvirt's counters are unsigned long long
+
+
 def _int(stats: Mapping[str, Any], key: str) -> int | None:
+    """A counter, or ``None`` when it is absent or no counter at all: NaN, infinite,
+    negative, beyond 64 bits, or not a number (int() would raise on NaN and infinity, and
+    float() on the product of huge ones)."""
     value = stats.get(key)
-    return int(value) if isinstance(value, int | float) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    number = int(value)
+    return number if 0 <= number < _LIMIT else None
+
+
+def _mapping(stats: Any) -> Mapping[str, Any]:
+    if not isinstance(stats, Mapping):
+        raise ConnectionFailed(f"libvirt sent job statistics as {type(stats).__name__}")
+    return stats
 
 
 def sample(stats: Mapping[str, Any]) -> Sample:
     """A running job's statistics. QEMU computes the dirty rate at the end of each pass, so
     during the first pass ``memory_dirty_rate`` is 0 for "not measured yet": ``None`` here."""
+    stats = _mapping(stats)
     iteration = _int(stats, "memory_iteration") or None
     pages = _int(stats, "memory_dirty_rate")
     page_size = _int(stats, "memory_page_size") or PAGE
@@ -73,6 +93,8 @@ def figures(
     """What the migration cost. ``final`` is the completed job's statistics (the JOB_COMPLETED
     event, or ``jobStats(COMPLETED)``); after an abort libvirt keeps none, and the last sample
     taken while the job ran stands in (no downtime: the VM never paused)."""
+    if final is not None:
+        final = _mapping(final)
     if final and _int(final, "data_processed") is not None:
         downtime = _int(final, "downtime") if completed else None
         return Figures(

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vmmove.errors import ConnectionFailed
+
 __all__ = [
     "NETWORK_POOLS",
     "Disk",
@@ -84,14 +86,60 @@ _UNITS = {
     "t": 1 << 40,
     "tib": 1 << 40,
     "tb": 1000**4,
+    "p": 1 << 50,
+    "pib": 1 << 50,
+    "pb": 1000**5,
+    "e": 1 << 60,
+    "eib": 1 << 60,
+    "eb": 1000**6,
 }
+# Plain ASCII digits, at most 20 (a 64-bit count): int() alone would take "+1_0", "١٢" and
+# fail on 5000 digits with a ValueError.
+_COUNT = re.compile(r"[0-9]{1,20}")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """A value quoted in a message: libvirt's answer is not echoed at length."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _parse(xml: str, root_tag: str, what: str) -> ET.Element:
+    """The root element of libvirt's answer, or :class:`ConnectionFailed` when it is not XML
+    or not the document asked for (the parser's message says where; the text is not echoed,
+    a domain's XML can be large)."""
+    if not isinstance(xml, str | bytes):
+        raise ConnectionFailed(f"unreadable {what} from libvirt: {type(xml).__name__}, not XML")
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 (libvirt's own output)
+    except (ET.ParseError, ValueError) as exc:  # ValueError: lone surrogates in a str
+        raise ConnectionFailed(f"unreadable {what} from libvirt: not XML ({exc})") from None
+    if root.tag != root_tag:
+        raise ConnectionFailed(
+            f"unreadable {what} from libvirt: root element {_clip(root.tag)}, not <{root_tag}>"
+        )
+    return root
 
 
 def _memory(el: ET.Element | None) -> int:
-    if el is None or not (el.text or "").strip():
+    text = (el.text or "").strip() if el is not None else ""
+    if el is None or not text:
         return 0
-    unit = (el.get("unit") or "KiB").lower()
-    return int(el.text.strip()) * _UNITS.get(unit, 1 << 10)  # type: ignore[union-attr]
+    unit = el.get("unit") or "KiB"
+    if _COUNT.fullmatch(text) is None or unit.lower() not in _UNITS:
+        # Guessing would misstate the VM's size by orders of magnitude: refuse.
+        raise ConnectionFailed(
+            f"domain XML: <memory unit={_clip(unit)}> {_clip(text)} is not a size"
+        )
+    return int(text) * _UNITS[unit.lower()]
+
+
+def _vcpus(el: ET.Element | None) -> int:
+    text = (el.text or "").strip() if el is not None else ""
+    if not text:
+        return 1  # libvirt's default
+    if _COUNT.fullmatch(text) is None or int(text) < 1:
+        raise ConnectionFailed(f"domain XML: <vcpu> {_clip(text)} is not a positive count")
+    return int(text)
 
 
 def under(path: str, roots: Sequence[str]) -> str | None:
@@ -156,10 +204,9 @@ def _disk(el: ET.Element, shared_paths: Sequence[str]) -> Disk | None:
 def domain_facts(xml: str, shared_paths: Sequence[str] = ()) -> DomainFacts:
     """What vmmove needs from a domain's XML. Volume disks come back local: whether their
     pool is shared takes a call to the host (see :data:`NETWORK_POOLS`)."""
-    root = ET.fromstring(xml)  # noqa: S314 (libvirt's own output)
+    root = _parse(xml, "domain", "domain XML")
     os_type = root.find("os/type")
     cpu = root.find("cpu")
-    vcpu = root.find("vcpu")
     disks = [_disk(d, shared_paths) for d in root.findall("devices/disk")]
     return DomainFacts(
         name=root.findtext("name", ""),
@@ -169,7 +216,7 @@ def domain_facts(xml: str, shared_paths: Sequence[str] = ()) -> DomainFacts:
         machine=os_type.get("machine", "") if os_type is not None else "",
         emulator=(root.findtext("devices/emulator") or "").strip(),
         memory=_memory(root.find("memory")),
-        vcpus=int((vcpu.text or "1").strip()) if vcpu is not None else 1,
+        vcpus=_vcpus(root.find("vcpu")),
         cpu_mode=(cpu.get("mode", "custom") if cpu is not None else ""),
         cpu_xml=ET.tostring(cpu, encoding="unicode") if cpu is not None else None,
         disks=tuple(d for d in disks if d is not None),
@@ -179,7 +226,7 @@ def domain_facts(xml: str, shared_paths: Sequence[str] = ()) -> DomainFacts:
 
 def host_facts(capabilities_xml: str) -> HostFacts:
     """The host's UUID and CPU from ``virConnectGetCapabilities``."""
-    root = ET.fromstring(capabilities_xml)  # noqa: S314
+    root = _parse(capabilities_xml, "capabilities", "host capabilities")
     cpu = root.find("host/cpu")
     return HostFacts(
         uuid=root.findtext("host/uuid", ""),
@@ -193,14 +240,14 @@ def host_facts(capabilities_xml: str) -> HostFacts:
     )
 
 
-_MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
+_MACHINE_VERSION = re.compile(r"-([0-9]{1,6})\.([0-9]{1,6})$")  # ASCII, int()-safe
 
 
 def machine_version(domcapabilities_xml: str) -> tuple[int, int] | None:
     """The QEMU release of an emulator, from its default machine type in the domain
     capabilities (``pc-i440fx-10.0``: QEMU 10.0). Versioned machine types are named after the
     release that added them, and an emulator's newest one is its own release."""
-    root = ET.fromstring(domcapabilities_xml)  # noqa: S314
+    root = _parse(domcapabilities_xml, "domainCapabilities", "domain capabilities")
     match = _MACHINE_VERSION.search(root.findtext("machine", "").strip())
     if match is None:
         return None

@@ -39,6 +39,22 @@ _REFUSALS: tuple[tuple[str, type[VMMoveError]], ...] = (
 )
 
 
+_LIMIT = 500  # a fault's message is quoted, not echoed at any length
+
+
+def _text(value: Any) -> str:
+    """An attribute of a fault as text, clipped; ``""`` when it cannot be rendered (str()
+    of a 5000-digit int raises ValueError, a stand-in object's __str__ may raise anything)."""
+    try:
+        if not value:  # None, "", 0, []: no message
+            return ""
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # whatever it is, it is not a message
+        return ""
+    text = text.strip()
+    return text if len(text) <= _LIMIT else text[:_LIMIT] + "..."
+
+
 def fault_names(fault: Any) -> list[str]:
     """The fault's WSDL type name and its ancestors', most specific first
     (``["InsufficientMemoryResourcesFault", "InsufficientResourcesFault", "VimFault", ...]``)."""
@@ -61,9 +77,11 @@ def fault_name(fault: Any) -> str:
 def fault_text(fault: Any) -> str:
     """``InvalidHostState: The operation is not allowed ...``, with the first localized
     message when the fault carries one beyond ``msg``."""
-    msg = str(getattr(fault, "msg", "") or "").strip()
-    for item in getattr(fault, "faultMessage", None) or ():
-        extra = str(getattr(item, "message", "") or "").strip()
+    msg = _text(getattr(fault, "msg", None))
+    items = getattr(fault, "faultMessage", None)
+    # pyVmomi arrays are lists; anything else (a number, a string) carries no messages.
+    for item in items if isinstance(items, list | tuple) else ():
+        extra = _text(getattr(item, "message", None))
         if extra and extra not in msg:
             msg = f"{msg} ({extra})" if msg else extra
             break
