@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,19 +10,7 @@ from hypothesis import strategies as st
 import vmmove
 from vmmove.journal import record_from_json
 from vmmove.sim import parse
-
-anything = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def _only_vmmove_errors(fn: Any, *args: Any, **kwargs: Any) -> None:
-    with contextlib.suppress(vmmove.VMMoveError):
-        fn(*args, **kwargs)
+from vmmove.testing.fuzz import anything, only_vmmove_errors
 
 
 @settings(max_examples=300, deadline=None)
@@ -45,7 +32,7 @@ def test_migrate_inputs(vm: Any, to: Any, options: dict[str, Any]) -> None:
             m = conn.migrate(vm, to, **options)
         except vmmove.VMMoveError:
             return
-        _only_vmmove_errors(m.wait)
+        only_vmmove_errors(m.wait)
         assert m.record.phase.terminal
         assert m.record.vm_host is not None
 
@@ -53,16 +40,16 @@ def test_migrate_inputs(vm: Any, to: Any, options: dict[str, Any]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(uri=st.text(max_size=40) | st.builds(lambda s: "sim://" + s, st.text(max_size=20)))
 def test_connect_uris(uri: str) -> None:
-    _only_vmmove_errors(vmmove.connect, uri)
+    only_vmmove_errors(vmmove.connect, uri)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.dictionaries(st.sampled_from(["host", "vm", "link_mib_s"]), anything, max_size=3))
 def test_inventory_parser(data: dict[str, Any]) -> None:
-    _only_vmmove_errors(parse, data)
+    only_vmmove_errors(parse, data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=200) | anything.map(repr))
 def test_journal_record_parser(text: str) -> None:
-    _only_vmmove_errors(record_from_json, text)
+    only_vmmove_errors(record_from_json, text)

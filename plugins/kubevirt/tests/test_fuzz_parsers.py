@@ -4,7 +4,6 @@ dicts) read as vmmove inventory and job states. Whatever arrives, only vmmove er
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from decimal import Decimal
@@ -14,11 +13,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import vmmove
 from vmmove import Phase
 from vmmove.backend import JobStatus
 from vmmove.errors import ConnectionFailed
 from vmmove.model import HostInfo, HostState, PowerState, VMInfo
+from vmmove.testing.fuzz import anything, only_vmmove_errors
 from vmmove_kubevirt.objects import (
     HOSTNAME_LABEL,
     condition,
@@ -36,13 +35,6 @@ from vmmove_kubevirt.phases import VMIM_PHASES, live_status
 
 FUZZ = settings(max_examples=200, deadline=None)
 
-anything = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 #: Values a broken or hostile API server might put anywhere.
 odd = st.one_of(
     anything,
@@ -52,12 +44,6 @@ odd = st.one_of(
         "\uff11\uff12", [], {}, [None], [[]], {"": None}, "abc",
     ]),
 )  # fmt: skip
-
-
-def _only_vmmove_errors(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with contextlib.suppress(vmmove.VMMoveError):
-        return fn(*args, **kwargs)
-    return None
 
 
 def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -116,7 +102,7 @@ SUFFIXES: dict[str, int | Decimal] = {
 @example(value="1e999999999Ki")  # decimal.Overflow escaped
 @example(value=float("nan"))  # returned Decimal('NaN'): int() of it raised later
 def test_junk_quantities(value: Any) -> None:
-    got = _only_vmmove_errors(parse_quantity, value)
+    got = only_vmmove_errors(parse_quantity, value)
     if got is not None:
         assert got.is_finite()
         assert abs(got) <= 2**64
@@ -219,17 +205,17 @@ def _sane_host(h: HostInfo) -> None:
 )  # ValueError: cannot convert NaN
 @example(node={"spec": "x"}, vmi_list=[], keys=[])  # AttributeError in node_state
 def test_junk_nodes(node: Any, vmi_list: list[Any], keys: list[str]) -> None:
-    h = _only_vmmove_errors(host_info, node, vmi_list, "cluster", keys)
+    h = only_vmmove_errors(host_info, node, vmi_list, "cluster", keys)
     if h is not None:
         _sane_host(h)
-    state = _only_vmmove_errors(node_state, node)
+    state = only_vmmove_errors(node_state, node)
     assert state is None or state in HostState
 
 
 @FUZZ
 @given(node=perturbed(nodes()), vmi_list=st.lists(perturbed(vmis()), max_size=3))
 def test_perturbed_nodes(node: Any, vmi_list: list[Any]) -> None:
-    h = _only_vmmove_errors(host_info, node, vmi_list, "cluster", ["a", HOSTNAME_LABEL])
+    h = only_vmmove_errors(host_info, node, vmi_list, "cluster", ["a", HOSTNAME_LABEL])
     if h is not None:
         _sane_host(h)
 
@@ -304,22 +290,22 @@ def _sane_vm(v: VMInfo) -> None:
     hostnames={},
 )  # decimal.Overflow
 def test_junk_vms(vmi: Any, vm: Any, hostnames: dict[str, str]) -> None:
-    v = _only_vmmove_errors(vm_info, "vm", vmi, vm, hostnames)
+    v = only_vmmove_errors(vm_info, "vm", vmi, vm, hostnames)
     if v is not None:
         _sane_vm(v)
     for fn in (vmi_memory, vmi_vcpus, node_state):
-        _only_vmmove_errors(fn, vmi)
+        only_vmmove_errors(fn, vmi)
 
 
 @FUZZ
 @given(vmi=perturbed(vmis()), vm=st.none() | perturbed(st.just({"spec": {"running": True}})))
 def test_perturbed_vms(vmi: Any, vm: Any) -> None:
-    v = _only_vmmove_errors(vm_info, "vm", vmi, vm, {})
+    v = only_vmmove_errors(vm_info, "vm", vmi, vm, {})
     if v is not None:
         _sane_vm(v)
-    memory = _only_vmmove_errors(vmi_memory, vmi)
+    memory = only_vmmove_errors(vmi_memory, vmi)
     assert memory is None or memory >= 0
-    vcpus = _only_vmmove_errors(vmi_vcpus, vmi)
+    vcpus = only_vmmove_errors(vmi_vcpus, vmi)
     assert vcpus is None or vcpus >= 1
 
 
@@ -451,11 +437,11 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
 )  # OverflowError
 @example(spec={"nodeSelector": 1}, node={}, hostnames={})  # TypeError in selector_keys
 def test_junk_specs(spec: Any, node: Any, hostnames: dict[str, str]) -> None:
-    pin = _only_vmmove_errors(node_pin, spec, hostnames)
+    pin = only_vmmove_errors(node_pin, spec, hostnames)
     assert pin is None or isinstance(pin, str)
-    keys = _only_vmmove_errors(selector_keys, [spec])
+    keys = only_vmmove_errors(selector_keys, [spec])
     assert keys is None or all(isinstance(k, str) for k in keys)
-    problems = _only_vmmove_errors(scheduling_problems, spec, node)
+    problems = only_vmmove_errors(scheduling_problems, spec, node)
     assert problems is None or all(isinstance(p, str) for p in problems)
 
 
@@ -539,7 +525,7 @@ def _sane_status(s: JobStatus) -> None:
     aborted=False,
 )  # a list as vm_host
 def test_junk_migration_objects(vmim: Any, vmi: Any, aborted: bool) -> None:
-    s = _only_vmmove_errors(
+    s = only_vmmove_errors(
         live_status, vmim, vmi, uid=UID, abort_requested=aborted, target="node-b"
     )
     if s is not None:

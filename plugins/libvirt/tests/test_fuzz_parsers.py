@@ -4,7 +4,6 @@ and well-formed documents, however odd their values, still read right."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -13,21 +12,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import vmmove
 from vmmove.errors import ConnectionFailed
 from vmmove.model import Figures
+from vmmove.testing.fuzz import anything, only_vmmove_errors
 from vmmove_libvirt.stats import Sample, figures, sample
 from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
 
 FUZZ = settings(max_examples=200, deadline=None)
 
-anything = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 #: Text as a broken daemon or a wrong endpoint might send it: random, random bytes decoded
 #: (lone surrogates included), XML-looking fragments.
 junk_text = st.one_of(
@@ -43,12 +35,6 @@ junk_text = st.one_of(
 #: Characters XML 1.0 can carry (no control characters, no surrogates).
 xml_chars = st.characters(exclude_categories=("Cs", "Cc", "Cn"))
 xml_text = st.text(xml_chars, max_size=30)
-
-
-def _only_vmmove_errors(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with contextlib.suppress(vmmove.VMMoveError):
-        return fn(*args, **kwargs)
-    return None
 
 
 def _xml(el: ET.Element) -> str:
@@ -94,9 +80,9 @@ def trees(draw: st.DrawFn, root: str, depth: int = 3) -> ET.Element:
 @example(text="")  # ParseError: no element found
 @example(text="<domain>\udc80</domain>")  # UnicodeEncodeError (a lone surrogate) escaped
 def test_junk_text(text: str) -> None:
-    _only_vmmove_errors(domain_facts, text, ["/mnt/nfs"])
-    _only_vmmove_errors(host_facts, text)
-    _only_vmmove_errors(machine_version, text)
+    only_vmmove_errors(domain_facts, text, ["/mnt/nfs"])
+    only_vmmove_errors(host_facts, text)
+    only_vmmove_errors(machine_version, text)
 
 
 @FUZZ
@@ -104,7 +90,7 @@ def test_junk_text(text: str) -> None:
 @example(value=None)  # TypeError escaped
 def test_not_even_text(value: Any) -> None:
     for fn in (domain_facts, host_facts, machine_version):
-        _only_vmmove_errors(fn, value)
+        only_vmmove_errors(fn, value)
 
 
 @FUZZ
@@ -114,13 +100,13 @@ def test_not_even_text(value: Any) -> None:
 )
 def test_random_trees(root: ET.Element, shared: list[str]) -> None:
     text = _xml(root)
-    facts = _only_vmmove_errors(domain_facts, text, shared)
+    facts = only_vmmove_errors(domain_facts, text, shared)
     if facts is not None:
         assert facts.memory >= 0
         assert facts.vcpus >= 1
         assert all(isinstance(d.source, str) for d in facts.disks)
-    _only_vmmove_errors(host_facts, text)
-    version = _only_vmmove_errors(machine_version, text)
+    only_vmmove_errors(host_facts, text)
+    version = only_vmmove_errors(machine_version, text)
     assert version is None or all(isinstance(v, int) and v >= 0 for v in version)
 
 
@@ -384,7 +370,7 @@ def _sane(s: Sample) -> None:
 @example(stats={"memory_bps": float("inf")})  # OverflowError escaped
 @example(stats={"memory_dirty_rate": 10**400, "memory_iteration": 2})  # OverflowError (float)
 def test_junk_job_statistics(stats: dict[str, Any]) -> None:
-    s = _only_vmmove_errors(sample, stats)
+    s = only_vmmove_errors(sample, stats)
     if s is not None:
         _sane(s)
 
@@ -401,7 +387,7 @@ def test_junk_job_statistics(stats: dict[str, Any]) -> None:
 def test_junk_final_statistics(
     final: Any, last: Sample | None, total: float, completed: bool
 ) -> None:
-    figs = _only_vmmove_errors(figures, final, last, total, completed=completed)
+    figs = only_vmmove_errors(figures, final, last, total, completed=completed)
     if figs is not None:
         assert isinstance(figs, Figures)
         assert figs.total_time == total

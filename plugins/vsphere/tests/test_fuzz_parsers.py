@@ -4,7 +4,6 @@ errors escape, and valid values still read right. No simulator needed."""
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +21,7 @@ from vmmove.errors import (
     ReservationRefused,
 )
 from vmmove.model import HostInfo, HostState, MiB, PowerState, Storage, VMInfo
+from vmmove.testing.fuzz import anything, only_vmmove_errors
 from vmmove_vsphere import faults
 from vmmove_vsphere.inventory import (
     HOST_PROPS,
@@ -39,14 +39,6 @@ vim, vmodl = pyvmomi.vim, pyvmomi.vmodl
 
 FUZZ = settings(max_examples=200, deadline=None)
 
-anything = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
 
 class _Unprintable:
     def __str__(self) -> str:
@@ -60,12 +52,6 @@ odd = st.one_of(
     st.builds(SimpleNamespace, _moId=anything),  # a reference whose id is not a string
     st.builds(SimpleNamespace, message=anything),
 )
-
-
-def _only_vmmove_errors(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with contextlib.suppress(vmmove.VMMoveError):
-        return fn(*args, **kwargs)
-    return None
 
 
 # ---- faults ----------------------------------------------------------------------------------
@@ -203,19 +189,19 @@ vm_props = st.dictionaries(st.sampled_from(VM_PROPS) | st.text(max_size=8), odd,
 def test_junk_properties(
     hosts: dict[str, Any], compute: dict[str, Any], stores: dict[str, Any], props: Any
 ) -> None:
-    topo = _only_vmmove_errors(build_topology, hosts, compute, stores, {})
+    topo = only_vmmove_errors(build_topology, hosts, compute, stores, {})
     if topo is None:
         topo = Topology()
     for hid, hprops in topo.hosts.items():
-        h = _only_vmmove_errors(host_info, hid, hprops, topo, (0, 0))
+        h = only_vmmove_errors(host_info, hid, hprops, topo, (0, 0))
         if h is not None:
             _sane_host(h)
-    v = _only_vmmove_errors(vm_info, "vm-1", props, topo)
+    v = only_vmmove_errors(vm_info, "vm-1", props, topo)
     if v is not None:
         _sane_vm(v)
-    usage = _only_vmmove_errors(vm_usage, props)
+    usage = only_vmmove_errors(vm_usage, props)
     assert usage is None or all(isinstance(n, int) and n >= 0 for n in usage)
-    _only_vmmove_errors(listed, props)
+    only_vmmove_errors(listed, props)
 
 
 @st.composite

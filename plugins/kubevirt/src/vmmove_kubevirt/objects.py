@@ -45,11 +45,11 @@ _QUANTITY_MAX = Decimal(2**64)
 
 def _clip(value: Any, limit: int = 60) -> str:
     """A value quoted in a message, not echoed at length."""
-    text = _text(value)
+    text = as_text(value)
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """``str(value)`` that cannot fail (str() of a 5000-digit int raises ValueError)."""
     if isinstance(value, str):
         return value
@@ -68,7 +68,7 @@ def parse_quantity(value: Any) -> Decimal:
     if isinstance(value, bool):  # a JSON true is no quantity, though bool is an int
         pass
     elif isinstance(value, int | float | str):
-        m = _QUANTITY.match(_text(value).strip())
+        m = _QUANTITY.match(as_text(value).strip())
         if m is not None and m.group(2) in _SUFFIX:
             try:
                 number = Decimal(m.group(1))
@@ -93,7 +93,7 @@ def _quantity(value: Any, default: int = 0) -> int:
         return default
 
 
-def _map(value: Any) -> Obj:
+def as_map(value: Any) -> Obj:
     """A nested field that should be an object: anything else counts as absent."""
     return value if isinstance(value, Mapping) else {}
 
@@ -108,7 +108,7 @@ def _maps(value: Any) -> list[Obj]:
     return [v for v in _list(value) if isinstance(v, Mapping)]
 
 
-def _name(value: Any) -> str | None:
+def as_name(value: Any) -> str | None:
     """A node or object name: a non-empty string, else ``None``."""
     return value if isinstance(value, str) and value else None
 
@@ -121,14 +121,14 @@ def _obj(value: Any, what: str) -> Obj:
 
 
 def condition(obj: Obj, ctype: str) -> Obj | None:
-    for cond in _maps(_map(_obj(obj, "an object").get("status")).get("conditions")):
+    for cond in _maps(as_map(_obj(obj, "an object").get("status")).get("conditions")):
         if cond.get("type") == ctype:
             return dict(cond)
     return None
 
 
 def _labels(obj: Obj) -> dict[str, str]:
-    labels = _map(_map(obj.get("metadata")).get("labels"))
+    labels = as_map(as_map(obj.get("metadata")).get("labels"))
     return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
 
 
@@ -145,7 +145,7 @@ def node_state(node: Obj) -> HostState:
     ready = condition(_obj(node, "a Node"), "Ready")
     if ready is not None and ready.get("status") != "True":
         return HostState.DOWN
-    if _map(node.get("spec")).get("unschedulable"):
+    if as_map(node.get("spec")).get("unschedulable"):
         return HostState.MAINTENANCE
     if _labels(node).get("kubevirt.io/schedulable") == "false":
         return HostState.MAINTENANCE
@@ -158,7 +158,7 @@ def selector_keys(specs: Iterable[Obj]) -> set[str]:
     return {
         key
         for spec in specs
-        for key in _map(_obj(spec, "a VMI spec").get("nodeSelector"))
+        for key in as_map(_obj(spec, "a VMI spec").get("nodeSelector"))
         if key != HOSTNAME_LABEL
     }
 
@@ -166,15 +166,15 @@ def selector_keys(specs: Iterable[Obj]) -> set[str]:
 def host_info(node: Obj, vmis: Iterable[Obj], cluster: str, keys: Iterable[str] = ()) -> HostInfo:
     """A node as a host: allocatable CPU and memory, what its VMIs hold, CPU labels, and
     its values for the label ``keys`` some VM's nodeSelector asks for (``node_labels``)."""
-    name = _name(_map(_obj(node, "a Node").get("metadata")).get("name"))
+    name = as_name(as_map(_obj(node, "a Node").get("metadata")).get("name"))
     if name is None:  # a host needs an id
         raise ConnectionFailed("the API server sent a Node without a name")
     labels = _labels(node)
-    status = _map(node.get("status"))
-    alloc = _map(status.get("allocatable") or status.get("capacity"))
+    status = as_map(node.get("status"))
+    alloc = as_map(status.get("allocatable") or status.get("capacity"))
     cpus, memory = 0, 0
     for vmi in vmis:
-        if _map(_map(vmi).get("status")).get("nodeName") == name:
+        if as_map(as_map(vmi).get("status")).get("nodeName") == name:
             cpus += vmi_vcpus(vmi)
             memory += vmi_memory(vmi)
     models = _prefixed(labels, "host-model-cpu.node.kubevirt.io/")
@@ -188,18 +188,18 @@ def host_info(node: Obj, vmis: Iterable[Obj], cluster: str, keys: Iterable[str] 
     wanted = sorted(f"{k}={labels[k]}" for k in set(keys) if k in labels)
     if wanted:
         extra["node_labels"] = ",".join(wanted)
-    if _map(node.get("spec")).get("unschedulable"):
+    if as_map(node.get("spec")).get("unschedulable"):
         extra["cordoned"] = "yes"
     taints = [
-        f"{_text(t.get('key'))}:{_text(t.get('effect'))}"
-        for t in _maps(_map(node.get("spec")).get("taints"))
+        f"{as_text(t.get('key'))}:{as_text(t.get('effect'))}"
+        for t in _maps(as_map(node.get("spec")).get("taints"))
         if t.get("effect") in ("NoSchedule", "NoExecute")
     ]
     if taints:
         extra["taints"] = ",".join(taints)
-    kubelet = _map(status.get("nodeInfo")).get("kubeletVersion")
+    kubelet = as_map(status.get("nodeInfo")).get("kubeletVersion")
     if kubelet:
-        extra["kubelet"] = _text(kubelet)
+        extra["kubelet"] = as_text(kubelet)
     return HostInfo(
         id=name,
         name=name,
@@ -233,15 +233,15 @@ def _cpus(value: Any) -> int:
 
 def vmi_memory(vmi: Obj) -> int:
     """Guest memory in bytes: ``domain.memory.guest``, else the memory request or limit."""
-    spec = _map(_obj(vmi, "a VMI").get("spec"))
-    domain = _map(spec.get("domain"))
-    resources = _map(domain.get("resources"))
-    current = _map(_map(vmi.get("status")).get("memory")).get("guestCurrent")
+    spec = as_map(_obj(vmi, "a VMI").get("spec"))
+    domain = as_map(spec.get("domain"))
+    resources = as_map(domain.get("resources"))
+    current = as_map(as_map(vmi.get("status")).get("memory")).get("guestCurrent")
     for value in (
         current,
-        _map(domain.get("memory")).get("guest"),
-        _map(resources.get("requests")).get("memory"),
-        _map(resources.get("limits")).get("memory"),
+        as_map(domain.get("memory")).get("guest"),
+        as_map(resources.get("requests")).get("memory"),
+        as_map(resources.get("limits")).get("memory"),
     ):
         if value:
             got = _quantity(value)
@@ -258,16 +258,16 @@ def _topology_count(value: Any) -> int:
 
 
 def vmi_vcpus(vmi: Obj) -> int:
-    spec = _map(_obj(vmi, "a VMI").get("spec"))
-    domain = _map(spec.get("domain"))
-    cpu = _map(domain.get("cpu"))
+    spec = as_map(_obj(vmi, "a VMI").get("spec"))
+    domain = as_map(spec.get("domain"))
+    cpu = as_map(domain.get("cpu"))
     if any(k in cpu for k in ("cores", "sockets", "threads")):
         return (
             _topology_count(cpu.get("cores"))
             * _topology_count(cpu.get("sockets"))
             * _topology_count(cpu.get("threads"))
         )
-    request = _map(_map(domain.get("resources")).get("requests")).get("cpu")
+    request = as_map(as_map(domain.get("resources")).get("requests")).get("cpu")
     if request:
         try:
             return max(1, math.ceil(parse_quantity(request)))
@@ -278,8 +278,8 @@ def vmi_vcpus(vmi: Obj) -> int:
 
 def _required_terms(spec: Obj) -> list[Obj]:
     """``affinity.nodeAffinity.requiredDuringScheduling...nodeSelectorTerms``."""
-    affinity = _map(_map(spec.get("affinity")).get("nodeAffinity"))
-    required = _map(affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    affinity = as_map(as_map(spec.get("affinity")).get("nodeAffinity"))
+    required = as_map(affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
     return _maps(required.get("nodeSelectorTerms"))
 
 
@@ -289,9 +289,9 @@ def node_pin(spec: Obj, nodes_by_hostname: Mapping[str, str]) -> str | None:
     Pins are ``nodeSelector[kubernetes.io/hostname]``, or a required node affinity with one
     term naming one node by ``kubernetes.io/hostname`` or ``metadata.name``.
     """
-    selector = _map(_obj(spec, "a VMI spec").get("nodeSelector"))
+    selector = as_map(_obj(spec, "a VMI spec").get("nodeSelector"))
     if HOSTNAME_LABEL in selector:
-        value = _text(selector[HOSTNAME_LABEL])
+        value = as_text(selector[HOSTNAME_LABEL])
         return nodes_by_hostname.get(value, value)
     terms = _required_terms(spec)
     if len(terms) != 1:
@@ -300,15 +300,15 @@ def node_pin(spec: Obj, nodes_by_hostname: Mapping[str, str]) -> str | None:
         for expr in _maps(terms[0].get(key)):
             values = _list(expr.get("values"))
             if expr.get("key") == exprs and expr.get("operator") == "In" and len(values) == 1:
-                value = _text(values[0])
+                value = as_text(values[0])
                 return nodes_by_hostname.get(value, value) if key == "matchExpressions" else value
     return None
 
 
 def _owner_vm(vmi: Obj) -> str | None:
-    for ref in _maps(_map(vmi.get("metadata")).get("ownerReferences")):
+    for ref in _maps(as_map(vmi.get("metadata")).get("ownerReferences")):
         if ref.get("kind") == "VirtualMachine":
-            return _text(ref.get("name"))
+            return as_text(ref.get("name"))
     return None
 
 
@@ -322,14 +322,14 @@ def vm_info(
     is on no node (a stopped VM with no pin, a VMI not scheduled yet)."""
     if vm is not None:
         vm = _obj(vm, "a VirtualMachine")
-    template = _map(_map((vm or {}).get("spec")).get("template"))
+    template = as_map(as_map((vm or {}).get("spec")).get("template"))
     source: Obj = _obj(vmi, "a VMI") if vmi is not None else template
-    spec = _map(source.get("spec"))
+    spec = as_map(source.get("spec"))
     extra: dict[str, str] = {}
     if vmi is not None:
-        status = _map(vmi.get("status"))
-        node = _name(status.get("nodeName"))
-        phase = _text(status.get("phase") or "")
+        status = as_map(vmi.get("status"))
+        node = as_name(status.get("nodeName"))
+        phase = as_text(status.get("phase") or "")
         paused = condition(vmi, "Paused")
         if phase == "Running" and node:
             power = (
@@ -341,11 +341,11 @@ def vm_info(
             node = node or node_pin(spec, nodes_by_hostname)
             power = PowerState.STOPPED
         extra["phase"] = phase
-        extra["uid"] = _text(_map(vmi.get("metadata")).get("uid", ""))
+        extra["uid"] = as_text(as_map(vmi.get("metadata")).get("uid", ""))
         owner = _owner_vm(vmi)
         extra["owner"] = f"VirtualMachine/{owner}" if owner else "none (bare VMI)"
         migratable = condition(vmi, "LiveMigratable")
-        state = _map(status.get("migrationState"))
+        state = as_map(status.get("migrationState"))
         if state.get("migrationUid"):
             outcome = (
                 "completed"
@@ -354,7 +354,7 @@ def vm_info(
                 if state.get("failed")
                 else "active"
             )
-            extra["last_migration"] = f"{_text(state.get('migrationUid'))} {outcome}"
+            extra["last_migration"] = f"{as_text(state.get('migrationUid'))} {outcome}"
     else:
         node = node_pin(spec, nodes_by_hostname)
         power = PowerState.STOPPED
@@ -364,24 +364,24 @@ def vm_info(
     if not node:
         return None
     if vm is not None:
-        vspec = _map(vm.get("spec"))
-        extra["run_strategy"] = _text(
+        vspec = as_map(vm.get("spec"))
+        extra["run_strategy"] = as_text(
             vspec.get("runStrategy") or ("Always" if vspec.get("running") else "Halted")
         )
     eviction = spec.get("evictionStrategy")
     if eviction:
-        extra["eviction_strategy"] = _text(eviction)
-    selector = _map(spec.get("nodeSelector"))
+        extra["eviction_strategy"] = as_text(eviction)
+    selector = as_map(spec.get("nodeSelector"))
     if selector:
-        pairs = sorted((_text(k), _text(v)) for k, v in selector.items())
+        pairs = sorted((as_text(k), as_text(v)) for k, v in selector.items())
         extra["node_selector"] = ",".join(f"{k}={v}" for k, v in pairs)
     live, why = True, None
     if migratable is not None:
         live = migratable.get("status") == "True"
-        extra["live_migratable"] = _text(migratable.get("status"))
+        extra["live_migratable"] = as_text(migratable.get("status"))
         if not live:
-            reason = _text(migratable.get("reason") or "")
-            message = _text(migratable.get("message") or "")
+            reason = as_text(migratable.get("reason") or "")
+            message = as_text(migratable.get("message") or "")
             why = f"{reason}: {message}" if reason and message else reason or message or None
             extra["live_migratable_reason"] = reason
     return VMInfo(
@@ -408,7 +408,7 @@ def _term_ok(labels: Mapping[str, str], name: str, term: Obj) -> bool:
     ):
         for expr in _maps(exprs):
             # An unhashable key or a string of "values" would make a TypeError of get()/in.
-            key, op = _name(expr.get("key")), expr.get("operator")
+            key, op = as_name(expr.get("key")), expr.get("operator")
             values = _list(expr.get("values"))
             value = source.get(key) if key is not None else None
             ok = {
@@ -418,7 +418,7 @@ def _term_ok(labels: Mapping[str, str], name: str, term: Obj) -> bool:
                 "DoesNotExist": key not in source,
                 "Gt": value is not None and values and _int(value) > _int(values[0]),
                 "Lt": value is not None and values and _int(value) < _int(values[0]),
-            }.get(_text(op), False)
+            }.get(as_text(op), False)
             if not ok:
                 return False
     return True
@@ -445,35 +445,35 @@ def _tolerated(tolerations: Iterable[Obj], taint: Obj) -> bool:
 
 def scheduling_problems(spec: Obj, node: Obj) -> list[str]:
     """Why a pod of this VMI ``spec`` cannot run on ``node`` (nothing: it can)."""
-    name = _text(_map(_obj(node, "a Node").get("metadata")).get("name"))
+    name = as_text(as_map(_obj(node, "a Node").get("metadata")).get("name"))
     labels = _labels(node)
     out: list[str] = []
-    selector = _map(_obj(spec, "a VMI spec").get("nodeSelector"))
-    for key, want in sorted(selector.items(), key=lambda kv: _text(kv[0])):
+    selector = as_map(_obj(spec, "a VMI spec").get("nodeSelector"))
+    for key, want in sorted(selector.items(), key=lambda kv: as_text(kv[0])):
         if labels.get(key) != want:
             have = labels.get(key)
             out.append(
-                f"the VMI's nodeSelector {_text(key)}={_text(want)} excludes it"
-                + (f" (it has {_text(key)}={have})" if have is not None else "")
+                f"the VMI's nodeSelector {as_text(key)}={as_text(want)} excludes it"
+                + (f" (it has {as_text(key)}={have})" if have is not None else "")
             )
     terms = _required_terms(spec)
     if terms and not any(_term_ok(labels, name, t) for t in terms):
         out.append("the VMI's required node affinity excludes it")
-    model = _map(_map(spec.get("domain")).get("cpu")).get("model")
+    model = as_map(as_map(spec.get("domain")).get("cpu")).get("model")
     if (
         model
         and model not in ("host-model", "host-passthrough")
-        and labels.get(f"cpu-model.node.kubevirt.io/{_text(model)}") != "true"
+        and labels.get(f"cpu-model.node.kubevirt.io/{as_text(model)}") != "true"
     ):
-        out.append(f"it does not offer the VMI's CPU model {_text(model)}")
+        out.append(f"it does not offer the VMI's CPU model {as_text(model)}")
     tolerations = _maps(spec.get("tolerations"))
-    for taint in _maps(_map(node.get("spec")).get("taints")):
+    for taint in _maps(as_map(node.get("spec")).get("taints")):
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(
             tolerations, taint
         ):
             if taint.get("key") == "node.kubernetes.io/unschedulable":
                 continue  # reported as "cordoned" by the caller
             out.append(
-                f"taint {_text(taint.get('key'))}:{_text(taint.get('effect'))} is not tolerated"
+                f"taint {as_text(taint.get('key'))}:{as_text(taint.get('effect'))} is not tolerated"
             )
     return out

@@ -14,6 +14,7 @@ from typing import Any
 from vmmove.backend import JobStatus
 from vmmove.errors import ConnectionFailed
 from vmmove.machine import Phase
+from vmmove_kubevirt.objects import as_map, as_name, as_text
 
 __all__ = ["COLD_PHASES", "VMIM_PHASES", "live_status"]
 
@@ -48,26 +49,6 @@ COLD_PHASES: Mapping[str, Phase] = {
 }
 
 
-def _map(value: Any) -> Obj:
-    """A nested field that should be an object: anything else counts as absent."""
-    return value if isinstance(value, Mapping) else {}
-
-
-def _name(value: Any) -> str | None:
-    """A node name: a non-empty string, else ``None`` (a host id must be a string)."""
-    return value if isinstance(value, str) and value else None
-
-
-def _text(value: Any) -> str:
-    """``str(value)`` that cannot fail (str() of a 5000-digit int raises ValueError)."""
-    if isinstance(value, str):
-        return value
-    try:
-        return str(value)
-    except ValueError:
-        return f"<{type(value).__name__}>"
-
-
 def _obj(value: Any, what: str) -> Obj | None:
     """``None``, or a whole API object; anything else is nonsense from the API server."""
     if value is not None and not isinstance(value, Mapping):
@@ -77,7 +58,7 @@ def _obj(value: Any, what: str) -> Obj | None:
 
 def _state_for(vmi: Obj | None, uid: str) -> Obj:
     """The VMI's migrationState if it belongs to migration ``uid``, else {}."""
-    state = _map(_map((vmi or {}).get("status")).get("migrationState"))
+    state = as_map(as_map((vmi or {}).get("status")).get("migrationState"))
     return state if uid and state.get("migrationUid") == uid else {}
 
 
@@ -97,11 +78,11 @@ def live_status(
     vmim = _obj(vmim, "a VirtualMachineInstanceMigration")
     vmi = _obj(vmi, "a VMI")
     state = _state_for(vmi, uid)
-    node = _name(_map((vmi or {}).get("status")).get("nodeName"))
-    target_node, source_node = _name(state.get("targetNode")), _name(state.get("sourceNode"))
+    node = as_name(as_map((vmi or {}).get("status")).get("nodeName"))
+    target_node, source_node = as_name(state.get("targetNode")), as_name(state.get("sourceNode"))
     postcopy = state.get("mode") == "PostCopy"
     abort = state.get("abortStatus")
-    suffix = f", abortStatus={_text(abort)}" if abort else ""
+    suffix = f", abortStatus={as_text(abort)}" if abort else ""
     if vmim is None:
         # Gone. The VMI's migrationState (if the controller ever handed it over) says how
         # it ended; otherwise it was deleted before anything happened.
@@ -112,7 +93,7 @@ def live_status(
                 vm_host=target_node or node,
                 postcopy=postcopy,
             )
-        reason = _text(state.get("failureReason") or "")
+        reason = as_text(state.get("failureReason") or "")
         if abort_requested:
             return JobStatus(
                 phase=Phase.CANCELLED,
@@ -126,14 +107,14 @@ def live_status(
             vm_host=node,
             error=reason or "the migration object was deleted by someone else",
         )
-    status = _map(vmim.get("status"))
-    vmim_state = _map(status.get("migrationState"))
-    native = _text(status.get("phase") or "")
+    status = as_map(vmim.get("status"))
+    vmim_state = as_map(status.get("migrationState"))
+    native = as_text(status.get("phase") or "")
     if native not in VMIM_PHASES:
         native = native if len(native) <= 60 else native[:60] + "..."  # not echoed at length
         return JobStatus(phase=Phase.FAILED, native=native, error=f"unknown phase {native!r}")
     phase = VMIM_PHASES[native]
-    deleting = bool(_map(vmim.get("metadata")).get("deletionTimestamp"))
+    deleting = bool(as_map(vmim.get("metadata")).get("deletionTimestamp"))
     label = (native or "Created") + (" (deleting)" if deleting else "") + suffix
     if phase is Phase.TRANSFERRING:
         if state.get("completed"):
@@ -145,13 +126,13 @@ def live_status(
             label += ", PostCopy"
         return JobStatus(phase=phase, native=label, postcopy=postcopy)
     if phase is Phase.COMPLETED:
-        where = target_node or _name(vmim_state.get("targetNode"))
+        where = target_node or as_name(vmim_state.get("targetNode"))
         return JobStatus(
             phase=phase, native=label, vm_host=where or node or target, postcopy=postcopy
         )
     if phase is Phase.FAILED:
         why = state.get("failureReason") or vmim_state.get("failureReason")
-        failure = _text(why) if why else None
+        failure = as_text(why) if why else None
         if state.get("completed"):
             # Switch-over was seen: the target runs it. A failure after that is cleanup.
             return JobStatus(
@@ -181,6 +162,6 @@ def live_status(
 def _last_phase(status: Obj) -> str:
     """The phase before Failed, from ``phaseTransitionTimestamps``."""
     stamps = status.get("phaseTransitionTimestamps")
-    phases = [_map(s).get("phase") for s in (stamps if isinstance(stamps, list) else [])]
+    phases = [as_map(s).get("phase") for s in (stamps if isinstance(stamps, list) else [])]
     before = [p for p in phases if isinstance(p, str) and p and p != "Failed"]
     return before[-1] if before else "Pending"
