@@ -43,8 +43,13 @@ log = logging.getLogger("vmmove.libvirt")
 
 #: Seconds between polls while a pass has far to go, and near anything worth seeing soon.
 SLOW_POLL, FAST_POLL = 0.5, 0.1
-#: Seconds of libvirt's dirty-rate sampling started with each live job (see LiveJob).
-DIRTY_CALC_SECONDS = 1
+#: Seconds of libvirt's dirty-rate sampling started with each live job (see LiveJob). QEMU
+#: hashes a few hundred random pages per GiB at both ends of the window, so a short window
+#: counts few changed pages: with 1 s, a guest dirtying 32 MiB/s read anywhere from 22 to
+#: 36 MiB/s (Poisson noise) and the policy's dirty-rate step fired a pass late in 2 runs of
+#: 6. 3 s counts three times the pages and still ends within the first pass of any guest
+#: big enough to need the figure.
+DIRTY_CALC_SECONDS = 3
 _DIRTYRATE_MEASURED = 2  # virDomainDirtyRateStatus
 
 
