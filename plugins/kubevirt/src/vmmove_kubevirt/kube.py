@@ -307,21 +307,12 @@ class Kube:
         )
 
     def merge_patch(self, plural: str, name: str, patch: Obj) -> Obj:
-        return dict(
-            self.call(
-                f"patch {plural}/{name}",
-                self.custom.patch_namespaced_custom_object,
-                KV,
-                KV_VERSION,
-                self.namespace,
-                plural,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
-        )
+        return self._patch(plural, name, patch, "application/merge-patch+json")
 
     def json_patch(self, plural: str, name: str, ops: list[Obj]) -> Obj:
+        return self._patch(plural, name, ops, "application/json-patch+json")
+
+    def _patch(self, plural: str, name: str, body: Obj | list[Obj], content_type: str) -> Obj:
         return dict(
             self.call(
                 f"patch {plural}/{name}",
@@ -331,8 +322,8 @@ class Kube:
                 self.namespace,
                 plural,
                 name,
-                ops,
-                _content_type="application/json-patch+json",
+                body,
+                _content_type=content_type,
             )
         )
 
