@@ -102,6 +102,7 @@ class TimedBackend(Backend):
         *,
         needs: frozenset[str],
         reservation: Reservation | None,
+        request_id: str = "",
     ) -> Job:
         duration = 20.0 + int(vm.id.split("-")[1]) % 10
         with self._lock:

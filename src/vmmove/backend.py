@@ -128,7 +128,13 @@ class Backend(abc.ABC):
         return lookup(self.hosts(), ref, "host")
 
     def locate(self, vm_id: str) -> str | None:
-        """Where the VM runs now (host id), or ``None`` if no host runs it."""
+        """Where the VM runs now (host id), or ``None`` if no host runs it, read from the
+        platform's inventory independently of any job's own report.
+
+        The engine calls it at every terminal state and at attach, and believes it over the
+        job: it must raise :class:`ConnectionFailed` when the platform cannot be asked,
+        never answer ``None`` for "I could not tell". A VM that is defined but paused or
+        stopped mid-migration is not running: return where it *runs*, or ``None``."""
         try:
             return self.vm(vm_id).host
         except NotFound:
@@ -156,9 +162,16 @@ class Backend(abc.ABC):
         *,
         needs: frozenset[str],
         reservation: Reservation | None,
+        request_id: str = "",
     ) -> Job:
         """Start the job. ``mode`` is LIVE or COLD (never AUTO). ``needs`` lists the
-        capabilities the policy may use later, for platforms that must enable them at start."""
+        capabilities the policy may use later, for platforms that must enable them at start.
+
+        ``request_id`` is unique to this start attempt and is also in the intent reference
+        the engine saves before calling (``{"intent": "start", "request_id": ...}``). Put it
+        on the platform request where the platform can carry it (an annotation, a request-id
+        header, a task description): when the answer to ``start`` is lost, the engine hands
+        that reference to :meth:`attach` to learn whether the platform acted on it."""
 
     @abc.abstractmethod
     def poll(self, job: Job) -> JobStatus: ...
@@ -175,7 +188,14 @@ class Backend(abc.ABC):
         """Release whatever the backend holds for a job that reached a terminal phase."""
 
     def attach(self, ref: Mapping[str, str]) -> Job:
-        """Find a job again from its ``ref`` (after the client that started it died)."""
+        """Find a job again from its ``ref`` (after the client that started it died).
+
+        ``ref`` is a ``Job.ref`` saved earlier, or the intent reference saved before
+        ``start`` (``intent == "start"``: the answer to ``start`` was lost, or the client died
+        inside it). For an intent, return the job that request started (match
+        ``request_id`` where the platform carries it), even one that already ended; raise
+        :class:`NotFound` when the platform has no such job (yet), and
+        :class:`ConnectionFailed` when it cannot be asked."""
         raise NotSupported(f"{type(self).__name__} cannot re-attach to jobs")
 
     def close(self) -> None:

@@ -96,7 +96,9 @@ debian_mirror() {  # the Debian archive URI the machine's own apt sources use (s
            cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
              | sed -n 's/^URIs:[[:space:]]*//p' | tr ' ' '\n'
          } | grep -E '^[a-z+]+://' | grep -v -- '-security' | grep -E '/debian/?$' | head -1)
-  echo "${uri:-http://deb.debian.org/debian}" | sed 's:/*$::'
+  # No fallback host: without a Debian archive in the machine's own sources there is nothing to trust.
+  [[ -n "$uri" ]] || { echo "no Debian archive found in the machine's apt sources" >&2; return 1; }
+  echo "$uri" | sed 's:/*$::'
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ QROOT="$Q/root"
 PAPT="$Q/apt"
 if [[ ! -x "$QROOT/usr/bin/qemu-system-x86_64" || ! -f "$Q/.complete" ]]; then
   T=$(date +%s)
-  MIRROR=$(debian_mirror)
+  MIRROR=$(debian_mirror) || exit 1
   mkdir -p "$PAPT/lists/partial" "$PAPT/cache/archives/partial" "$PAPT/sources.list.d" "$PAPT/debs"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main" \
     > "$PAPT/sources.list"

@@ -349,6 +349,7 @@ class SimBackend(Backend):
         *,
         needs: frozenset[str],
         reservation: Reservation | None,
+        request_id: str = "",
     ) -> Job:
         with self._lock:
             self._sync()

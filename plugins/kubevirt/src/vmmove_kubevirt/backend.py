@@ -509,6 +509,7 @@ class KubeVirtBackend(Backend):
         *,
         needs: frozenset[str],
         reservation: Any,
+        request_id: str = "",
     ) -> Job:
         self._ensure_watching()
         if mode is MigrationMode.COLD:

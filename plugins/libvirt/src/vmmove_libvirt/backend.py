@@ -515,6 +515,7 @@ class LibvirtBackend(Backend):
         *,
         needs: frozenset[str],
         reservation: Reservation | None,
+        request_id: str = "",
     ) -> Job:
         lv = self.lv
         source, dest = self._host(vm.host), self._host(target.id)

@@ -431,6 +431,7 @@ class VSphereBackend(Backend):
         *,
         needs: frozenset[str],
         reservation: Reservation | None,
+        request_id: str = "",
     ) -> Job:
         s = self._session
         reloc = self._relocate_spec(vm, target, spec.datastore)
