@@ -27,4 +27,7 @@ class TestSimulatorContract(BackendContract):
                 stopped_vm="batch-1",
                 slow_vm="db-1",
                 refuse_reservation=refuse,
+                reconnect=lambda store: vmmove.Connection(
+                    backend, uri="sim://", plugins=conn.plugins, store=store
+                ),
             )

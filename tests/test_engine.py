@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import vmmove
@@ -158,7 +160,7 @@ def test_concurrency_limit_queues() -> None:
     assert len(ms) == 6
 
 
-def test_a_backend_that_lies_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backend_whose_phases_go_backwards_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     conn = estate()
     backend = conn.backend
     real = backend.poll
@@ -173,10 +175,14 @@ def test_a_backend_that_lies_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(backend, "poll", poll)
     m = conn.migrate("v", to="b")
-    with pytest.raises(vmmove.MigrationFailed, match="bogus"):
-        m.wait()
-    assert m.record.error_type == "BackendProtocolError"
-    assert m.record.vm_host == "a"
+    record = m.wait()  # the phases never go back; the record follows the VM
+    assert record.vm_host == "b" == backend.locate("v")
+    backwards = [w for w in record.warnings if "phases never go back" in w]
+    assert len(backwards) == 1, record.warnings  # once, not once per poll
+    assert "backend sim" in backwards[0]
+    assert "'bogus'" in backwards[0]
+    phases = [t.phase for t in record.history]
+    assert Phase.PENDING not in phases[1:]
 
 
 def test_a_dropped_connection_is_not_a_failed_migration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,7 +201,9 @@ def test_a_dropped_connection_is_not_a_failed_migration(monkeypatch: pytest.Monk
     assert any("lost contact" in w for w in record.warnings)
 
 
-def test_an_endpoint_gone_for_good_fails_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_endpoint_gone_for_good_ends_after_the_grace_where_the_vm_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     conn = estate()
     conn.poll_grace = 30.0
 
@@ -204,11 +212,15 @@ def test_an_endpoint_gone_for_good_fails_after_the_grace(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(conn.backend, "poll", gone)
     m = conn.migrate("v", to="b")
-    with pytest.raises(vmmove.MigrationFailed, match="no route to host"):
+    with contextlib.suppress(vmmove.MigrationFailed):
         m.wait()
     assert m.record.updated_at - m.record.created_at == pytest.approx(31, abs=2)
-    # The platform went on without us: the record names where the VM really is.
+    assert any("lost contact" in w for w in m.record.warnings)
+    # The job could not be followed, but the inventory could be read: the record names
+    # where the VM really is, and its outcome follows it.
     assert m.record.vm_host == conn.backend.locate("v")
+    assert m.record.located_at is not None
+    assert (m.record.phase is Phase.COMPLETED) == (m.record.vm_host == "b")
 
 
 def test_a_storage_move_needs_a_backend_that_can() -> None:

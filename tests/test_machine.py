@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from vmmove import BackendProtocolError
-from vmmove.machine import TRANSITIONS, Phase, Side, check_transition
+from vmmove.machine import TRANSITIONS, Phase, Side, check_transition, route
 
 P = Phase
 ALLOWED = {
@@ -19,13 +19,35 @@ ALLOWED = {
     (P.SWITCHING_OVER, P.POSTCOPY), (P.SWITCHING_OVER, P.COMPLETING),
     (P.SWITCHING_OVER, P.FAILED),
     (P.POSTCOPY, P.COMPLETING), (P.POSTCOPY, P.FAILED),
-    (P.COMPLETING, P.COMPLETED),
+    (P.COMPLETING, P.COMPLETED), (P.COMPLETING, P.FAILED),
 }  # fmt: skip
+# Legal only when the inventory contradicts the job: never inferred, refused without evidence.
+ON_EVIDENCE_ONLY = {(P.COMPLETING, P.FAILED)}
 
 
-@pytest.mark.parametrize(("a", "b"), sorted(ALLOWED))
+@pytest.mark.parametrize(("a", "b"), sorted(ALLOWED - ON_EVIDENCE_ONLY))
 def test_allowed(a: Phase, b: Phase) -> None:
     check_transition(a, b)
+
+
+@pytest.mark.parametrize(("a", "b"), sorted(ON_EVIDENCE_ONLY))
+def test_evidence_edges_need_the_inventorys_word(a: Phase, b: Phase) -> None:
+    with pytest.raises(BackendProtocolError, match="inventory contradicts"):
+        check_transition(a, b)
+    check_transition(a, b, evidence=True)
+    assert route(a, b) is None, "an evidence edge is never inferred"
+
+
+def test_route_fills_in_unobserved_phases_forward_only() -> None:
+    assert route(P.REQUESTING, P.COMPLETED) == [
+        P.TRANSFERRING, P.SWITCHING_OVER, P.COMPLETING, P.COMPLETED,
+    ]  # fmt: skip
+    assert route(P.TRANSFERRING, P.COMPLETED, via_postcopy=True) == [
+        P.SWITCHING_OVER, P.POSTCOPY, P.COMPLETING, P.COMPLETED,
+    ]  # fmt: skip
+    assert route(P.TRANSFERRING, P.REQUESTING) is None, "the cold fallback is the engine's own"
+    assert route(P.SWITCHING_OVER, P.TRANSFERRING) is None
+    assert route(P.COMPLETED, P.FAILED) is None
 
 
 DENIED = sorted(set(itertools.product(Phase, Phase)) - ALLOWED)

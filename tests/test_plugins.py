@@ -98,6 +98,9 @@ class TestTinyPluginContract(BackendContract):
                 target="t2",
                 stopped_vm="beta",
                 refuse_reservation=refuse,
+                reconnect=lambda store: vmmove.Connection(
+                    conn.backend, uri="tiny://", plugins=conn.plugins, store=store
+                ),
             )
 
 

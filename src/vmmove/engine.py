@@ -15,17 +15,20 @@ Guarantees, whatever the backend does:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import heapq
+import inspect
 import itertools
 import logging
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from vmmove.backend import Backend, Job, JobStatus, Reservation
+from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
 from vmmove.clock import Clock, VirtualClock
 from vmmove.errors import (
     AuthenticationFailed,
@@ -45,7 +48,15 @@ from vmmove.errors import (
     WaitTimeout,
 )
 from vmmove.events import EventKind, MigrationEvent
-from vmmove.machine import TRANSITIONS, Phase
+from vmmove.machine import (
+    INFERRED,
+    ON_EVIDENCE,
+    PHASE_ORDER,
+    TRANSITIONS,
+    Phase,
+    check_transition,
+    route,
+)
 from vmmove.model import (
     Figures,
     HostInfo,
@@ -59,6 +70,7 @@ from vmmove.model import (
     Transition,
     VMInfo,
 )
+from vmmove.outcomes import error_of, outcome_of
 from vmmove.placement import PlacementContext, choose, explain, groups_of
 from vmmove.policy import (
     START_TIME_CAPABILITIES,
@@ -103,32 +115,32 @@ _KEEP_AS_IS = (
     Conflict,
     MigrationFailed,
 )
-_AFTER_POSTCOPY = frozenset({Phase.COMPLETING, Phase.COMPLETED})
 _MAX_EVENTS = 10_000  # per migration; older events drop off the front
 
 
-def _path(current: Phase, new: Phase) -> list[Phase] | None:
-    """The shortest forward path of legal transitions from ``current`` to ``new``.
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-    Backends may skip phases they could not observe (a fast job polled slowly); the
-    engine fills them in. Terminal phases are never passed through, and the one
-    backward edge (transferring -> requesting) is the engine's own, never inferred.
-    """
-    if new == current:
-        return []
-    queue: deque[tuple[Phase, list[Phase]]] = deque([(current, [])])
-    seen = {current}
-    while queue:
-        phase, path = queue.popleft()
-        for nxt in TRANSITIONS[phase]:
-            if nxt in seen or (phase is Phase.TRANSFERRING and nxt is Phase.REQUESTING):
-                continue
-            if nxt == new:
-                return [*path, nxt]
-            if not nxt.terminal:
-                seen.add(nxt)
-                queue.append((nxt, [*path, nxt]))
-    return None
+
+def _keywords_checked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Typed keyword parameters for mypy, and at run time a misspelt or surplus argument
+    is :class:`InvalidInput` (vmmove's own error), not Python's ``TypeError``."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidInput(f"{method.__name__}(): {exc}") from None
+        return method(*args, **kwargs)
+
+    return checked
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The keyword arguments the caller gave (``None`` means "not given")."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 class _EventLog:
@@ -188,6 +200,14 @@ class _Run:
         self.low_remaining: int | None = None
         self.low_at = 0.0
         self.last_iteration = 0
+        self.request_sent = bool(record is not None and record.job_ref)
+        self.lost_start_since: float | None = None  # a start whose answer was lost
+        self.ending: _Ending | None = None  # the job ended; the inventory not yet read
+        self.finished = False  # backend.finish() called for the current job
+        self.raw = _RawReport()
+        self.warned: set[str] = set()
+        self.commit_sample: tuple[object, ...] = ()
+        self.commit_since = 0.0
         self.events = _EventLog()
         now = self.clock.time()
         self.record = record or MigrationRecord(
@@ -228,11 +248,13 @@ class _Run:
             message=message,
         )
         self.events.append(event)
+        self.conn._events.append(event)
         self.conn._observe(event)
 
-    def _enter(self, phase: Phase, note: str = "", **changes: Any) -> None:
-        if phase not in TRANSITIONS[self.phase]:
-            raise BackendProtocolError(f"illegal transition {self.phase} -> {phase}")
+    def _enter(
+        self, phase: Phase, note: str = "", *, evidence: bool = False, **changes: Any
+    ) -> None:
+        check_transition(self.phase, phase, evidence=evidence)
         at = self.clock.time()
         history = (*self.record.history, Transition(phase=phase, at=at, note=note))
         self._save(phase=phase, history=history, **changes)
@@ -240,9 +262,23 @@ class _Run:
         self._emit(EventKind.PHASE, note)
         log.debug("migration %s: %s %s", self.record.id, phase, note)
 
+    def _walk(self, new: Phase, *, via_postcopy: bool = False) -> bool:
+        """Write the phases up to ``new``, the unobserved ones marked as inferred."""
+        path = route(self.phase, new, via_postcopy=via_postcopy)
+        if path is None:
+            return False
+        for i, phase in enumerate(path):
+            self._enter(phase, "" if i == len(path) - 1 else INFERRED)
+        return True
+
     def _warn(self, message: str) -> None:
         self._save(warnings=(*self.record.warnings, message))
         self._emit(EventKind.WARNING, message)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            self._warn(message)
 
     def _step_record(self, step: Step, applied: bool, reason: str = "") -> None:
         rec = StepRecord(step=str(step), at=self.clock.time(), applied=applied, reason=reason)
@@ -255,6 +291,8 @@ class _Run:
         prev = self.progress
         if phase is Phase.COMPLETED:
             percent = 100.0
+        elif phase.terminal:
+            percent = prev.percent  # a failed or cancelled migration keeps where it got to
         else:
             percent = _PHASE_PERCENT.get(phase, prev.percent)
             if status is not None and phase in (Phase.TRANSFERRING, Phase.POSTCOPY):
@@ -289,34 +327,70 @@ class _Run:
             eta=eta,
         )
 
+    def _judge_report(self, status: JobStatus) -> None:
+        """The smoothing hides a backend's own slips from users; the record names them."""
+        name = self.conn.backend_name
+        raw = self.raw
+        if status.percent is not None:
+            if raw.percent is not None and status.percent < raw.percent:
+                self._warn_once(
+                    "percent-down",
+                    f"backend {name} reported progress going down "
+                    f"({raw.percent:g}% -> {status.percent:g}%)",
+                )
+            raw.percent = status.percent
+        if status.data_processed is not None:
+            if raw.processed is not None and status.data_processed < raw.processed:
+                self._warn_once(
+                    "bytes-down",
+                    f"backend {name} reported bytes sent going down "
+                    f"({raw.processed} -> {status.data_processed})",
+                )
+            raw.processed = status.data_processed
+
     # ---- the state machine -------------------------------------------------------------
     def advance(self, now: float) -> float | None:
         """Do what is due; return when to come back, or ``None`` once terminal."""
         try:
             return self._advance(now)
         except VMMoveError as exc:
-            self._fail(exc)
+            return self._fail(exc, now)
         except Exception as exc:  # a backend bug must not kill the supervisor
             log.exception("backend raised during migration %s", self.record.id)
-            self._fail(BackendProtocolError(f"backend raised {type(exc).__name__}: {exc}"))
-        return None
+            name = self.conn.backend_name
+            return self._fail(
+                BackendProtocolError(f"backend {name} raised {type(exc).__name__}: {exc}"), now
+            )
+
+    def _due(self, now: float) -> float | None:
+        return None if self.phase.terminal else now + self.backend.poll_interval
 
     def _advance(self, now: float) -> float | None:
+        if self.ending is not None:
+            return self._conclude(now)
         if self.phase is Phase.PENDING:
             if self.cancel_requested:
-                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled while queued")
-                return None
+                self._end(
+                    _Ending(Phase.CANCELLED, MigrationCancelled, "cancelled while queued"), now
+                )
+                return self._due(now)
             if not self.conn._take_slot(self):
                 return now + self.backend.poll_interval
             self._enter(Phase.PREPARING)
             self._prepare()
         if self.phase is Phase.REQUESTING and self.job is None:
+            if self.lost_start_since is not None:
+                return self._find_lost_start(now)
             if self.cancel_requested:
-                self._finish(Phase.CANCELLED, MigrationCancelled, "cancelled before start")
-                return None
-            self._start()
+                self._end(
+                    _Ending(Phase.CANCELLED, MigrationCancelled, "cancelled before start"), now
+                )
+                return self._due(now)
+            self._start(now)
+            if self.lost_start_since is not None:
+                return now + self.backend.poll_interval
         if self.job is None:
-            return None if self.phase.terminal else now + self.backend.poll_interval
+            return self._due(now)
         if self.cancel_requested and not self.abort_sent:
             self._abort("cancel")
         try:
@@ -325,9 +399,13 @@ class _Run:
             if isinstance(exc, AuthenticationFailed) or not self._tolerate(exc, now):
                 raise
             return now + self.backend.poll_interval
-        self.unreachable_since = None
+        if self.unreachable_since is not None:
+            self.unreachable_since = None
+            self._warn("contact with the platform is back")
         self._observe(status, now)
-        return None if self.phase.terminal else now + self.backend.poll_interval
+        if self.ending is not None:
+            return self._conclude(now)
+        return self._due(now)
 
     def _tolerate(self, exc: ConnectionFailed, now: float) -> bool:
         """A dropped connection is not a failed migration: the platform goes on without us.
@@ -351,7 +429,7 @@ class _Run:
         self.conn._claim(self)
         self._enter(Phase.REQUESTING, target=target.id, mode=mode, source=self.vm.host)
 
-    def _start(self) -> None:
+    def _start(self, now: float) -> None:
         assert self.target is not None
         caps = self.backend.capabilities
         if caps.reserve and self.reservation is None:
@@ -359,13 +437,75 @@ class _Run:
             if self.reservation is not None:
                 self.conn._reserved_by_backend(self)
         needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
-        # Written first: a client that dies inside start() leaves a record that says so.
-        self._save(job_ref={"intent": "start", "vm": self.vm.id, "target": self.target.id})
-        self.job = self.backend.start(
-            self.vm, self.target, self.spec, self.mode, needs=needs, reservation=self.reservation
+        request_id = f"{self.record.id}-{uuid.uuid4().hex[:8]}"
+        self.request_sent = True
+        # Written first: a client that dies inside start(), or a start whose answer is lost,
+        # leaves a record that says what was asked, for attach() to find the job by.
+        self._save(
+            job_ref={
+                "intent": "start",
+                "vm": self.vm.id,
+                "target": self.target.id,
+                "mode": self.mode.value,
+                "request_id": request_id,
+            }
         )
+        try:
+            self.job = self.backend.start(
+                self.vm,
+                self.target,
+                self.spec,
+                self.mode,
+                needs=needs,
+                reservation=self.reservation,
+                request_id=request_id,
+            )
+        except ConnectionFailed as exc:
+            if isinstance(exc, AuthenticationFailed):
+                raise
+            # The platform may have acted on it: not a failure until it has been asked.
+            self.lost_start_since = now
+            self._warn(
+                f"the answer to the start request was lost ({exc}): "
+                "asking the platform whether it acted on it"
+            )
+            return
+        self._started(self.job)
+
+    def _started(self, job: Job) -> None:
+        self.job = job
+        self.finished = False
         self.started_at = self.clock.now()
-        self._save(job_ref=dict(self.job.ref))
+        self._save(job_ref=dict(job.ref))
+
+    def _find_lost_start(self, now: float) -> float | None:
+        """Look for the job a start request with a lost answer began, for ``poll_grace``."""
+        assert self.lost_start_since is not None
+        job: Job | None = None
+        searchable = True
+        try:
+            job = self.backend.attach(self.record.job_ref)
+        except (NotFound, ConnectionFailed):
+            pass
+        except NotSupported:
+            searchable = False
+        if job is not None:
+            self.lost_start_since = None
+            self._warn("the platform had acted on the start request: following its job")
+            self._started(job)
+            return self._advance(now)  # poll it at once
+        if searchable and now - self.lost_start_since <= self.conn.poll_grace:
+            return now + self.backend.poll_interval
+        self.lost_start_since = None
+        self._end(
+            _Ending(
+                Phase.FAILED,
+                MigrationFailed,
+                "the answer to the start request was lost and the platform shows no job for it",
+            ),
+            now,
+        )
+        return self._due(now)
 
     def _abort(self, reason: str) -> None:
         assert self.job is not None
@@ -383,18 +523,20 @@ class _Run:
         self.backend.abort(self.job)
 
     def _observe(self, status: JobStatus, now: float) -> None:
+        self._judge_report(status)
         new = status.phase
-        if new is Phase.FAILED and self.phase is Phase.COMPLETING:
-            self._warn(f"cleanup after the commit failed: {status.error or status.native}")
-            new = Phase.COMPLETED
         if not new.terminal:
-            path = self._route(new, status)
-            if path is None:
+            if new is not self.phase and PHASE_ORDER[new] < PHASE_ORDER[self.phase]:
+                self._warn_once(
+                    f"back-{new}",
+                    f"backend {self.conn.backend_name} reported {status.native!r} ({new}) "
+                    f"after {self.phase}: phases never go back, kept {self.phase}",
+                )
+                return
+            if not self._walk(new, via_postcopy=status.postcopy):
                 raise BackendProtocolError(
                     f"backend reported {status.native!r} ({new}) while {self.phase}"
                 )
-            for i, phase in enumerate(path):
-                self._enter(phase, "" if i == len(path) - 1 else "inferred: not observed")
             self._update_progress(status)
             self._emit(EventKind.PROGRESS)
             if self.phase is Phase.TRANSFERRING and not self.abort_sent:
@@ -406,19 +548,38 @@ class _Run:
                 and now - self.started_at > self._budget()
             ):
                 self._abort("timeout")
+            elif self.phase in (Phase.SWITCHING_OVER, Phase.POSTCOPY):
+                self._watch_commit(status, now)
             return
-        self._update_progress(status)
-        self._terminal(new, status)
+        if new is Phase.CANCELLED and self.abort_reason == "fallback" and self.phase.cancellable:
+            self._fall_back(status, now)
+            return
+        self._terminal(new, status, now)
 
-    def _route(self, new: Phase, status: JobStatus) -> list[Phase] | None:
-        """The phases from here to ``new``, through post-copy if the job went through it."""
-        visited = {t.phase for t in self.record.history}
-        if status.postcopy and Phase.POSTCOPY not in visited and new in _AFTER_POSTCOPY:
-            first = _path(self.phase, Phase.POSTCOPY)
-            rest = _path(Phase.POSTCOPY, new)
-            if first is not None and rest is not None:
-                return first + rest
-        return _path(self.phase, new)
+    def _watch_commit(self, status: JobStatus, now: float) -> None:
+        """After the commit point nothing can be aborted, but nothing may hang either: a job
+        that shows no change for the stall timeout is ended by what the inventory says."""
+        sample = (self.phase, status.native, status.data_processed, status.data_remaining)
+        if sample != self.commit_sample:
+            self.commit_sample, self.commit_since = sample, now
+            return
+        limit = self.spec.stall_timeout or self.policy.stall_timeout
+        if now - self.commit_since > limit:
+            postcopy = status.postcopy or self.phase is Phase.POSTCOPY
+            self.ending = _Ending(
+                Phase.FAILED,
+                PostcopyFailed if postcopy else MigrationFailed,
+                f"no progress for {limit:g} s in {self.phase} ({status.native}), past the "
+                "commit point: the destination may be gone"
+                + (
+                    "; the source holds the VM paused and cannot resume it: destroy it there, "
+                    "or recover post-copy if the destination comes back"
+                    if postcopy
+                    else ""
+                ),
+                postcopy=postcopy,
+                since=now,
+            )
 
     def _budget(self) -> float:
         per_gib = self.spec.completion_budget_per_gib or self.policy.completion_budget_per_gib
@@ -500,161 +661,269 @@ class _Run:
             self.downtime_ms = action.ms
         self._step_record(step, applied=True, reason=note)
 
-    def _terminal(self, new: Phase, status: JobStatus) -> None:
-        assert self.job is not None
-        vm_host = status.vm_host or self.backend.locate(self.vm.id)
-        figures = status.figures or self.record.figures
-        if new is Phase.COMPLETED:
-            for phase in self._route(Phase.COMPLETING, status) or []:
-                self._enter(phase, "inferred: not observed")
-            self._save(figures=figures)
-            if self.cancel_requested:
-                self._warn("cancel arrived as the platform committed: the migration completed")
-            self._cleanup()
-            self._finish(
-                Phase.COMPLETED,
-                None,
-                "",
-                vm_host=vm_host or (self.target.id if self.target else None),
-            )
+    def _fall_back(self, status: JobStatus, now: float) -> None:
+        """The live job was aborted to fall back to cold: restart as a cold move, unless the
+        inventory shows the live job got there first."""
+        try:
+            host = self.backend.locate(self.vm.id)
+        except VMMoveError:
+            host = None
+        if self.target is not None and host == self.target.id:
+            self._terminal(Phase.COMPLETED, status, now)
             return
-        if new is Phase.CANCELLED and self.abort_reason == "fallback" and self.phase.cancellable:
-            self._cleanup(release=False)
-            self.job = None
-            self.abort_sent = False
-            self.abort_reason = None
-            self.mode = MigrationMode.COLD
-            self._enter(
-                Phase.REQUESTING,
-                "falling back to cold migration",
-                mode=MigrationMode.COLD,
-                vm_host=vm_host,
-            )
-            return
-        self._cleanup()
+        self._cleanup(release=False)
+        self.job = None
+        self.abort_sent = False
+        self.abort_reason = None
+        self.mode = MigrationMode.COLD
+        self._enter(
+            Phase.REQUESTING,
+            "falling back to cold migration",
+            mode=MigrationMode.COLD,
+            vm_host=host or self.record.source,
+        )
+
+    def _terminal(self, new: Phase, status: JobStatus, now: float) -> None:
+        """The job says it ended: what it says is one witness; :meth:`_conclude` asks the
+        inventory before anything is recorded."""
         error = status.error or status.native
+        kind: type[VMMoveError] | None = None
+        message = ""
         if new is Phase.CANCELLED:
-            if self.abort_reason in ("timeout", "stall", "policy"):
-                why = {
-                    "timeout": "completion budget exhausted",
-                    "stall": "stalled: remaining data stopped falling",
-                    "policy": "aborted by policy",
-                }[self.abort_reason]
-                self._finish(Phase.FAILED, MigrationTimedOut, why, vm_host=vm_host, figures=figures)
+            if self.abort_reason in _ABORT_WHY:
+                kind, message = MigrationTimedOut, _ABORT_WHY[self.abort_reason]
+                new = Phase.FAILED
             elif self.cancel_requested:
                 # Keep the platform's own word on the abort (KubeVirt's abortStatus, say).
-                why = "cancelled" if error in (None, "cancelled") else f"cancelled: {error}"
-                self._finish(
-                    Phase.CANCELLED, MigrationCancelled, why, vm_host=vm_host, figures=figures
-                )
+                kind = MigrationCancelled
+                message = "cancelled" if error in (None, "", "cancelled") else f"cancelled: {error}"
             else:
-                self._finish(
-                    Phase.FAILED,
+                kind, message, new = (
                     MigrationFailed,
                     f"cancelled by the platform: {error}",
-                    vm_host=vm_host,
-                    figures=figures,
+                    Phase.FAILED,
                 )
-            return
-        if status.postcopy and self.phase is not Phase.POSTCOPY:
-            for phase in _path(self.phase, Phase.POSTCOPY) or []:
-                self._enter(phase, "inferred: not observed")
-        kind = PostcopyFailed if self.phase is Phase.POSTCOPY else MigrationFailed
-        self._finish(Phase.FAILED, kind, error, vm_host=vm_host, figures=figures)
+        elif new is Phase.FAILED:
+            kind, message = MigrationFailed, error
+        self._end(
+            _Ending(
+                new,
+                kind,
+                message,
+                job_host=status.vm_host,
+                figures=status.figures,
+                postcopy=status.postcopy or self.phase is Phase.POSTCOPY,
+                reported=status.native,
+            ),
+            now,
+        )
+
+    def _end(self, ending: _Ending, now: float) -> None:
+        """Close the job, then verify where the VM runs before writing the outcome."""
+        ending.since = now
+        self.ending = ending
+        self._cleanup()
+        self._conclude(now)
+
+    def _conclude(self, now: float) -> float | None:
+        """Read where the VM runs from the inventory and write the outcome that follows it.
+        While the platform cannot be reached, try again until ``poll_grace`` runs out."""
+        ending = self.ending
+        assert ending is not None
+        try:
+            host = self.backend.locate(self.vm.id)
+        except ConnectionFailed as exc:
+            if not self.request_sent:
+                # Nothing was ever started: the VM is where it was.
+                self._finalize(ending, self.record.source, located=False)
+                return None
+            if now - ending.since <= self.conn.poll_grace:
+                self._warn_once(
+                    "locate", f"cannot read the platform's inventory, still trying: {exc}"
+                )
+                return now + self.backend.poll_interval
+            self._warn(
+                f"location unknown: the platform's inventory could not be read for "
+                f"{self.conn.poll_grace:g} s ({exc}); the job reported "
+                f"{ending.reported or ending.phase} on {ending.job_host or 'no host'}. "
+                "`vmmove show --refresh` or attach settles it once the platform answers"
+            )
+            self._finalize(ending, None, located=False)
+            return None
+        except VMMoveError as exc:
+            self._warn(f"location unknown: reading the inventory failed: {exc}")
+            self._finalize(ending, None, located=False)
+            return None
+        self._finalize(self._reconcile(ending, host), host, located=True)
+        return None
+
+    def _reconcile(self, ending: _Ending, host: str | None) -> _Ending:
+        """The job's report against the inventory: the inventory wins, loudly."""
+        source = self.record.source
+        target = self.target.id if self.target is not None else self.record.target
+        said = ending.reported or str(ending.phase)
+        if ending.phase is Phase.COMPLETED:
+            if host is not None and host != source:
+                if host != target:
+                    self._warn(
+                        f"the platform placed {self.vm.name} on {host}, not on {target} as asked"
+                    )
+                return ending
+            where = f"runs it on its source {source}" if host else "runs it on no host"
+            self._warn(
+                f"CONTRADICTION: the job reported {said!r} (completed) on "
+                f"{ending.job_host or target}, but the platform's inventory {where}: "
+                "recorded as not completed"
+            )
+            if host is None:
+                kind = PostcopyFailed if ending.postcopy else MigrationFailed
+                return replace_ending(
+                    ending,
+                    Phase.FAILED,
+                    kind,
+                    "the job reported completion, but no host runs the VM",
+                )
+            if self.cancel_requested:
+                return replace_ending(
+                    ending,
+                    Phase.CANCELLED,
+                    MigrationCancelled,
+                    "cancelled (the job claimed completion)",
+                )
+            return replace_ending(
+                ending,
+                Phase.FAILED,
+                MigrationFailed,
+                "the job reported completion, but the VM never left its source",
+            )
+        if host is not None and host != source and self.request_sent:
+            self._warn(
+                f"CONTRADICTION: the job reported {said!r} ({ending.phase}: {ending.message}) "
+                f"on {ending.job_host or 'its source'}, but the platform's inventory runs "
+                f"{self.vm.name} on {host}: recorded as completed"
+            )
+            return replace_ending(ending, Phase.COMPLETED, None, "")
+        if ending.job_host is not None and ending.job_host != host:
+            self._warn(
+                f"the job reported the VM on {ending.job_host}, the platform's inventory on "
+                f"{host or 'no host'}: recorded the inventory's answer"
+            )
+        return ending
+
+    def _finalize(self, ending: _Ending, vm_host: str | None, *, located: bool) -> None:
+        """Write the terminal phase through the machine, with the error it implies."""
+        self.ending = None
+        phase, kind, message = ending.phase, ending.kind, ending.message
+        evidence = False
+        if phase is Phase.COMPLETED:
+            self._walk(Phase.COMPLETING, via_postcopy=ending.postcopy)
+            if self.cancel_requested:
+                self._warn("cancel arrived as the platform committed: the migration completed")
+        elif phase is Phase.CANCELLED and Phase.CANCELLED not in TRANSITIONS[self.phase]:
+            phase, kind = Phase.FAILED, MigrationFailed
+            message = f"{message} (the platform rolled back in {self.phase})"
+        if phase is Phase.FAILED:
+            if ending.postcopy and vm_host is None and self.phase is not Phase.POSTCOPY:
+                self._walk(Phase.POSTCOPY)
+                kind = PostcopyFailed
+            if self.phase is Phase.POSTCOPY and vm_host is None:
+                kind = PostcopyFailed
+            evidence = (self.phase, phase) in ON_EVIDENCE
+        changes: dict[str, Any] = {
+            "vm_host": vm_host,
+            "located_at": self.clock.time() if located else None,
+        }
+        if ending.figures is not None:
+            changes["figures"] = ending.figures
+        if kind is not None:
+            changes.update(error=message, error_type=kind.__name__)
+        if isinstance(ending.cause, PrecheckFailed):
+            changes["problems"] = ending.cause.problems
+        self._enter(phase, message, evidence=evidence, **changes)
+        self.error = error_of(self.record)
+        self.conn._release(self)
 
     def _cleanup(self, release: bool = True) -> None:
-        if self.job is not None:
+        """Let the backend close the job; trouble here is a warning, never a new outcome."""
+        if self.job is not None and not self.finished:
+            self.finished = True
             try:
                 self.backend.finish(self.job)
-            except VMMoveError as exc:
-                self._warn(f"backend cleanup failed: {exc}")
+            except Exception as exc:
+                self._warn(f"backend cleanup failed: {type(exc).__name__}: {exc}")
         if release and self.reservation is not None:
             try:
                 self.backend.release(self.reservation)
-            except VMMoveError as exc:
-                self._warn(f"releasing the reservation failed: {exc}")
+            except Exception as exc:
+                self._warn(f"releasing the reservation failed: {type(exc).__name__}: {exc}")
             self.reservation = None
 
-    def _finish(
-        self,
-        phase: Phase,
-        kind: type[VMMoveError] | None,
-        message: str,
-        *,
-        vm_host: str | None = None,
-        figures: Figures | None = None,
-    ) -> None:
-        if vm_host is None and phase is not Phase.COMPLETED:
-            vm_host = self.backend.locate(self.vm.id)
-        changes: dict[str, Any] = {"vm_host": vm_host}
-        if figures is not None:
-            changes["figures"] = figures
-        if kind is not None:
-            changes.update(error=message, error_type=kind.__name__)
-            if issubclass(kind, MigrationFailed | MigrationCancelled | MigrationTimedOut):
-                self.error = kind(f"migration of {self.vm.name}: {message}", vm_host=vm_host)
-            else:
-                self.error = kind(message)
-        self._enter(phase, message, **changes)
-        if self.error is not None and hasattr(self.error, "record"):
-            self.error.record = self.record
-        self.conn._release(self)
-
-    def _fail(self, exc: VMMoveError) -> None:
-        """Bring a migration that hit an error to a true terminal record."""
+    def _fail(self, exc: VMMoveError, now: float) -> float | None:
+        """Bring a migration that hit an error to a true terminal record, through the
+        machine: before the commit point the job is aborted; after it, the record follows
+        the VM (completed with a warning, or the loud post-copy failure)."""
         if self.phase.terminal:
-            return
-        if self.job is not None and not self.phase.committed:
+            return None
+        if self.ending is not None:  # verifying already: the error only adds a warning
+            self._warn(f"while verifying the outcome: {exc}")
+            return self._conclude(now)
+        caps = self.backend.capabilities
+        if self.job is not None and self.phase.cancellable and not self.abort_sent and caps.cancel:
             try:
-                if not self.abort_sent and self.backend.capabilities.cancel:
-                    self.backend.abort(self.job)
+                self.abort_sent = True
+                self.backend.abort(self.job)
             except Exception:  # best effort: the record below says where the VM is
                 log.exception("abort after error failed")
-        try:
-            self._cleanup()
-        except Exception:
-            log.exception("cleanup after error failed")
-        vm_host: str | None
-        try:
-            vm_host = self.backend.locate(self.vm.id)
-        except Exception:
-            vm_host = None
-        changes: dict[str, Any] = {
-            "vm_host": vm_host,
-            "error": str(exc),
-            "error_type": type(exc).__name__,
-        }
-        if isinstance(exc, _KEEP_AS_IS):
-            self.error = exc
+        kind: type[VMMoveError] = type(exc)
+        message = str(exc)
+        phase = outcome_of(exc).phase or Phase.FAILED
+        if self.phase is Phase.COMPLETING:
+            self._warn(f"after the commit point: {message}")
+            ending = _Ending(Phase.COMPLETED, None, "", cause=exc)
+        elif self.phase is Phase.POSTCOPY:
+            ending = _Ending(Phase.FAILED, PostcopyFailed, message, postcopy=True, cause=exc)
         else:
-            self.error = MigrationFailed(f"migration of {self.vm.name}: {exc}", vm_host=vm_host)
-        # Force the terminal transition: the error itself may be an illegal backend report.
-        at = self.clock.time()
-        history = (*self.record.history, Transition(phase=Phase.FAILED, at=at, note=str(exc)))
-        self._save(phase=Phase.FAILED, history=history, **changes)
-        if isinstance(self.error, MigrationFailed):
-            self.error.record = self.record
-        self._update_progress(None)
-        self._emit(EventKind.PHASE, str(exc))
-        self.conn._release(self)
+            if not issubclass(kind, _KEEP_AS_IS):
+                kind = MigrationFailed
+            ending = _Ending(phase, kind, message, cause=exc)
+        self._end(ending, now)
+        return None if self.phase.terminal else now + self.backend.poll_interval
 
 
-def _error_of(record: MigrationRecord) -> VMMoveError | None:
-    """The error ``wait()`` raises for a record that ended badly, rebuilt from the journal."""
-    if record.phase is Phase.CANCELLED:
-        return MigrationCancelled(
-            f"migration of {record.vm_name}: cancelled", vm_host=record.vm_host
-        )
-    if record.phase is not Phase.FAILED:
-        return None
-    message = f"migration of {record.vm_name}: {record.error}"
-    kinds: dict[str | None, type[MigrationFailed] | type[MigrationTimedOut]] = {
-        "PostcopyFailed": PostcopyFailed,
-        "MigrationTimedOut": MigrationTimedOut,
-    }
-    error = kinds.get(record.error_type, MigrationFailed)(message, vm_host=record.vm_host)
-    error.record = record
-    return error
+_ABORT_WHY = {
+    "timeout": "completion budget exhausted",
+    "stall": "stalled: remaining data stopped falling",
+    "policy": "aborted by policy",
+}
+
+
+@dataclass(kw_only=False)
+class _Ending:
+    """How a migration is about to end, before the inventory has confirmed it."""
+
+    phase: Phase
+    kind: type[VMMoveError] | None
+    message: str
+    job_host: str | None = None
+    figures: Figures | None = None
+    postcopy: bool = False
+    reported: str = ""  # the job's native status, for the record's warnings
+    since: float = 0.0
+    cause: VMMoveError | None = None
+
+
+def replace_ending(
+    ending: _Ending, phase: Phase, kind: type[VMMoveError] | None, message: str
+) -> _Ending:
+    return dataclasses.replace(ending, phase=phase, kind=kind, message=message)
+
+
+@dataclass
+class _RawReport:
+    """The backend's own last figures, before smoothing."""
+
+    percent: float | None = None
+    processed: int | None = None
 
 
 class _Supervisor:
@@ -705,10 +974,9 @@ class _Supervisor:
 
     def _take_requests(self) -> None:
         """Cancels asked for by other processes through the journal (``vmmove cancel ID``)."""
-        wanted = getattr(self.store, "cancel_requests", None)
-        if wanted is None or not self._heap:
+        if not self._heap:
             return
-        ids = wanted()
+        ids = self.store.cancel_requests()
         if not ids:
             return
         for _, _, run in self._heap:
@@ -865,6 +1133,7 @@ class Connection:
         self._active = 0
         self._reserved: dict[str, int] = {}
         self._inflight: dict[str, int] = {}
+        self._events = _EventLog()  # every migration's, in the order they happened
 
     def __repr__(self) -> str:
         return f"<vmmove.Connection {self.uri}>"
@@ -876,8 +1145,30 @@ class Connection:
         self.close()
 
     @property
-    def capabilities(self) -> Any:
+    def capabilities(self) -> Capabilities:
+        """What the backend declares it can do."""
         return self.backend.capabilities
+
+    def events(self, timeout: float | None = None) -> Iterator[MigrationEvent]:
+        """Every event of every migration of this connection, in the order they happened
+        (from the oldest still kept), until no migration is left running.
+
+        Follows migrations started while iterating too. ``timeout`` bounds the wait for
+        each next event (:class:`WaitTimeout`). Any thread may iterate, several at once.
+        """
+        pos = 0
+        log_ = self._events
+        while True:
+            items, pos = log_.read(pos)
+            yield from items
+            if pos >= log_.end and all(r.phase.terminal for r in list(self._runs.values())):
+                return
+
+            def more(seen: int = pos) -> bool:
+                return log_.end > seen or all(r.phase.terminal for r in list(self._runs.values()))
+
+            if not self._sup.drive_until(more, timeout):
+                raise WaitTimeout(f"no migration event for {timeout}s")
 
     # ---- inventory ---------------------------------------------------------------------
     def hosts(self) -> list[HostInfo]:
@@ -975,41 +1266,85 @@ class Connection:
             problems.extend(backend.check(vm, target, spec))
         return mode, target, problems
 
+    @_keywords_checked
     def check(
         self,
         vm: str | VMInfo | None = None,
         to: str | HostInfo | None = None,
         *,
         spec: MigrationSpec | None = None,
-        **options: Any,
+        mode: MigrationMode | str | None = None,
+        policy: str | Policy | None = None,
+        bandwidth: int | None = None,
+        max_downtime: int | None = None,
+        completion_budget_per_gib: float | None = None,
+        stall_timeout: float | None = None,
+        datastore: str | None = None,
     ) -> list[Problem]:
-        """Run every pre-check without moving anything: no errors in the list means it would go."""
+        """Run every pre-check without moving anything: no errors in the list means it would go.
+        The keyword arguments are those of :meth:`migrate`."""
+        options = _given(
+            mode=mode,
+            policy=policy,
+            bandwidth=bandwidth,
+            max_downtime=max_downtime,
+            completion_budget_per_gib=completion_budget_per_gib,
+            stall_timeout=stall_timeout,
+            datastore=datastore,
+        )
         spec = self._spec(vm, to, spec, options)
         resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
             return self._precheck(info, spec)[2]
 
+    @_keywords_checked
     def migrate(
         self,
         vm: str | VMInfo | None = None,
         to: str | HostInfo | None = None,
         *,
         spec: MigrationSpec | None = None,
-        **options: Any,
+        mode: MigrationMode | str | None = None,
+        policy: str | Policy | None = None,
+        bandwidth: int | None = None,
+        max_downtime: int | None = None,
+        completion_budget_per_gib: float | None = None,
+        stall_timeout: float | None = None,
+        datastore: str | None = None,
     ) -> Migration:
         """Start migrating ``vm`` to ``to`` (``None``: let placement choose).
 
-        ``options`` are :class:`MigrationSpec` fields (``mode``, ``policy``, ``bandwidth``,
-        ``max_downtime``...). Unknown VMs, hosts and malformed options raise at once and
-        change nothing; everything else is reported through the returned handle.
+        The keyword arguments override the :class:`MigrationSpec` fields of the same name
+        (``spec`` or the defaults): ``mode`` (auto, live, cold), ``policy`` (a preset name
+        or a :class:`Policy`), ``bandwidth`` (MiB/s), ``max_downtime`` (ms),
+        ``completion_budget_per_gib`` and ``stall_timeout`` (s), ``datastore``. Unknown VMs
+        and hosts, a target that already runs the VM, and malformed options raise at once
+        and change nothing; everything else is reported through the returned handle.
+
+        Thread-safe: any thread may call it, and every method of :class:`Migration`.
         """
+        options = _given(
+            mode=mode,
+            policy=policy,
+            bandwidth=bandwidth,
+            max_downtime=max_downtime,
+            completion_budget_per_gib=completion_budget_per_gib,
+            stall_timeout=stall_timeout,
+            datastore=datastore,
+        )
         spec = self._spec(vm, to, spec, options)
-        policy = resolve(spec.policy, self.plugins.policies)
+        resolved = resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
         if spec.target is not None:
-            self.backend.host(spec.target)  # NotFound now, not later
+            target = self.backend.host(spec.target)  # NotFound now, not later
+            if target.id == info.host and spec.datastore is None:
+                problem = Problem(
+                    code="same-host", message=f"{info.name} already runs on {target.name}"
+                )
+                raise PrecheckFailed(f"cannot migrate {info.name}", [problem])
         spec = replace(spec, vm=info.id)
+        policy = resolved
         run = _Run(self, spec, info, policy)
         with self._sup.cond:
             if info.id in self._by_vm:
@@ -1039,12 +1374,14 @@ class Connection:
             policy = resolve("none")  # a custom schedule is not in the record: budgets only
         spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=policy)
         run = _Run(self, spec, vm, policy, record=record)
-        run.error = _error_of(record)
-        if not record.phase.terminal:
-            if hasattr(self.store, "adopt"):
-                self.store.adopt(record)
-            self._restore(run)
+        run.error = error_of(record)
+        if record.phase.terminal:
+            if record.located_at is None:
+                self._settle_location(run)
+            return Migration(run, self._sup)
+        self.store.adopt(record)
         with self._sup.cond:
+            self._restore(run)
             self._runs[record.id] = run
             if not run.phase.terminal:
                 self._by_vm[vm.id] = run
@@ -1052,38 +1389,62 @@ class Connection:
             self._sup.submit(run)
         return Migration(run, self._sup)
 
-    def _restore(self, run: _Run) -> None:
+    def _settle_location(self, run: _Run) -> None:
+        """A record that ended with the location unknown: ask the inventory now."""
+        try:
+            host = self.backend.locate(run.vm.id)
+        except ConnectionFailed:
+            return
         record = run.record
+        note = f"location verified later: the platform runs {record.vm_name} on {host or 'no host'}"
+        target_side = record.target is not None and host == record.target != record.source
+        if (record.phase is Phase.COMPLETED) != target_side:
+            note = (
+                f"CONTRADICTION: {note}, which the recorded outcome ({record.phase}) does not say"
+            )
+        run._save(vm_host=host, located_at=self.clock.time(), warnings=(*record.warnings, note))
+        run.error = error_of(run.record)
+
+    def _restore(self, run: _Run) -> None:
+        """Find the job again (called with the supervisor lock held)."""
+        record = run.record
+        now = self.clock.now()
         if record.target is not None:
             run.target = self.backend.host(record.target)
             self._claim(run)
         ref = dict(record.job_ref)
-        if ref and ref.get("intent") != "start":
-            run.job = self.backend.attach(ref)
-        elif ref:
-            try:  # the client died inside start(): the backend may find the job by VM
-                run.job = self.backend.attach(ref)
-            except VMMoveError:
-                run.job = None
-        if run.job is not None:
-            run.started_at = self.clock.now()
-            run._t0 = run.started_at
-            return
-        with self._sup.cond:
-            if record.phase in (Phase.PENDING, Phase.PREPARING) or (
-                record.phase is Phase.REQUESTING and self.backend.locate(run.vm.id) == record.source
-            ):
-                run._finish(
+        if not ref:  # the client went away before anything was asked of the platform
+            run._end(
+                _Ending(
                     Phase.CANCELLED,
                     MigrationCancelled,
                     "the client went away before the job started",
+                ),
+                now,
+            )
+            return
+        try:
+            job = self.backend.attach(ref)
+        except ConnectionFailed:
+            if ref.get("intent") == "start":
+                run.lost_start_since = now  # keep asking, as for a lost start answer
+                return
+            raise
+        except (NotFound, NotSupported) as exc:
+            kind: type[VMMoveError]
+            if ref.get("intent") == "start":
+                message, kind, phase = (
+                    "the client went away before the job started",
+                    MigrationCancelled,
+                    Phase.CANCELLED,
                 )
             else:
-                run._fail(
-                    MigrationFailed(
-                        "the client went away and the job cannot be found", vm_host=None
-                    )
-                )
+                message = f"the client went away and the job cannot be found ({exc})"
+                kind, phase = MigrationFailed, Phase.FAILED
+            run._end(_Ending(phase, kind, message), now)
+            return
+        run._started(job)
+        run._t0 = run.started_at or now
 
     def migrations(self) -> list[Migration]:
         return [Migration(r, self._sup) for r in self._runs.values()]
@@ -1100,6 +1461,12 @@ class Connection:
         if not self._sup.drive_until(lambda: all(r.phase.terminal for r in runs), timeout):
             raise WaitTimeout(f"migrations still running after {timeout}s")
         return [r.record for r in runs]
+
+    def detach(self) -> None:
+        """Stop supervising, as a client that dies would: nothing is aborted, migrations go
+        on on the platform, and :meth:`attach` (here or in another process) picks them up
+        from their records. The backend stays open."""
+        self._sup.close()
 
     def close(self) -> None:
         self._sup.close()

@@ -227,7 +227,9 @@ class StepRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class MigrationRecord:
-    """The durable truth about one migration. ``vm_host`` is where the VM runs now."""
+    """The durable truth about one migration. ``vm_host`` is where the VM runs now: at every
+    terminal state it is read from the platform's inventory, not taken from the job's own
+    report (see "How vmmove knows where your VM runs" in docs/concepts.md)."""
 
     id: str
     backend: str
@@ -250,6 +252,12 @@ class MigrationRecord:
     )  # what the backend needs to find the job again
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: when the platform's inventory last confirmed ``vm_host`` (``None``: not verified; a
+    #: terminal record with ``vm_host=None`` and no ``located_at`` means "location unknown",
+    #: which ``attach`` can settle later)
+    located_at: float | None = None
+    #: the pre-check findings that refused the migration
+    problems: tuple[Problem, ...] = ()
 
     @property
     def done(self) -> bool:

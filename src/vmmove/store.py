@@ -23,6 +23,13 @@ class RecordStore(Protocol):
 
     def list(self) -> list[MigrationRecord]: ...
 
+    def adopt(self, record: MigrationRecord) -> None:
+        """Take over the VM's lock for a record another client began (``attach``); raise
+        :class:`Conflict` if a live client still holds it."""
+
+    def cancel_requests(self) -> set[str]:
+        """Ids of in-flight records whose cancel another process asked for."""
+
 
 class MemoryStore:
     """Records for the life of the process."""
@@ -56,3 +63,11 @@ class MemoryStore:
     def list(self) -> list[MigrationRecord]:
         with self._lock:
             return sorted(self._records.values(), key=lambda r: r.created_at)
+
+    def adopt(self, record: MigrationRecord) -> None:
+        with self._lock:
+            self._locks[record.vm] = record.id
+            self._records[record.id] = record
+
+    def cancel_requests(self) -> set[str]:
+        return set()  # one process: a cancel goes through Migration.cancel()

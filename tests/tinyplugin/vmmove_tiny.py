@@ -18,6 +18,8 @@ from vmmove import (
     HostInfo,
     Job,
     JobStatus,
+    MigrationMode,
+    NotFound,
     Phase,
     PowerState,
     ReservationRefused,
@@ -50,6 +52,7 @@ class TinyBackend(Backend):
             "beta": ["t1", PowerState.STOPPED],
         }
         self._jobs: dict[str, dict[str, Any]] = {}
+        self._requests: dict[str, str] = {}  # start request id -> job id
         self._ids = itertools.count(1)
         self.refuse: set[tuple[str, str]] = set()
 
@@ -79,6 +82,7 @@ class TinyBackend(Backend):
             "target": target.id,
             "abort": False,
         }
+        self._requests[request_id] = job_id
         return Job(
             id=job_id, vm=vm.id, source=vm.host, target=target.id, mode=mode, ref={"job": job_id}
         )
@@ -102,6 +106,15 @@ class TinyBackend(Backend):
 
     def abort(self, job: Job) -> None:
         self._jobs[job.id]["abort"] = True
+
+    def attach(self, ref):  # type: ignore[no-untyped-def]
+        # A start whose answer was lost: the request id names the job it began.
+        job_id = self._requests.get(ref.get("request_id", "")) or ref.get("job")
+        if job_id not in self._jobs:
+            raise NotFound(f"no tiny job for {dict(ref)}")
+        j = self._jobs[job_id]
+        vm = self._vms[j["vm"]]
+        return Job(id=job_id, vm=j["vm"], source=vm[0], target=j["target"], mode=MigrationMode.LIVE)
 
 
 @vmmove.hookimpl

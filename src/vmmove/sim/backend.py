@@ -117,25 +117,52 @@ class SimBackend(Backend):
         self._faults: list[Fault] = []
         self._ids = itertools.count(1)
         self._lost: set[str] = set()
+        self._requests: dict[str, str] = {}  # start request id -> job id
         self._synced_at = -1.0
         self._used: dict[str, list[int]] | None = None
 
     @classmethod
     def from_uri(cls, uri: str, options: Mapping[str, Any]) -> SimBackend:
+        """Options: ``clock`` (a :class:`vmmove.clock.Clock`; not with ``?speed``),
+        ``inventory`` (a :class:`SimInventory`, or the path of an inventory file) and
+        ``password`` (ignored: the CLI passes ``$VMMOVE_PASSWORD`` to every backend).
+        Anything else is :class:`InvalidInput`."""
         parts = urlsplit(uri)
         query = parse_qs(parts.query)
         unknown = set(query) - {"speed"}
         if unknown:
             raise InvalidInput(f"unknown sim:// option(s): {', '.join(sorted(unknown))}")
-        clock: Clock | None = options.get("clock")
+        known = ("clock", "inventory", "password")
+        unknown = set(options) - set(known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown sim:// option(s): {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(known)})"
+            )
+        clock = options.get("clock")
+        if clock is not None and not all(
+            callable(getattr(clock, name, None)) for name in ("now", "time", "wait")
+        ):
+            raise InvalidInput(f"sim:// clock must be a vmmove Clock, not {type(clock).__name__}")
         if "speed" in query:
+            if clock is not None:
+                raise InvalidInput("sim:// takes a clock or ?speed=N, not both")
             try:
                 clock = ScaledClock(float(query["speed"][-1]))
             except ValueError:
                 raise InvalidInput("sim:// speed must be a positive number") from None
         path = (parts.netloc + parts.path) if parts.netloc not in ("", "localhost") else parts.path
-        inventory = options.get("inventory") or (inv.load(path) if path else None)
-        return cls(inventory, clock=clock)
+        inventory: Any = options.get("inventory")
+        if inventory is not None and path:
+            raise InvalidInput("sim:// takes an inventory option or a path in the URI, not both")
+        if isinstance(inventory, str) or hasattr(inventory, "__fspath__"):
+            inventory = inv.load(inventory)
+        elif inventory is not None and not isinstance(inventory, inv.SimInventory):
+            raise InvalidInput(
+                "sim:// inventory must be a SimInventory or the path of an inventory file, "
+                f"not {type(inventory).__name__}"
+            )
+        return cls(inventory or (inv.load(path) if path else None), clock=clock)
 
     @property
     def clock(self) -> Clock:
@@ -383,6 +410,8 @@ class SimBackend(Backend):
             job.started = link.t
             link.jobs.append(job)
             self._jobs[job.id] = job
+            if request_id:
+                self._requests[request_id] = job.id
             svm.migrating = job.id
             return Job(
                 id=job.id,
@@ -463,10 +492,18 @@ class SimBackend(Backend):
 
     def attach(self, ref: Mapping[str, str]) -> Job:
         with self._lock:
-            sj = self._jobs.get(ref.get("job", ""))
+            job_id = ref.get("job", "")
+            if ref.get("intent") == "start":  # the answer to start was lost: which job?
+                job_id = self._requests.get(ref.get("request_id", ""), "")
+            sj = self._jobs.get(job_id)
             if sj is None:
                 raise NotFound(f"no simulator job {ref.get('job')!r}")
             mode = MigrationMode.LIVE if sj.live else MigrationMode.COLD
             return Job(
-                id=sj.id, vm=sj.vm, source=sj.source, target=sj.target, mode=mode, ref=dict(ref)
+                id=sj.id,
+                vm=sj.vm,
+                source=sj.source,
+                target=sj.target,
+                mode=mode,
+                ref={"job": sj.id},
             )

@@ -15,22 +15,33 @@ A backend's test module subclasses :class:`BackendContract` and provides one fix
 The fixture runs once per test and must hand out the same estate each time (fresh, or
 put back). Optional fields unlock the tests that need them; without them those tests
 are skipped with the reason, never passed silently.
+
+The kit judges the backend itself, not only what users see: a :class:`Witness` records the
+backend's raw ``poll`` stream (before the engine smooths it) and every test that migrates
+fails, naming the rule, when phases go backwards, the backend's own progress falls, an
+abort before the commit point is ignored, a terminal report disagrees with ``locate()`` or
+changes, or ``locate()`` names a host that does not exist. Other tests make the platform's
+answers lie or get lost (a start whose answer never arrives, a job report contradicted by
+the inventory, a client that dies mid-migration): the record must stay true.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pytest
 
+from vmmove.backend import Job, JobStatus
 from vmmove.engine import Connection, Migration
 from vmmove.errors import (
     Conflict,
+    ConnectionFailed,
     InvalidInput,
     MigrationCancelled,
+    MigrationFailed,
     NotFound,
     PrecheckFailed,
     ReservationRefused,
@@ -41,14 +52,17 @@ from vmmove.model import MigrationMode, PowerState
 from vmmove.policy import (
     AutoConverge,
     BudgetShare,
+    ColdFallback,
     Policy,
     PostCopy,
     SetBandwidth,
     SetDowntime,
     Step,
 )
+from vmmove.store import RecordStore
+from vmmove.testing.witness import ContractViolation, Witness
 
-__all__ = ["BackendContract", "ContractSetup", "check_events"]
+__all__ = ["BackendContract", "ContractSetup", "ContractViolation", "Witness", "check_events"]
 
 
 @dataclass(kw_only=True)
@@ -65,14 +79,20 @@ class ContractSetup:
     refuse_reservation: Callable[[str, str], None] | None = None
     #: seconds (of the connection's clock) any one migration may take
     timeout: float = 900.0
+    #: a new connection to the same estate over ``store`` (a client that starts again after
+    #: the first one died); ``None`` skips the attach test
+    reconnect: Callable[[RecordStore], Connection] | None = None
+    #: set by the kit: the witness of the backend's raw reports
+    witness: Witness = field(init=False, repr=False)
 
 
-def check_events(events: list[MigrationEvent]) -> None:
+def check_events(events: list[MigrationEvent], *, first: Phase | None = Phase.PENDING) -> None:
     """Assert the shared invariants over a migration's events: every phase change is a
-    legal transition, and progress never goes backwards and reads 100 only when done."""
+    legal transition, and progress never goes backwards and reads 100 only when done.
+    ``first`` is the phase the events must begin with (``None``: any, after attach)."""
     phases = [e.phase for e in events if e.kind is EventKind.PHASE]
     assert phases, "no phase events"
-    assert phases[0] is Phase.PENDING, phases
+    assert first is None or phases[0] is first, phases
     for before, after in itertools.pairwise(phases):
         assert after in TRANSITIONS[before], f"illegal {before} -> {after}"
     last = -1.0
@@ -89,12 +109,27 @@ def _collect(m: Migration, timeout: float) -> list[MigrationEvent]:
     return list(m.events(timeout=timeout))
 
 
+def _until_phase(m: Migration, phase: Phase, timeout: float) -> list[MigrationEvent]:
+    """Events up to the first entry into ``phase`` (all of them if it never comes)."""
+    events: list[MigrationEvent] = []
+    for event in m.events(timeout=timeout):
+        events.append(event)
+        if event.kind is EventKind.PHASE and event.phase is phase:
+            break
+    return events
+
+
 class BackendContract:
     """Inherit this in a backend's tests; provide the ``contract_setup`` fixture."""
 
     @pytest.fixture
-    def setup(self, contract_setup: ContractSetup) -> ContractSetup:
-        return contract_setup
+    def setup(self, contract_setup: ContractSetup) -> Iterator[ContractSetup]:
+        witness = Witness(contract_setup.connection.backend).install()
+        contract_setup.witness = witness
+        try:
+            yield contract_setup
+        finally:
+            witness.remove()
 
     # ---- inventory -------------------------------------------------------------------------
     def test_inventory(self, setup: ContractSetup) -> None:
@@ -149,12 +184,10 @@ class BackendContract:
     def test_same_host_is_refused(self, setup: ContractSetup) -> None:
         conn = setup.connection
         vm = conn.vm(setup.running_vm)
-        m = conn.migrate(vm.id, to=vm.host)
         with pytest.raises(PrecheckFailed) as info:
-            m.wait(setup.timeout)
+            conn.migrate(vm.id, to=vm.host)
         assert any(p.code == "same-host" for p in info.value.problems)
-        assert m.record.phase is Phase.FAILED
-        assert m.record.vm_host == vm.host
+        assert conn.migrations() == [], "refused at migrate(): no record is written"
         assert conn.vm(vm.id).host == vm.host
 
     def test_live_migration_of_stopped_vm_is_refused(self, setup: ContractSetup) -> None:
@@ -175,10 +208,12 @@ class BackendContract:
         target = conn.host(setup.target)
         m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
         events = _collect(m, setup.timeout)
+        setup.witness.check()
         check_events(events)
         record = m.wait(0)
         assert record.phase is Phase.COMPLETED
         assert record.vm_host == target.id
+        assert record.located_at is not None, "the location was read from the inventory"
         assert record.source == vm.host
         assert m.progress.percent == 100
         moved = conn.vm(vm.id)
@@ -193,6 +228,7 @@ class BackendContract:
             conn.migrate(vm.id, to=setup.target)
         first.cancel()
         events = _collect(first, setup.timeout)
+        setup.witness.check()
         check_events(events)
         assert first.record.done
         assert conn.vm(vm.id).host == first.record.vm_host
@@ -206,11 +242,18 @@ class BackendContract:
             events.append(event)
             if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
                 assert m.cancel() is True
+        setup.witness.check()
         check_events(events)
         with pytest.raises(MigrationCancelled) as info:
             m.wait(0)
         assert m.record.phase is Phase.CANCELLED
         assert info.value.vm_host == vm.host == m.record.vm_host
+        before = [
+            e.progress.percent
+            for e in events
+            if e.progress is not None and e.phase is not Phase.CANCELLED
+        ]
+        assert m.progress.percent == max(before), "a cancelled migration keeps its percentage"
         after = conn.vm(vm.id)
         assert after.host == vm.host
         assert after.power is PowerState.RUNNING
@@ -242,13 +285,36 @@ class BackendContract:
             pytest.skip("backend declares no cold migration")
         vm = conn.vm(setup.stopped_vm)
         m = conn.migrate(vm.id, to=setup.target, mode=MigrationMode.COLD)
-        check_events(_collect(m, setup.timeout))
+        events = _collect(m, setup.timeout)
+        setup.witness.check()
+        check_events(events)
         record = m.wait(0)
         target = conn.host(setup.target).id
         assert record.phase is Phase.COMPLETED
         assert record.vm_host == target
         after = conn.vm(vm.id)
         assert (after.host, after.power) == (target, PowerState.STOPPED)
+
+    def test_cold_fallback_where_declared(self, setup: ContractSetup) -> None:
+        conn = setup.connection
+        caps = conn.capabilities
+        if not (caps.cold and caps.cancel and caps.live):
+            pytest.skip("cold fallback needs live, cold and cancel declared")
+        vm = conn.vm(setup.slow_vm or setup.running_vm)
+        target = conn.host(setup.target)
+        policy = Policy(
+            name="contract-fallback",
+            steps=(Step(trigger=BudgetShare(share=1e-6), action=ColdFallback()),),
+        )
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE, policy=policy)
+        events = _collect(m, setup.timeout)
+        setup.witness.check()
+        check_events(events)
+        record = m.wait(0)
+        assert record.phase is Phase.COMPLETED
+        assert record.mode is MigrationMode.COLD
+        assert any("cold" in t.note for t in record.history), record.history
+        assert record.vm_host == target.id == conn.vm(vm.id).host
 
     def test_undeclared_policy_steps_are_skipped_not_failed(
         self, setup: ContractSetup, monkeypatch: pytest.MonkeyPatch
@@ -271,7 +337,127 @@ class BackendContract:
         vm = conn.vm(setup.slow_vm or setup.running_vm)
         m = conn.migrate(vm.id, to=setup.target, mode=MigrationMode.LIVE, policy=policy)
         check_events(_collect(m, setup.timeout))
+        setup.witness.check()
         record = m.wait(0)
         assert record.phase is Phase.COMPLETED
         assert len(record.steps) == 4, record.steps
         assert all(not s.applied and "lacks" in s.reason for s in record.steps)
+
+    # ---- the record stays true when answers lie or get lost ---------------------------------
+    def test_attach_after_the_client_is_gone(self, setup: ContractSetup) -> None:
+        if setup.reconnect is None:
+            pytest.skip("this setup cannot open a second connection (reconnect)")
+        conn = setup.connection
+        vm = conn.vm(setup.slow_vm or setup.running_vm)
+        target = conn.host(setup.target)
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
+        _until_phase(m, Phase.TRANSFERRING, setup.timeout)
+        conn.detach()  # the client dies: nothing is aborted, the platform goes on
+        again = setup.reconnect(conn.store)
+        try:
+            m2 = again.attach(m.id)
+            check_events(_collect(m2, setup.timeout), first=None)
+            record = m2.wait(0)
+            assert record.phase is Phase.COMPLETED
+            assert record.vm_host == target.id == again.backend.locate(vm.id)
+        finally:
+            again.close()
+
+    def test_lost_start_answer_is_not_a_failure(
+        self, setup: ContractSetup, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conn = setup.connection
+        backend = conn.backend
+        real_start = backend.start
+        lost: list[Job] = []
+
+        def start_then_lose_the_answer(*args: object, **kwargs: object) -> Job:
+            job = real_start(*args, **kwargs)  # type: ignore[arg-type]
+            lost.append(job)
+            raise ConnectionFailed("the answer to start was lost (the kit dropped it)")
+
+        monkeypatch.setattr(backend, "start", start_then_lose_the_answer)
+        vm = conn.vm(setup.running_vm)
+        target = conn.host(setup.target)
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
+        check_events(_collect(m, setup.timeout))
+        setup.witness.check()
+        assert lost, "the kit's start was not called"
+        record = m.wait(0)
+        assert record.phase is Phase.COMPLETED, (
+            "the platform acted on the request: the backend's attach(intent) must find the job "
+            f"by its request_id; record: {record.error}"
+        )
+        assert record.vm_host == target.id == conn.vm(vm.id).host
+        assert any("answer to the start request was lost" in w for w in record.warnings)
+
+    def _lie(
+        self,
+        setup: ContractSetup,
+        monkeypatch: pytest.MonkeyPatch,
+        lie: Callable[[Job, JobStatus], JobStatus | None],
+    ) -> None:
+        backend = setup.connection.backend
+        honest = backend.poll
+
+        def lying_poll(job: Job) -> JobStatus:
+            status = honest(job)
+            return lie(job, status) or status
+
+        monkeypatch.setattr(backend, "poll", lying_poll)
+
+    def test_job_claims_completion_but_vm_is_on_source(
+        self, setup: ContractSetup, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conn = setup.connection
+        if not conn.capabilities.cancel:
+            pytest.skip("the kit aborts the job behind the engine's back: needs cancel")
+        backend = conn.backend
+        vm = conn.vm(setup.slow_vm or setup.running_vm)
+        target = conn.host(setup.target)
+        aborted: list[str] = []
+
+        def lie(job: Job, status: JobStatus) -> JobStatus | None:
+            if status.phase is Phase.TRANSFERRING and not aborted:
+                aborted.append(job.id)
+                backend.abort(job)  # the job will end on the source...
+            if status.phase.terminal:  # ...and the report claims it moved
+                return dataclasses.replace(
+                    status, phase=Phase.COMPLETED, native="lie:completed", vm_host=target.id
+                )
+            return None
+
+        self._lie(setup, monkeypatch, lie)
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
+        check_events(_collect(m, setup.timeout))
+        with pytest.raises(MigrationFailed) as info:
+            m.wait(0)
+        assert m.record.phase is Phase.FAILED
+        assert info.value.vm_host == vm.host == m.record.vm_host == conn.vm(vm.id).host
+        assert any("CONTRADICTION" in w for w in m.record.warnings), m.record.warnings
+
+    def test_job_claims_failure_but_vm_is_on_target(
+        self, setup: ContractSetup, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conn = setup.connection
+        vm = conn.vm(setup.running_vm)
+        target = conn.host(setup.target)
+
+        def lie(job: Job, status: JobStatus) -> JobStatus | None:
+            if status.phase is Phase.COMPLETED:
+                return dataclasses.replace(
+                    status,
+                    phase=Phase.FAILED,
+                    native="lie:failed",
+                    vm_host=vm.host,
+                    error="the kit says it failed",
+                )
+            return None
+
+        self._lie(setup, monkeypatch, lie)
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
+        check_events(_collect(m, setup.timeout))
+        record = m.wait(0)
+        assert record.phase is Phase.COMPLETED
+        assert record.vm_host == target.id == conn.vm(vm.id).host
+        assert any("CONTRADICTION" in w for w in record.warnings), record.warnings
