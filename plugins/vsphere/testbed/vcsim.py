@@ -78,6 +78,7 @@ class Vcsim:
     log_file: str
     startup_seconds: float
     _proc: subprocess.Popen = field(repr=False, default=None)
+    _ctl_token: str = field(repr=False, default="")
 
     # Model flags accepted by start() (keyword -> command-line flag); see README.md for meanings.
     FLAGS = {
@@ -97,6 +98,8 @@ class Vcsim:
         "check_delay": "-check-delay",
         "max_per_host": "-max-per-host",
         "validation_faults": "-validation-faults",
+        "task_retention": "-task-retention",
+        "compat_ex_poolless": "-compat-ex-poolless",
         "tls_hostname": "-tls-hostname",
         "trace": "-trace",
         # descriptive aliases
@@ -124,7 +127,8 @@ class Vcsim:
         model_flags: dc, cluster, host (per cluster), standalone_host, vm (per pool), pool, ds (or the aliases
         datacenters, clusters, hosts_per_cluster, standalone_hosts, vms_per_pool, datastores),
         host_memory_mb, migrate_duration ("2s" or seconds as a number), queue_delay, tick, check_delay,
-        max_per_host, validation_faults ("task"|"sync"), tls_hostname, trace.
+        max_per_host, validation_faults ("task"|"running"|"sync"), task_retention, compat_ex_poolless,
+        tls_hostname, trace.
         """
         exe = Path(binary) if binary else build()
         password = password if password is not None else "pw-" + os.urandom(6).hex()
@@ -159,6 +163,7 @@ class Vcsim:
                 "queue_delay",
                 "tick",
                 "check_delay",
+                "task_retention",
             ):
                 args += [flag, f"{value}s"]
             elif isinstance(value, (list, tuple)):
@@ -202,6 +207,7 @@ class Vcsim:
                 log_file=log_file,
                 startup_seconds=time.monotonic() - t0,
                 _proc=proc,
+                _ctl_token=info.get("ctl_token", ""),
             )
             return sim
         finally:
@@ -256,6 +262,32 @@ class Vcsim:
             sslContext=kw.pop("sslContext", self.ssl_context()),
             **kw,
         )
+
+    def restart(self, down: float = 0.0, inflight: str = "lost") -> dict:
+        """Simulate a vCenter restart as clients see it (README "Platform variants"): every session and
+        TCP connection is dropped, every task MoRef is gone, /sdk answers 503 for ``down`` seconds; the
+        inventory is kept. ``inflight``: "lost" (a migration in flight is lost, the VM stays on its
+        source) or "commit" (it had passed the commit point: the VM is on its target). Returns the
+        server's report: epoch, dropped_tasks, lost_migrations, committed."""
+        return self._ctl("restart", down=f"{down}s", inflight=inflight)
+
+    def _ctl(self, action: str, **params: str) -> dict:
+        import http.client
+        import urllib.parse
+
+        conn = http.client.HTTPSConnection(
+            self.host, self.port, context=self.ssl_context(), timeout=10
+        )
+        try:
+            path = f"/vmmove/ctl/{action}?{urllib.parse.urlencode(params)}"
+            conn.request("POST", path, headers={"X-Vmmove-Ctl": self._ctl_token})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            if resp.status != 200:
+                raise VcsimError(f"{action}: HTTP {resp.status}: {body.strip()}")
+            return json.loads(body)
+        finally:
+            conn.close()
 
     @property
     def running(self) -> bool:

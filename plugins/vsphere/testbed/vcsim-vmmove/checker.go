@@ -56,7 +56,7 @@ func (c *provChecker) QueryVMotionCompatibilityExTask(ctx *simulator.Context, re
 	for _, vm := range req.Vm {
 		for i := range req.Host {
 			h := req.Host[i]
-			rs = append(rs, request{vm: vm, host: &h, hostOnly: true, check: true})
+			rs = append(rs, request{vm: vm, host: &h, hostOnly: true, poolless: c.ext.cfg.compatExPoolless, check: true})
 		}
 	}
 	ref, f := c.ext.check(ctx, rs, "QueryVMotionCompatibilityEx_Task", "vm.check.ProvisioningChecker.queryVMotionCompatibilityEx")

@@ -42,13 +42,16 @@ const (
 
 // config holds the behaviour knobs set by command-line flags.
 type config struct {
-	migrateDuration time.Duration // wall time of the running phase of a migration
-	queueDelay      time.Duration // time a migration task stays queued before running
-	tick            time.Duration // progress update interval
-	checkDelay      time.Duration // time a checker task takes (0: complete before the call returns)
-	maxPerHost      int           // concurrent migrations per host (source or destination); 0 = unlimited
-	syncFaults      bool          // validation faults as SOAP faults (true) or as task errors (false)
-	hostMemoryMB    int64         // override every host's memory size (0 = model default)
+	migrateDuration  time.Duration // wall time of the running phase of a migration
+	queueDelay       time.Duration // time a migration task stays queued before running
+	tick             time.Duration // progress update interval
+	checkDelay       time.Duration // time a checker task takes (0: complete before the call returns)
+	maxPerHost       int           // concurrent migrations per host (source or destination); 0 = unlimited
+	syncFaults       bool          // validation faults as SOAP faults (true) or as task errors (false)
+	runningFaults    bool          // validation faults as tasks that start (startTime set) and then fail
+	hostMemoryMB     int64         // override every host's memory size (0 = model default)
+	taskRetention    time.Duration // finished tasks leave recentTask (and their MoRef goes) after this; 0 = never
+	compatExPoolless bool          // QueryVMotionCompatibilityEx checks a pool-less spec (flags other clusters' hosts)
 }
 
 // ext is the migration extension compiled into the simulator binary.
@@ -61,8 +64,13 @@ type ext struct {
 	active  map[types.ManagedObjectReference]*moveTask // VM -> its running or queued migration
 	perHost map[types.ManagedObjectReference]int       // host -> migrations holding a slot
 	inbound map[types.ManagedObjectReference]int64     // host -> MB reserved by accepted inbound live migrations
+	tasks   map[types.ManagedObjectReference]*moveTask // every task we made that a restart has not dropped
 	proxyMu sync.Mutex
 	taskSeq int64
+
+	sess     *sessions    // restart epochs: which session cookies and connections are still valid
+	watch    *taskWatcher // VM recentTask and task retention
+	ctlToken string       // required on /vmmove/ctl/ requests
 }
 
 func newExt(svc *simulator.Service, cfg config) *ext {
@@ -75,6 +83,9 @@ func newExt(svc *simulator.Service, cfg config) *ext {
 		active:  make(map[types.ManagedObjectReference]*moveTask),
 		perHost: make(map[types.ManagedObjectReference]int),
 		inbound: make(map[types.ManagedObjectReference]int64),
+		tasks:   make(map[types.ManagedObjectReference]*moveTask),
+		sess:    newSessions(),
+		watch:   newTaskWatcher(cfg.taskRetention),
 	}
 }
 
@@ -85,6 +96,8 @@ func (e *ext) install(hostnames []string) {
 		e.svc.ServeMux = http.NewServeMux()
 	}
 	e.svc.RegisterSDK(e.priv)
+	simulator.Map.AddHandler(e.watch)
+	e.svc.ServeMux.HandleFunc(ctlPrefix, e.serveCtl)
 
 	content := simulator.Map.Get(types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}).(*simulator.ServiceInstance).Content
 	if ref := content.VmProvisioningChecker; ref != nil {
@@ -122,8 +135,17 @@ func (e *ext) install(hostnames []string) {
 
 var candidateMethods = [][]byte{[]byte("RelocateVM_Task"), []byte("MigrateVM_Task"), []byte("QueryVMotionCompatibility")}
 
-// serveSDK intercepts the SOAP calls we implement on stock-owned objects and passes the rest through.
+// serveSDK intercepts the SOAP calls we implement on stock-owned objects and passes the rest through. Every
+// request first passes the restart variant (sessions.admit).
 func (e *ext) serveSDK(w http.ResponseWriter, r *http.Request) {
+	switch e.sess.admit(r) {
+	case "down": // vCenter restarting: the reverse proxy answers for the absent service
+		http.Error(w, "Service Unavailable", http.StatusServiceUnavailable)
+		return
+	case "drop": // a connection from before the restart
+		hangUp(w)
+		return
+	}
 	if r.Method != http.MethodPost {
 		e.svc.ServeSDK(w, r)
 		return
@@ -136,19 +158,23 @@ func (e *ext) serveSDK(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 
-	if out, ok := e.rewrite(body); ok {
+	if out, m, ok := e.rewrite(body); ok {
 		r2 := r.Clone(r.Context())
 		r2.URL.Path = privPath
 		r2.Body = io.NopCloser(bytes.NewReader(out))
 		r2.ContentLength = int64(len(out))
+		if m.This.Type == "VirtualMachine" && e.serveAnswerVariant(w, r2, m.This, out) {
+			return
+		}
 		e.svc.ServeSDK(w, r2)
 		return
 	}
 	e.svc.ServeSDK(w, r)
+	e.sess.issued(w.Header()) // a Login answer carries the new session's cookie
 }
 
-// rewrite returns the body with <_this> pointing at our proxy, if the call is one we serve.
-func (e *ext) rewrite(body []byte) ([]byte, bool) {
+// rewrite returns the body with <_this> pointing at our proxy, and the decoded call, if the call is one we serve.
+func (e *ext) rewrite(body []byte) ([]byte, *simulator.Method, bool) {
 	hit := false
 	for _, c := range candidateMethods {
 		if bytes.Contains(body, c) {
@@ -157,27 +183,27 @@ func (e *ext) rewrite(body []byte) ([]byte, bool) {
 		}
 	}
 	if !hit {
-		return nil, false
+		return nil, nil, false
 	}
 	m, err := simulator.UnmarshalBody(types.TypeFunc(), body)
 	if err != nil {
-		return nil, false // let the stock handler produce its own decoding fault
+		return nil, nil, false // let the stock handler produce its own decoding fault
 	}
 	switch {
 	case (m.Name == "RelocateVM_Task" || m.Name == "MigrateVM_Task") && m.This.Type == "VirtualMachine":
 	case m.Name == "QueryVMotionCompatibility" && m.This.Type == "ServiceInstance":
 	default:
-		return nil, false
+		return nil, nil, false
 	}
 	if simulator.Map.Get(m.This) == nil {
-		return nil, false // stock answers ManagedObjectNotFound for an unknown _this
+		return nil, nil, false // stock answers ManagedObjectNotFound for an unknown _this
 	}
 	e.ensureProxy(m.This)
 	out, ok := rewriteThis(body, m.This.Value, proxyPrefix+m.This.Value)
 	if !ok {
 		log.Printf("vmmove: could not rewrite _this of %s; passing through", m.Name)
 	}
-	return out, ok
+	return out, m, ok
 }
 
 var thisRE = regexp.MustCompile(`(<(?:[A-Za-z0-9_.-]+:)?_this\b[^>]*>)\s*([^<]*?)\s*(</(?:[A-Za-z0-9_.-]+:)?_this\s*>)`)
@@ -232,3 +258,10 @@ type soapFaultErr struct {
 }
 
 func (s *soapFaultErr) Error() string { return s.msg }
+
+// dropTask forgets a task that was never put into the Map (a fault raised by the call itself).
+func (e *ext) dropTask(t *moveTask) {
+	e.mu.Lock()
+	delete(e.tasks, t.Self)
+	e.mu.Unlock()
+}

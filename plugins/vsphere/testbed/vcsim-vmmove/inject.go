@@ -8,10 +8,13 @@ package main
 //	vmmove.inject           = "fail@<pct>:<FaultType>[:<message>]"  next migration fails at <pct>% with that fault
 //	                          "hang@<pct>"                           next migration stops progressing at <pct>% and
 //	                                                                 stays running (cancelable) until CancelTask
+//	                          "refuse:<FaultType>[:<message>]"       next migration's task fails before it starts
+//	                                                                 (queued -> error, no startTime)
 //	                          Consumed (removed from extraConfig) when a migration picks it up: one shot.
 //	vmmove.migrateDuration  = Go duration ("5s", "300ms"); overrides -migrate-duration for this VM (persistent).
 //	vmmove.checkError       = "<FaultType>[:<message>]"  added to check.Result.error for this VM (persistent).
 //	vmmove.checkWarning     = "<FaultType>[:<message>]"  added to check.Result.warning for this VM (persistent).
+//	vmmove.answer           = "drop" | "late:<duration>"  the next migration request's answer is lost (variants.go).
 //
 // <FaultType> is any vim25 fault type name known to govmomi (MigrationFault, Timedout, HostCommunication,
 // InvalidState, GenericVmConfigFault, ...). Its fields are left at their zero values.
@@ -37,6 +40,7 @@ const (
 // injection is a parsed vmmove.inject directive.
 type injection struct {
 	hang    bool                  // hang@pct: stop progressing, wait for cancel
+	refuse  bool                  // refuse:Fault: the task fails while still queued
 	percent int32                 // progress percentage at which it triggers
 	fault   types.BaseMethodFault // fail@pct: the fault the task ends with
 	message string
@@ -47,6 +51,14 @@ func parseInjection(s string) (*injection, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, nil
+	}
+	if strings.HasPrefix(s, "refuse:") {
+		name, msg, _ := strings.Cut(strings.TrimPrefix(s, "refuse:"), ":")
+		f, err := newFault(strings.TrimSpace(name), msg)
+		if err != nil {
+			return nil, fmt.Errorf("%s=%q: %v", keyInject, s, err)
+		}
+		return &injection{refuse: true, fault: f, message: messageOr(msg, "Injected refusal: "+name)}, nil
 	}
 	kind, rest, ok := strings.Cut(s, "@")
 	if !ok {
@@ -156,4 +168,43 @@ func durationOverride(ec map[string]string, def time.Duration) (time.Duration, e
 		return def, fmt.Errorf("%s=%q: not a duration", keyMigrateDuration, s)
 	}
 	return d, nil
+}
+
+// fillFault gives an injected fault the fields a real vCenter sets on it (zero-valued otherwise): the target
+// host of InvalidHostState, the VM's power state in InvalidPowerState, the other task of TaskInProgress (a task
+// of another client is made up for it), the reason of MigrationNotReady.
+func (e *ext) fillFault(f types.BaseMethodFault, p *plan) types.BaseMethodFault {
+	switch x := f.(type) {
+	case *types.InvalidHostState:
+		if x.Host == nil && p.dstHost.Value != "" {
+			h := p.dstHost
+			x.Host = &h
+		}
+	case *types.InvalidPowerState:
+		if x.ExistingState == "" {
+			x.ExistingState = p.vm.power
+		}
+	case *types.TaskInProgress:
+		if x.Task.Value == "" {
+			x.Task = e.otherTask(p.vm)
+		}
+	case *types.MigrationNotReady:
+		if x.Reason == "" {
+			x.Reason = "The virtual machine is not ready to migrate."
+		}
+	}
+	return f
+}
+
+// otherTask starts a short reconfigure task on vm, as if another client were changing it.
+func (e *ext) otherTask(vm vmSnap) types.ManagedObjectReference {
+	t := e.newTask(vm.ref, vm.name, "ReconfigVM_Task", "VirtualMachine.reconfigure", "other-client", false)
+	simulator.Map.Put(t)
+	t.setRunning()
+	go func() {
+		if !t.sleep(time.Second) {
+			t.succeed(nil)
+		}
+	}()
+	return t.Self
 }

@@ -8,7 +8,9 @@ package main
 
 import (
 	"bufio"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -65,15 +67,21 @@ func main() {
 	flag.DurationVar(&cfg.tick, "tick", 100*time.Millisecond, "progress update interval")
 	flag.DurationVar(&cfg.checkDelay, "check-delay", 0, "running time of checker tasks (0: done before the call returns)")
 	flag.IntVar(&cfg.maxPerHost, "max-per-host", 0, "concurrent migrations per host, source or target (0: unlimited); extra ones stay queued")
-	faults := flag.String("validation-faults", "task", "how validation faults surface: 'task' (task ends in error) or 'sync' (SOAP fault of the call)")
+	faults := flag.String("validation-faults", "task", "how validation faults surface: 'task' (task ends in error before it starts), "+
+		"'running' (task starts, then ends in error) or 'sync' (SOAP fault of the call)")
+	flag.DurationVar(&cfg.taskRetention, "task-retention", 0, "finished tasks leave recentTask and their MoRef is gone after this (0: kept)")
+	flag.BoolVar(&cfg.compatExPoolless, "compat-ex-poolless", false, "QueryVMotionCompatibilityEx_Task judges a spec without a pool: "+
+		"it flags a host in another cluster that CheckRelocate_Task with that cluster's pool accepts")
 	flag.Parse()
 
 	switch *faults {
 	case "task":
+	case "running":
+		cfg.runningFaults = true
 	case "sync":
 		cfg.syncFaults = true
 	default:
-		log.Fatalf("-validation-faults: want task or sync, got %q", *faults)
+		log.Fatalf("-validation-faults: want task, running or sync, got %q", *faults)
 	}
 	cfg.hostMemoryMB = *hostMemMB
 	if cfg.tick <= 0 {
@@ -129,6 +137,7 @@ func main() {
 	}
 
 	x := newExt(svc, cfg)
+	x.ctlToken = newToken()
 	x.install(names)
 
 	server := svc.NewServer()
@@ -151,7 +160,7 @@ func main() {
 	if *infoFile != "" {
 		info := map[string]interface{}{
 			"url": u.String(), "host": u.Hostname(), "port": port, "cert_file": *certFile,
-			"pid": os.Getpid(), "username": *username, "tls": *useTLS,
+			"pid": os.Getpid(), "username": *username, "tls": *useTLS, "ctl_token": x.ctlToken,
 		}
 		data, _ := json.MarshalIndent(info, "", "  ")
 		if err := writeAtomic(*infoFile, append(data, '\n')); err != nil {
@@ -202,4 +211,13 @@ func summary() string {
 		parts = append(parts, fmt.Sprintf("%s=%d", kind, len(simulator.Map.All(kind))))
 	}
 	return strings.Join(parts, " ")
+}
+
+// newToken is the secret a client of the control endpoint (/vmmove/ctl/) must send; it is only in the info file.
+func newToken() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		log.Fatalf("random: %v", err)
+	}
+	return hex.EncodeToString(b)
 }

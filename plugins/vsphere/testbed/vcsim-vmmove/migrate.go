@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -181,6 +182,7 @@ type request struct {
 	descID   string
 	prop     string // property path prefix for InvalidArgument ("spec." for RelocateSpec)
 	hostOnly bool   // QueryVMotionCompatibilityEx: host compatibility only, no pool/memory/task checks
+	poolless bool   // with hostOnly: also judge the host against the VM's current pool (-compat-ex-poolless)
 	check    bool   // a checker call: include vmmove.checkError / vmmove.checkWarning
 }
 
@@ -242,6 +244,11 @@ func (e *ext) resolve(r request) (*plan, *soapFaultErr) {
 	switch {
 	case r.hostOnly:
 		p.dstHost = dst.ref
+		// The pool-less spec a vCenter builds for QueryVMotionCompatibilityEx keeps the VM's pool, so a host in
+		// another cluster fails the same rule RelocateVM_Task applies to a spec without the target's pool.
+		if owner, _ = poolOwner(vm.pool); r.poolless && r.host != nil && dst.parent != owner {
+			addErr(&types.InvalidArgument{InvalidProperty: "spec.pool"}, "A specified parameter was not correct: spec.pool")
+		}
 	case r.host != nil:
 		p.dstHost = *r.host
 		if r.pool == nil {
@@ -370,6 +377,10 @@ type moveTask struct {
 	mo.Task
 
 	cancel   chan struct{}
+	lost     chan struct{} // closed when a simulated vCenter restart drops the task
+	fate     sync.Mutex    // guards settled
+	settled  bool          // committed, or dropped by a restart: whichever comes first, exactly once
+	plan     *plan
 	vm       types.ManagedObjectReference
 	slots    []types.ManagedObjectReference // hosts whose concurrency slot this task holds
 	reserve  types.ManagedObjectReference   // host whose inbound memory this task reserved
@@ -377,8 +388,11 @@ type moveTask struct {
 }
 
 func (e *ext) newTask(entity types.ManagedObjectReference, entityName, name, descID, user string, cancelable bool) *moveTask {
-	t := &moveTask{cancel: make(chan struct{}), vm: entity}
+	t := &moveTask{cancel: make(chan struct{}), lost: make(chan struct{}), vm: entity}
 	t.Self = e.nextTaskRef()
+	e.mu.Lock()
+	e.tasks[t.Self] = t
+	e.mu.Unlock()
 	t.Info = types.TaskInfo{
 		Key:           t.Self.Value,
 		Task:          t.Self,
@@ -456,6 +470,27 @@ func (t *moveTask) fail(f types.LocalizedMethodFault) {
 	)
 }
 
+// settle claims the task's one outcome on the hosts (commit, or being dropped by a restart); false if the
+// other one was claimed first.
+func (t *moveTask) settle() bool {
+	t.fate.Lock()
+	defer t.fate.Unlock()
+	if t.settled {
+		return false
+	}
+	t.settled = true
+	return true
+}
+
+func (t *moveTask) isLost() bool {
+	select {
+	case <-t.lost:
+		return true
+	default:
+		return false
+	}
+}
+
 func (t *moveTask) cancelled() bool {
 	select {
 	case <-t.cancel:
@@ -465,15 +500,17 @@ func (t *moveTask) cancelled() bool {
 	}
 }
 
-// sleep waits d or until cancelled; it reports whether the task was cancelled.
+// sleep waits d or until cancelled or lost; it reports whether the task was cancelled or lost.
 func (t *moveTask) sleep(d time.Duration) bool {
 	if d <= 0 {
-		return t.cancelled()
+		return t.cancelled() || t.isLost()
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-t.cancel:
+		return true
+	case <-t.lost:
 		return true
 	case <-timer.C:
 		return false
@@ -497,9 +534,23 @@ func (e *ext) migrate(ctx *simulator.Context, r request) (types.ManagedObjectRef
 
 	fault := func(f types.LocalizedMethodFault) (types.ManagedObjectReference, *soapFaultErr) {
 		if e.cfg.syncFaults {
+			e.dropTask(t)
 			return none, &soapFaultErr{msg: f.LocalizedMessage, fault: f.Fault}
 		}
 		simulator.Map.Put(t)
+		if e.cfg.runningFaults { // the other shape: the task starts, then fails
+			go func() {
+				if t.sleep(e.cfg.queueDelay) {
+					return
+				}
+				t.setRunning()
+				if t.sleep(e.cfg.tick) {
+					return
+				}
+				t.fail(f)
+			}()
+			return t.Self, nil
+		}
 		t.fail(f)
 		return t.Self, nil
 	}
@@ -524,6 +575,7 @@ func (e *ext) migrate(ctx *simulator.Context, r request) (types.ManagedObjectRef
 			dur, durErr = durationOverride(ec, dur)
 		})
 	}
+	t.plan = p
 	simulator.Map.Put(t)
 	if err := firstErr(injErr, durErr); err != nil {
 		e.release(t)
@@ -618,12 +670,20 @@ func (e *ext) run(t *moveTask, p *plan, inj *injection, dur time.Duration) {
 		}
 	}()
 	canceled := func() {
+		if t.isLost() {
+			return // dropped by a restart: the task is gone, nobody reads it
+		}
 		e.release(t)
 		t.fail(canceledFault)
 	}
 
 	if t.sleep(e.cfg.queueDelay) {
 		canceled()
+		return
+	}
+	if inj != nil && inj.refuse { // refused before it starts: no startTime, never running
+		e.release(t)
+		t.fail(lmf(e.fillFault(inj.fault, p), inj.message))
 		return
 	}
 	for !e.acquire(t, p) { // stays queued while the hosts are at their concurrency limit
@@ -647,12 +707,15 @@ func (e *ext) run(t *moveTask, p *plan, inj *injection, dur time.Duration) {
 				t.setProgress(inj.percent)
 			}
 			if inj.hang {
-				<-t.cancel // frozen until cancelled
+				select { // frozen until cancelled
+				case <-t.cancel:
+				case <-t.lost:
+				}
 				canceled()
 				return
 			}
 			e.release(t)
-			t.fail(lmf(inj.fault, inj.message))
+			t.fail(lmf(e.fillFault(inj.fault, p), inj.message))
 			return
 		}
 		if pct >= 100 {
@@ -668,9 +731,12 @@ func (e *ext) run(t *moveTask, p *plan, inj *injection, dur time.Duration) {
 		}
 	}
 
-	if t.cancelled() {
+	if t.cancelled() || t.isLost() {
 		canceled()
 		return
+	}
+	if !t.settle() {
+		return // a restart dropped it first
 	}
 	if err := e.commit(p); err != nil {
 		e.release(t)
