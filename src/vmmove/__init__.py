@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -166,15 +168,27 @@ def connect(
 ) -> Connection:
     """Connect to the estate behind ``uri`` through the backend plugin for its scheme.
 
-    ``uri`` defaults to ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
-    ``options`` go to the backend (credentials as :class:`Secret`, TLS settings...).
+    ``uri`` ``None`` means ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
+    ``store`` keeps the records (default: the journal); ``max_concurrent`` (a positive
+    int) caps how many migrations run at once. ``options`` go to the backend, which
+    refuses any it does not know (credentials as :class:`Secret`, TLS settings...).
+
+    Anything malformed raises :class:`InvalidInput` before a backend, a journal file or a
+    record is touched.
     """
     from vmmove.engine import Connection  # noqa: PLC0415 (loaded on first use)
     from vmmove.plugins import plugin_manager  # noqa: PLC0415
 
-    uri = uri or os.environ.get("VMMOVE_URI") or DEFAULT_URI
-    if not isinstance(uri, str):
-        raise InvalidInput(f"a URI is a string, not {type(uri).__name__}")
+    uri = _check_uri(uri)
+    _check_store(store)
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
+    ):
+        raise InvalidInput(
+            f"max_concurrent is a positive int or None, not {type(max_concurrent).__name__}"
+        )
+    if max_concurrent is not None and max_concurrent < 1:
+        raise InvalidInput(f"max_concurrent must be at least 1, not {max_concurrent}")
     try:
         scheme = urlsplit(uri).scheme
     except ValueError as exc:
@@ -185,14 +199,24 @@ def connect(
         )
     plugins = plugin_manager()
     estate = _redact(uri)
-    backend = plugins.backends.get(scheme).factory(uri, options)
-    return Connection(
-        backend,
-        uri=estate,
-        plugins=plugins,
-        store=_store_for(estate, store),
-        max_concurrent=max_concurrent,
-    )
+    try:
+        backend = plugins.backends.get(scheme).factory(uri, options)
+    except InvalidInput as exc:
+        hint = _core_hint(options)
+        if hint:
+            raise InvalidInput(f"{exc}; {hint}") from None
+        raise
+    try:
+        return Connection(
+            backend,
+            uri=estate,
+            plugins=plugins,
+            store=_store_for(estate, store),
+            max_concurrent=max_concurrent,
+        )
+    except BaseException:
+        backend.close()  # nothing may stay open behind a refused connect
+        raise
 
 
 def attach(
@@ -203,15 +227,73 @@ def attach(
     ``uri`` defaults to the estate the record was written for (without credentials: pass
     them in ``options`` or the environment, as for :func:`connect`).
     """
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journal import Journal, default_path  # noqa: PLC0415
 
-    journal = store if store is not None else Journal()
+    if not isinstance(record_id, str) or not record_id:
+        raise InvalidInput("attach() takes a migration record id (a non-empty string)")
+    if uri is not None:
+        _check_uri(uri)
+    _check_store(store)
+    if store is None:
+        path = default_path()
+        if not path.exists():  # no journal, no record: and creating one would be a change
+            raise NotFound(f"no migration record {record_id!r}: there is no journal at {path}")
+        journal: RecordStore = Journal(path)
+    else:
+        journal = store
     if uri is None:
         if not isinstance(journal, Journal):
             raise InvalidInput("name the estate's uri: this store does not remember it")
         uri = journal.estate_of(record_id)
     conn = connect(uri, store=journal, **options)
     return conn.attach(record_id)
+
+
+# The keyword arguments connect() itself takes; every other one is the backend's.
+_CORE_OPTIONS = ("store", "max_concurrent")
+
+
+def _check_uri(uri: object) -> str:
+    """``None`` -> ``$VMMOVE_URI`` (unset or empty: the simulator); anything else must be
+    a non-empty string: ``""`` is a mistake, never a quiet request for the simulator."""
+    if uri is None:
+        return os.environ.get("VMMOVE_URI") or DEFAULT_URI
+    if not isinstance(uri, str):
+        raise InvalidInput(f"a URI is a string, not {type(uri).__name__}")
+    if not uri.strip():
+        raise InvalidInput(
+            "the URI is empty; name the estate (sim://, qemu+tcp://host/system...) "
+            "or pass None for $VMMOVE_URI, then sim://"
+        )
+    return uri
+
+
+def _check_store(store: object) -> None:
+    from vmmove.store import RecordStore  # noqa: PLC0415
+
+    if store is None:
+        return
+    # RecordStore is a Protocol: check the methods the engine calls, by name.
+    missing = [
+        name
+        for name in vars(RecordStore)
+        if not name.startswith("_") and not callable(getattr(store, name, None))
+    ]
+    if missing:
+        raise InvalidInput(
+            f"store must be a vmmove.RecordStore (a Journal or a MemoryStore); "
+            f"{type(store).__name__} has no {', '.join(sorted(missing))}"
+        )
+
+
+def _core_hint(options: Mapping[str, Any]) -> str:
+    """A "did you mean max_concurrent?" hint when a refused backend option is a core keyword
+    misspelt (the backend cannot know connect()'s own keywords)."""
+    for name in options:
+        close = difflib.get_close_matches(name, _CORE_OPTIONS, n=1, cutoff=0.8)
+        if close:
+            return f"did you mean connect(..., {close[0]}=...)?"
+    return ""
 
 
 def _store_for(estate: str, store: RecordStore | None) -> RecordStore:

@@ -7,6 +7,14 @@ mid-migration leaves a record that says what was under way and how to find the j
 The file lives at ``platformdirs.user_data_path("vmmove") / "journal.sqlite3"`` (override
 with ``VMMOVE_JOURNAL``), mode 0600, in WAL mode so readers never block the writer.
 
+Many processes use one file at once (a supervising ``vmmove migrate``, ``vmmove cancel``,
+``history``...). Every write is one ``BEGIN IMMEDIATE`` transaction and every wait for the
+file goes through SQLite's busy timeout. The file's locks and its ``-wal``/``-shm`` belong
+to SQLite alone: a process that deletes a WAL another process still writes through, or
+that lets a process's SQLite locks go (see ``__init__``), splits the processes onto two
+logs: lost writes, a per-VM lock that is no longer exclusive, and now and then "database
+disk image is malformed" in a file that checks clean once everyone has closed it.
+
 The lock: one row per (estate, VM). Taking it fails with :class:`Conflict` while another
 record that is not terminal holds it, whichever process wrote that record; a lock whose
 record ended is free. A record whose client died stays in flight until someone attaches.
@@ -20,16 +28,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from vmmove.errors import Conflict, InvalidInput, NotFound
+from vmmove.errors import Conflict, InvalidInput, NotFound, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import (
     Figures,
     MigrationMode,
     MigrationRecord,
+    Problem,
     StepRecord,
     Transition,
 )
@@ -62,6 +71,11 @@ CREATE TABLE IF NOT EXISTS locks (
 
 
 OFF = ("off", "memory", "none")
+
+#: seconds a process waits for another one to finish with the file before giving up
+BUSY_TIMEOUT = 10.0
+# SQLITE_BUSY, SQLITE_LOCKED (primary codes: the low byte of an extended one)
+_BUSY_CODES = (5, 6)
 
 
 def default_path() -> Path:
@@ -109,6 +123,10 @@ def record_to_json(record: MigrationRecord) -> str:
             "job_ref": dict(r.job_ref),
             "created_at": r.created_at,
             "updated_at": r.updated_at,
+            "located_at": r.located_at,
+            "problems": [
+                {"code": p.code, "message": p.message, "severity": p.severity} for p in r.problems
+            ],
         }
     )
 
@@ -127,6 +145,8 @@ def record_from_json(text: str) -> MigrationRecord:
                 "steps": tuple(StepRecord(**s) for s in body["steps"]),
                 "warnings": tuple(body["warnings"]),
                 "figures": Figures(**body["figures"]),
+                # Records written before these fields existed have neither key.
+                "problems": tuple(Problem(**p) for p in body.get("problems", ())),
             }
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -140,40 +160,80 @@ class Journal:
         self.path = Path(path) if path is not None else default_path()
         self.estate = estate
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            # A WAL left beside a deleted database would be replayed into the new one.
-            for stale in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-                stale.unlink(missing_ok=True)
-        # Create owner-only before SQLite opens it: records name hosts and VMs.
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        os.chmod(self.path, 0o600)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a client crash
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Create owner-only before SQLite opens it: records name hosts and VMs. Never
+            # touch -wal/-shm here: another process may be using them right now (SQLite
+            # discards a WAL beside an empty file itself, holding the lock that makes it safe).
+            # O_EXCL: never open and close an existing file, as closing any descriptor of it
+            # drops every POSIX lock this process holds there, the locks of its open SQLite
+            # connections included; another process would then think itself the last user
+            # and delete the WAL they still write to.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
             raise InvalidInput(
-                f"the journal {self.path} is unusable ({exc}): move it aside, "
-                "or point VMMOVE_JOURNAL elsewhere"
+                f"cannot create the journal {self.path} ({exc.strerror}): "
+                "point VMMOVE_JOURNAL elsewhere"
             ) from None
+        db = None
+        try:
+            # timeout= is the busy timeout from the very first statement on.
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+            )
+            _use_wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")  # durable across a client crash
+            db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            raise self._error(exc) from None
+        self._db = db
 
     def __repr__(self) -> str:
         return f"<vmmove.Journal {self.path}>"
 
+    def _error(self, exc: sqlite3.DatabaseError) -> VMMoveError:
+        """The vmmove error for what SQLite said (never its exception: callers see ours)."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BUSY_CODES:
+            return Conflict(
+                f"the journal {self.path} stayed locked by another process for "
+                f"{BUSY_TIMEOUT:g} s; try again"
+            )
+        return InvalidInput(
+            f"the journal {self.path} is unusable ({exc}): move it aside, "
+            "or point VMMOVE_JOURNAL elsewhere"
+        )
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One statement at a time on the shared connection: a read from one thread never
+        runs inside another thread's open transaction."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: IMMEDIATE takes the file's write lock first (waiting up to
+        the busy timeout), so what is read inside cannot go stale before the write."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise self._error(exc) from None
 
     def for_estate(self, estate: str) -> Journal:
         """The same file, seen from one estate (locks are per estate and VM)."""
@@ -207,13 +267,15 @@ class Journal:
         )
 
     def get(self, record_id: str) -> MigrationRecord:
-        row = self._db.execute("SELECT body FROM records WHERE id = ?", (record_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT body FROM records WHERE id = ?", (record_id,)).fetchone()
         if row is None:
             raise NotFound(f"no migration record {record_id!r} in {self.path}")
         return record_from_json(row[0])
 
     def estate_of(self, record_id: str) -> str:
-        row = self._db.execute("SELECT estate FROM records WHERE id = ?", (record_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT estate FROM records WHERE id = ?", (record_id,)).fetchone()
         if row is None:
             raise NotFound(f"no migration record {record_id!r} in {self.path}")
         return str(row[0])
@@ -221,7 +283,10 @@ class Journal:
     def list(self, limit: int | None = None) -> list[MigrationRecord]:
         # Insertion order, not created_at: a simulator's virtual clock starts at a fixed date.
         sql = "SELECT body FROM records ORDER BY rowid DESC"
-        rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        with self._read() as db:
+            rows = db.execute(
+                sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()
+            ).fetchall()
         return [record_from_json(r[0]) for r in rows]
 
     # ---- the per-VM lock ---------------------------------------------------------------
@@ -256,17 +321,39 @@ class Journal:
     # ---- requests from other processes ---------------------------------------------------
     def request_cancel(self, record_id: str) -> None:
         """Ask whichever process supervises ``record_id`` to cancel it."""
-        self.get(record_id)  # NotFound for a record that does not exist
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO cancel_requests (record, at) VALUES (?, ?)",
-                (record_id, time.time()),
-            )
+            row = db.execute("SELECT phase FROM records WHERE id = ?", (record_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no migration record {record_id!r} in {self.path}")
+            # Checked in the same transaction as the insert: a request for a record that
+            # ended in between would never be cleared (only a terminal save clears them).
+            if not Phase(row[0]).terminal:
+                db.execute(
+                    "INSERT OR REPLACE INTO cancel_requests (record, at) VALUES (?, ?)",
+                    (record_id, time.time()),
+                )
 
     def cancel_requests(self) -> set[str]:
         """Records someone asked to cancel; the supervisors read this once per loop."""
-        return {r[0] for r in self._db.execute("SELECT record FROM cancel_requests")}
+        with self._read() as db:
+            return {r[0] for r in db.execute("SELECT record FROM cancel_requests").fetchall()}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch a new file to WAL mode (a no-op once it is). While another process opens the
+    same brand-new file, SQLite refuses the switch with "database is locked" at once,
+    without waiting through the busy timeout: retry it, up to that timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BUSY_CODES
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)  # a back-off between attempts, not a synchronisation
