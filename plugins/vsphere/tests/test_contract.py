@@ -28,4 +28,5 @@ class TestVSphereContract(BackendContract):
                 stopped_vm="DC0_C0_RP0_VM1",
                 slow_vm="DC0_C0_RP0_VM2",
                 timeout=60.0,
+                reconnect=lambda store: connect_to(estate.sim, store=store),
             )

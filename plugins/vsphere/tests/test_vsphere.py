@@ -76,8 +76,11 @@ def test_thumbprint_pins_the_certificate(vcsim: Any, uri_for: Callable[..., str]
             uri_for(vcsim), password=password, thumbprint=_thumbprint(vcsim, digest)
         ) as conn:
             assert len(conn.hosts()) == 4  # later pooled connections are pinned too
-    with pytest.raises(ConnectionFailed, match="thumbprint mismatch"):
+    with pytest.raises(ConnectionFailed, match="thumbprint mismatch") as info:
         vmmove.connect(uri_for(vcsim), password=password, thumbprint="ab" * 32)
+    message = str(info.value)  # a sentence, not an exception's args tuple
+    assert "('" not in message
+    assert f"SHA-256 thumbprint {_thumbprint(vcsim)}, not the pinned {'ab' * 32}" in message
 
 
 def test_insecure_only_when_asked_and_warned(
@@ -335,10 +338,11 @@ def test_cancel_mid_flight_leaves_the_vm_on_its_source(estate: Any, connect_to: 
         assert info.value.vm_host == vm.host == m.record.vm_host
         assert m.record.phase is Phase.CANCELLED
         assert Phase.TRANSFERRING in [t.phase for t in m.record.history]
-        (task,) = estate.tasks("DC0_C0_RP0_VM0")
-        assert task.state == "error"
-        assert task.cancelled
-        assert type(task.error).__name__ == "vmodl.fault.RequestCanceled"
+        if estate.keeps_tasks:  # else vCenter has forgotten the task already
+            (task,) = estate.tasks("DC0_C0_RP0_VM0")
+            assert task.state == "error"
+            assert task.cancelled
+            assert type(task.error).__name__ == "vmodl.fault.RequestCanceled"
     assert estate.placement("DC0_C0_RP0_VM0") == before
 
 
@@ -436,9 +440,9 @@ def test_cold_move_of_a_running_vm_stops_moves_and_starts_it(
             not in next(t for t in record.history if t.phase is Phase.SWITCHING_OVER).note
         )
     assert estate.placement("DC0_C0_RP0_VM0") == ("DC0_C1_H0", "DC0_C1", ["LocalDS_0"], "poweredOn")
-    assert [t.state for t in estate.tasks("DC0_C0_RP0_VM0", "VirtualMachine.powerOff")] == [
-        "success"
-    ]
+    if estate.keeps_tasks:
+        powered_off = estate.tasks("DC0_C0_RP0_VM0", "VirtualMachine.powerOff")
+        assert [t.state for t in powered_off] == ["success"]
 
 
 def test_cancelled_cold_move_powers_the_vm_on_again_at_its_source(

@@ -9,19 +9,27 @@ RelocateVM_Task ``queued``             requesting          admission, placement 
 RelocateVM_Task ``running``            transferring        ``TaskInfo.progress`` -> percent
 RelocateVM_Task ``success``            completed           ``vm_host`` = the VM's runtime.host
 ``error`` = ``RequestCanceled``        cancelled           the VM stays on its source
-``error`` before the task ran          (raised)            refusal: ReservationRefused,
-                                                           Conflict, PrecheckFailed...
-``error`` after it ran                 failed              the fault's type and message
+``error``, a refusal fault             (raised)            ReservationRefused, Conflict,
+                                                           PrecheckFailed: by the fault's type,
+                                                           queued or started alike
+``error``, any other fault             failed              the fault's type and message
+task gone (``ManagedObjectNotFound``)  completed / failed  from the VM's recent tasks, else
+                                                           from where the VM runs now
 =====================================  ==================  =================================
 
 A cold move of a running VM (``mode=cold``, or a ``ColdFallback`` policy step) is a short
 pipeline: ``PowerOffVM_Task`` (transferring) -> ``RelocateVM_Task`` (transferring) ->
 ``PowerOnVM_Task`` on the target (switching over). Aborted or failed before the relocation
 succeeded, the VM is powered on again on its source before the job reports its end.
+
+vCenter restarts: sessions die (the session logs in again), task MoRefs die (a vanished
+task is settled from the VM's recent tasks or its host, never reported as "unknown"), and
+the VM is where the hosts left it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Mapping
@@ -72,6 +80,21 @@ _ORDER = {
     Phase.COMPLETING: 3,
 }
 _UNAVAILABLE = ("MethodNotFound", "NotSupported", "NotImplemented")
+_RELOCATIONS = ("VirtualMachine.relocate", "VirtualMachine.migrate")
+_POWER_OFF = "VirtualMachine.powerOff"
+#: How much earlier than the intent a task may have been queued and still be the intent's: the
+#: clock skew is measured over one round trip, and vCenter stamps queueTime on its own clock.
+_INTENT_SLACK = dt.timedelta(seconds=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Intent:
+    """A start request as this process sent it: what, and when on vCenter's clock."""
+
+    vm: str
+    target: str
+    mode: MigrationMode
+    since: datetime
 
 
 @dataclass(kw_only=True)
@@ -94,6 +117,7 @@ class _Run:
     first_queued: datetime | None = None
     completed: datetime | None = None
     final: JobStatus | None = None
+    seen: set[str] = field(default_factory=set)  # ids of every task this job has used
 
 
 class VSphereBackend(Backend):
@@ -115,6 +139,9 @@ class VSphereBackend(Backend):
         self._view_generation = -1
         self._runs: dict[str, _Run] = {}
         self._storage: dict[str, str] = {}  # VM id -> datastore id for its next migration
+        self._intents: dict[str, _Intent] = {}  # request id -> the start request it names
+        self._by_request: dict[str, str] = {}  # request id -> job id, once known
+        self._claimed: set[str] = set()  # task ids that belong to a job of this backend
         if session is None:
             self._session.connect()
         try:
@@ -257,10 +284,57 @@ class VSphereBackend(Backend):
         return super().vm(ref)
 
     def locate(self, vm_id: str) -> str | None:
+        """The VM's ``runtime.host``, read now; ``None`` when no such VM is registered.
+        ConnectionFailed (never ``None``) when vCenter cannot be asked, or answers without
+        the property (see :meth:`Session.retrieve`)."""
         props = self._vm_props(vm_id)
         if props is None:
             return None
         return moid(props.get("runtime.host")) or None
+
+    def _recent_tasks(self, vm_id: str) -> list[tuple[Any, Any]]:
+        """``(task, TaskInfo)`` of the VM's recent tasks, oldest first: its own ``recentTask``
+        and the TaskManager's (some endpoints keep only the latter), in two reads. Tasks
+        vCenter has forgotten meanwhile are left out."""
+        s, vim = self._session, self._vim
+        vm = self._ref("VirtualMachine", vm_id)
+        manager = s.content.taskManager
+        rows = s.retrieve(
+            [
+                s.objects_filter([vm], vim.VirtualMachine, ["recentTask"]),
+                s.objects_filter([manager], vim.TaskManager, ["recentTask"]),
+            ]
+        )
+        refs: dict[str, Any] = {}
+        for _obj, props in rows:
+            value = props.get("recentTask")
+            for task in value if isinstance(value, list | tuple) else ():
+                if moid(task):
+                    refs.setdefault(moid(task), task)
+        if not refs:
+            return []
+        infos = s.retrieve([s.objects_filter(refs.values(), vim.Task, ["info"])])
+        out = [
+            (task, props["info"])
+            for task, props in infos
+            if props.get("info") is not None and moid(props["info"].entity) == vm_id
+        ]
+        far = datetime.max.replace(tzinfo=dt.UTC)
+        return sorted(out, key=lambda pair: pair[1].queueTime or far)
+
+    def _describe_task(self, task: Any) -> str:
+        """``task-7 (VirtualMachine.reconfigure by bob, running)``, as far as vCenter says."""
+        ident = moid(task)
+        if not ident:
+            return ""
+        s = self._session
+        try:
+            info = s.task_info(task)
+        except (VMMoveError, s.vmodl.MethodFault):
+            return f"task {ident}"
+        who = getattr(info.reason, "userName", None)
+        by = f" by {who}" if isinstance(who, str) and who else ""
+        return f"task {ident} ({info.descriptionId or info.name}{by}, {info.state})"
 
     # ---- storage moves -----------------------------------------------------------------------
     def move_storage(self, vm: str, datastore: str | None) -> None:
@@ -315,7 +389,12 @@ class VSphereBackend(Backend):
     def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
         """``CheckRelocate_Task`` for every move; for a live one also
         ``QueryVMotionCompatibilityEx_Task`` (``QueryVMotionCompatibility`` where the Ex call
-        is missing). Their errors refuse the move; their warnings go into the record."""
+        is missing). Their errors refuse the move; their warnings go into the record.
+
+        Across clusters the full-spec ``CheckRelocate_Task`` (with the target cluster's pool,
+        as the move itself is sent) is the authority: ``QueryVMotionCompatibilityEx_Task``
+        checks a spec without a pool and can flag a host in another cluster that the real
+        move accepts, so its errors become warnings there."""
         live = spec.mode is MigrationMode.LIVE or (
             spec.mode is MigrationMode.AUTO and vm.power is PowerState.RUNNING
         )
@@ -336,24 +415,41 @@ class VSphereBackend(Backend):
                     "vSphere validates the move only when it starts",
                 )
             ]
-        problems += self._run_check(
+        full = self._run_check(
             "CheckRelocate_Task",
             lambda: checker.CheckRelocate_Task(vm=vm_ref, spec=reloc),
             target.name,
         )
+        problems += full
         if live:
             ex = self._run_check(
                 "QueryVMotionCompatibilityEx_Task",
                 lambda: checker.QueryVMotionCompatibilityEx_Task(vm=[vm_ref], host=[host_ref]),
                 target.name,
             )
+            answered = not any(p.code in ("unavailable", "check-timeout") for p in full)
             if any(p.code == "unavailable" for p in ex):
                 ex = self._vmotion_compatibility(vm_ref, host_ref, target.name)
+            elif reloc.pool is not None and answered:
+                ex = [self._overruled(p, target) for p in ex]
             problems += ex
         unique: dict[tuple[str, str, str], Problem] = {}
         for p in problems:
             unique.setdefault((p.severity, p.code, p.message), p)
         return list(unique.values())
+
+    @staticmethod
+    def _overruled(problem: Problem, target: HostInfo) -> Problem:
+        """A pool-less compatibility error on a cross-cluster move, as a warning."""
+        if problem.severity != "error":
+            return problem
+        return Problem(
+            code=problem.code,
+            severity="warning",
+            message=f"{problem.message} (QueryVMotionCompatibilityEx_Task checks a spec "
+            "without a resource pool; CheckRelocate_Task with the pool of "
+            f"{target.cluster or target.name}, as the move is sent, decides)",
+        )
 
     def _run_check(self, name: str, call: Any, where: str) -> list[Problem]:
         s = self._session
@@ -437,6 +533,12 @@ class VSphereBackend(Backend):
         reloc = self._relocate_spec(vm, target, spec.datastore)
         vm_ref = self._ref("VirtualMachine", vm.id)
         restart = mode is MigrationMode.COLD and vm.power is PowerState.RUNNING
+        if request_id:  # what attach() needs should the answer be lost (see _attach_intent)
+            since = s.server_time()
+            with self._lock:
+                self._intents[request_id] = _Intent(
+                    vm=vm.id, target=target.id, mode=mode, since=since
+                )
         try:
             if restart:
                 task = s.call(vm_ref.PowerOffVM_Task)
@@ -444,18 +546,18 @@ class VSphereBackend(Backend):
                 priority = self.settings.priority
                 task = s.call(lambda: vm_ref.RelocateVM_Task(spec=reloc, priority=priority))
         except s.vmodl.MethodFault as fault:
-            raise faults.refusal(fault, f"vSphere refused to move {vm.name}", target.name) from None
+            raise self._refusal(fault, vm.name, target.name) from None
         with self._lock:
             self._storage.pop(vm.id, None)
-        ref = {
-            "task": moid(task),
-            "vm": vm.id,
-            "source": vm.host,
-            "target": target.id,
-            "mode": mode.value,
-            "restart": "yes" if restart else "no",
-        }
-        job = Job(id=moid(task), vm=vm.id, source=vm.host, target=target.id, mode=mode, ref=ref)
+        job = self._job(
+            task,
+            vm_id=vm.id,
+            source=vm.host,
+            target=target.id,
+            mode=mode,
+            restart=restart,
+            request_id=request_id,
+        )
         run = _Run(
             job=job,
             name=vm.name,
@@ -465,8 +567,7 @@ class VSphereBackend(Backend):
             stage="stopping" if restart else "relocating",
             task=task,
         )
-        with self._lock:
-            self._runs[job.id] = run
+        self._keep(run)
         log.info(
             "%s: %s %s %s -> %s (task %s)",
             self.settings.display(),
@@ -477,6 +578,46 @@ class VSphereBackend(Backend):
             job.id,
         )
         return job
+
+    @staticmethod
+    def _job(
+        task: Any,
+        *,
+        vm_id: str,
+        source: str,
+        target: str,
+        mode: MigrationMode,
+        restart: bool,
+        request_id: str,
+    ) -> Job:
+        ref = {
+            "task": moid(task),
+            "vm": vm_id,
+            "source": source,
+            "target": target,
+            "mode": mode.value,
+            "restart": "yes" if restart else "no",
+        }
+        if request_id:
+            ref["request_id"] = request_id
+        return Job(id=moid(task), vm=vm_id, source=source, target=target, mode=mode, ref=ref)
+
+    def _keep(self, run: _Run) -> None:
+        with self._lock:
+            self._runs[run.job.id] = run
+            if run.task is not None:
+                self._claimed.add(moid(run.task))
+                run.seen.add(moid(run.task))
+            request_id = run.job.ref.get("request_id", "")
+            if request_id:
+                self._by_request[request_id] = run.job.id
+                self._intents.pop(request_id, None)
+
+    def _refusal(self, fault: Any, name: str, where: str) -> VMMoveError:
+        other = ""
+        if faults.is_fault(fault, "TaskInProgress"):
+            other = self._describe_task(getattr(fault, "task", None))
+        return faults.refusal(fault, f"vSphere refused to move {name}", where, other)
 
     def _run(self, job: Job) -> _Run:
         with self._lock:
@@ -504,7 +645,17 @@ class VSphereBackend(Backend):
             phase = run.phase
         return JobStatus(phase=phase, native=native, percent=run.best, **kw)
 
-    def _end(self, run: _Run, phase: Phase, native: str, error: str | None = None) -> JobStatus:
+    def _end(
+        self,
+        run: _Run,
+        phase: Phase,
+        native: str,
+        error: str | None = None,
+        *,
+        vm_host: str | None = None,
+    ) -> JobStatus:
+        """A terminal status. ``total_time`` spans every task of the job: for a cold move of a
+        running VM from the power-off's queueing to the power-on's end."""
         total = None
         if run.first_queued is not None and run.completed is not None:
             total = max((run.completed - run.first_queued).total_seconds(), 0.0)
@@ -512,14 +663,14 @@ class VSphereBackend(Backend):
             phase=phase,
             native=native,
             percent=run.best,
-            vm_host=self.locate(run.job.vm),
+            vm_host=vm_host if vm_host is not None else self.locate(run.job.vm),
             error=error,
             figures=Figures(total_time=total),
         )
 
     def _info(self, run: _Run) -> Any:
-        """The current task's TaskInfo, or ``None`` when the task no longer exists (vCenter
-        forgets finished tasks after a while)."""
+        """The current task's TaskInfo, or ``None`` when vCenter no longer knows the task (it
+        restarted, or forgot the task a while after it ended)."""
         s = self._session
         if run.task is None:
             return None
@@ -527,11 +678,19 @@ class VSphereBackend(Backend):
             info = s.task_info(run.task)
         except s.vmodl.fault.ManagedObjectNotFound:
             return None
-        if run.first_queued is None:
-            run.first_queued = info.queueTime
-        if info.completeTime is not None:
-            run.completed = info.completeTime
+        self._times(run, info)
         return info
+
+    @staticmethod
+    def _times(run: _Run, info: Any) -> None:
+        if run.first_queued is None or (
+            info.queueTime is not None and info.queueTime < run.first_queued
+        ):
+            run.first_queued = info.queueTime
+        if info.completeTime is not None and (
+            run.completed is None or info.completeTime > run.completed
+        ):
+            run.completed = info.completeTime
 
     def _begin(self, run: _Run, stage: str, start: Any) -> Any:
         """Start the next task of a pipeline; its fault, if the server refuses at once."""
@@ -541,6 +700,9 @@ class VSphereBackend(Backend):
         except s.vmodl.MethodFault as fault:
             run.task = None
             return fault
+        with self._lock:
+            self._claimed.add(moid(run.task))
+        run.seen.add(moid(run.task))
         run.stage = stage
         return None
 
@@ -559,15 +721,7 @@ class VSphereBackend(Backend):
                 return self._end(
                     run, Phase.FAILED, "power-off failed", faults.fault_text(info.error)
                 )
-            if run.aborting:
-                return self._restore(run, Phase.CANCELLED, None)
-            spec, priority = run.spec, self.settings.priority
-            fault = self._begin(
-                run, "relocating", lambda: run.vm.RelocateVM_Task(spec=spec, priority=priority)
-            )
-            if fault is not None:
-                return self._restore(run, Phase.FAILED, faults.fault_text(fault))
-            return self._status(run, Phase.TRANSFERRING, "relocating: queued")
+            return self._stopped(run)
         if stage == "starting":
             if state in ("queued", "running"):
                 return self._status(run, Phase.SWITCHING_OVER, f"powering on: {state}")
@@ -586,6 +740,33 @@ class VSphereBackend(Backend):
             return self._end(run, phase, "restored", error)
         raise AssertionError(f"unknown stage {stage!r}")
 
+    def _stopped(self, run: _Run) -> JobStatus:
+        """The power-off of a cold pipeline is done: relocate next (or restore, if aborted)."""
+        if run.aborting:
+            return self._restore(run, Phase.CANCELLED, None)
+        spec, priority = run.spec, self.settings.priority
+        fault = self._begin(
+            run, "relocating", lambda: run.vm.RelocateVM_Task(spec=spec, priority=priority)
+        )
+        if fault is not None:
+            return self._restore(run, Phase.FAILED, faults.fault_text(fault))
+        return self._status(run, Phase.TRANSFERRING, "relocating: queued")
+
+    def _relocated(self, run: _Run) -> JobStatus:
+        """The relocation succeeded: done, or power the VM on at the target (cold pipeline)."""
+        run.best = 100.0
+        if run.restart:
+            fault = self._begin(run, "starting", run.vm.PowerOnVM_Task)
+            if fault is not None:
+                return self._end(
+                    run,
+                    Phase.FAILED,
+                    "power-on failed",
+                    f"moved, but powering on failed: {faults.fault_text(fault)}",
+                )
+            return self._status(run, Phase.SWITCHING_OVER, "powering on: queued")
+        return self._end(run, Phase.COMPLETED, "success")
+
     def _relocating(self, run: _Run, info: Any) -> JobStatus:
         state = info.state
         if state == "queued":
@@ -596,18 +777,7 @@ class VSphereBackend(Backend):
                 run.best = max(run.best or 0.0, float(info.progress))
             return self._status(run, Phase.TRANSFERRING, "running")
         if state == "success":
-            run.best = 100.0
-            if run.restart:
-                fault = self._begin(run, "starting", run.vm.PowerOnVM_Task)
-                if fault is not None:
-                    return self._end(
-                        run,
-                        Phase.FAILED,
-                        "power-on failed",
-                        f"moved, but powering on failed: {faults.fault_text(fault)}",
-                    )
-                return self._status(run, Phase.SWITCHING_OVER, "powering on: queued")
-            return self._end(run, Phase.COMPLETED, "success")
+            return self._relocated(run)
         fault = info.error
         cancelled = faults.is_fault(fault, "RequestCanceled") or bool(info.cancelled)
         if cancelled:
@@ -616,9 +786,10 @@ class VSphereBackend(Backend):
             phase, native, error = Phase.FAILED, "error", faults.fault_text(fault)
         if run.restart:
             return self._restore(run, phase, error)
-        if not cancelled and not run.ran and info.startTime is None:
-            # Refused before it ran (admission, validation): say why, in the error's type.
-            raise faults.refusal(fault, f"vSphere refused to move {run.name}", run.job.target)
+        if not cancelled and faults.is_refusal(fault):
+            # A refusal, by the fault's type: vCenter sends these as a task that fails while
+            # queued or as one that starts and then fails (startTime set): the VM stayed.
+            raise self._refusal(fault, run.name, run.job.target)
         return self._end(run, phase, native, error)
 
     def _restore(self, run: _Run, phase: Phase, error: str | None) -> JobStatus:
@@ -631,14 +802,96 @@ class VSphereBackend(Backend):
         return self._status(run, Phase.TRANSFERRING, "powering on again: queued")
 
     def _vanished(self, run: _Run) -> JobStatus:
-        """The task is gone (expired after the client that watched it died): the VM's
-        location tells the outcome."""
-        host = self.locate(run.job.vm)
-        if host == run.job.target:
-            return self._end(run, Phase.COMPLETED, "task expired; VM on target")
-        return self._end(
-            run, Phase.FAILED, "task expired", f"task {run.job.id} no longer exists on the server"
-        )
+        """vCenter no longer knows the current task: it restarted (every task MoRef dies with
+        it), or the task ended long enough ago to be forgotten. The same task may be listed
+        again among the VM's recent tasks; otherwise where the VM runs now, and whether it
+        runs, settles the step the task was for."""
+        gone = moid(run.task) if run.task is not None else ""
+        again = self._find_again(run)
+        if again is not None:
+            log.info("%s: task %s is listed again as %s", self, gone, moid(again))
+            run.task = again
+            run.seen.add(moid(again))
+            with self._lock:
+                self._claimed.add(moid(again))
+            return self._step(run)
+        props = self._vm_props(run.job.vm)
+        if props is None:
+            return self._end(
+                run,
+                Phase.FAILED,
+                "VM gone",
+                f"task {gone} and the VM {run.name} are both gone from vCenter",
+                vm_host="",
+            )
+        host = moid(props.get("runtime.host"))
+        on = props.get("runtime.powerState") == "poweredOn"
+        lost = f"task {gone} is gone from vCenter (restarted, or the task aged out)"
+        where = host or "no host"
+        stage, target = run.stage, run.job.target
+        log.warning("%s: %s; %s runs on %s", self.settings.display(), lost, run.name, where)
+        if stage == "relocating" and not run.restart:
+            if host and host == target:
+                return self._end(run, Phase.COMPLETED, "task gone; VM on target", vm_host=host)
+            return self._end(
+                run,
+                Phase.FAILED,
+                "task gone; VM not on target",
+                f"{lost} and {run.name} runs on {where}: it did not move",
+                vm_host=host,
+            )
+        if stage == "stopping":
+            if not on:  # the power-off was done
+                return self._stopped(run)
+            return self._end(
+                run,
+                Phase.FAILED,
+                "power-off lost",
+                f"{lost}; {run.name} still runs on {where}: nothing moved",
+                vm_host=host,
+            )
+        if stage == "relocating":  # cold pipeline
+            if host and host == target:
+                return self._relocated(run)
+            return self._restore(
+                run, Phase.FAILED, f"{lost} and {run.name} is still on {where}: it did not move"
+            )
+        if stage == "starting":
+            if on:
+                return self._end(run, Phase.COMPLETED, "task gone; VM running", vm_host=host)
+            return self._relocated(run)  # power it on (again)
+        if stage == "restoring":
+            assert run.outcome is not None
+            if on:
+                phase, error = run.outcome
+                return self._end(run, phase, "restored", error, vm_host=host)
+            return self._restore(run, *run.outcome)
+        raise AssertionError(f"unknown stage {stage!r}")
+
+    def _find_again(self, run: _Run) -> Any:
+        """The current step's task among the VM's recent tasks under another MoRef: same kind,
+        queued at the same time as the lost one, or after this job began when that is all we
+        know. ``None`` if vCenter lists no such task."""
+        if run.stage == "done":
+            return None
+        kinds = {
+            "relocating": _RELOCATIONS,
+            "stopping": (_POWER_OFF,),
+            "starting": ("VirtualMachine.powerOn",),
+            "restoring": ("VirtualMachine.powerOn",),
+        }[run.stage]
+        with self._lock:
+            claimed = set(self._claimed)
+        for task, info in self._recent_tasks(run.job.vm):
+            ident = moid(task)
+            if ident in run.seen or ident in claimed or info.descriptionId not in kinds:
+                continue
+            began = run.first_queued
+            queued = info.queueTime
+            if began is not None and queued is not None and queued < began - _INTENT_SLACK:
+                continue
+            return task
+        return None
 
     def abort(self, job: Job) -> None:
         run = self._run(job)
@@ -656,7 +909,7 @@ class VSphereBackend(Backend):
                     return
                 s.call(run.task.CancelTask)
             except (s.vim.fault.InvalidState, s.vmodl.fault.ManagedObjectNotFound):
-                return  # it ended meanwhile: poll reports how
+                return  # it ended meanwhile, or vCenter lost it: poll reports how
             log.info("%s: cancel sent for task %s", self.settings.display(), job.id)
 
     def finish(self, job: Job) -> None:
@@ -664,13 +917,10 @@ class VSphereBackend(Backend):
             self._runs.pop(job.id, None)
 
     def attach(self, ref: Mapping[str, str]) -> Job:
-        """Find a job again from ``Job.ref`` (the task's managed object id and the move).
-
-        A reference written before ``start`` returned (``intent=start``: the client died
-        inside it) is matched to the VM's newest relocation task, if vCenter has one that
-        is still running or that put the VM on the target."""
-        if "task" not in ref and ref.get("intent") == "start" and "vm" in ref:
-            ref = self._started_by_a_dead_client(ref)
+        """Find a job again from ``Job.ref`` (the task's managed object id and the move), or
+        from an intent reference saved before ``start`` (see :meth:`_attach_intent`)."""
+        if ref.get("intent") == "start":
+            return self._attach_intent(ref)
         try:
             task_id, vm_id = ref["task"], ref["vm"]
             mode = MigrationMode(ref.get("mode", "live"))
@@ -693,7 +943,8 @@ class VSphereBackend(Backend):
             info = s.task_info(task)
         except s.vmodl.fault.ManagedObjectNotFound:
             info = None
-        if info is None and self._vm_props(vm_id) is None:
+        props = self._vm_props(vm_id)
+        if info is None and props is None:
             raise NotFound(f"no task {task_id} and no VM {vm_id}: nothing to attach to")
         restart = ref.get("restart") == "yes"
         vm = self._ref("VirtualMachine", vm_id)
@@ -702,45 +953,121 @@ class VSphereBackend(Backend):
             spec = self._relocate_spec(self.vm(vm_id), self.host(job.target))
         run = _Run(
             job=job,
-            name=str((self._vm_props(vm_id) or {}).get("name", vm_id)),
+            name=str((props or {}).get("name", vm_id)),
             vm=vm,
             spec=spec,
             restart=restart,
             stage="stopping" if restart else "relocating",
             task=task if info is not None else None,
         )
+        run.seen.add(task_id)
+        if info is not None:
+            self._times(run, info)
         if restart and info is not None and info.state == "success":
             self._resume(run)
-        with self._lock:
-            self._runs[task_id] = run
+        self._keep(run)
         return job
 
-    def _started_by_a_dead_client(self, ref: Mapping[str, str]) -> dict[str, str]:
-        s = self._session
-        vm_id, target = ref["vm"], ref.get("target", "")
-        newest: tuple[Any, Any] | None = None
-        for task in s.call(lambda: s.content.taskManager.recentTask) or ():
-            info = s.task_info(task)
-            if moid(info.entity) != vm_id or info.descriptionId != "VirtualMachine.relocate":
-                continue
-            if newest is None or info.queueTime > newest[1].queueTime:
-                newest = (task, info)
-        props = self._vm_props(vm_id) or {}
-        host = moid(props.get("runtime.host"))
-        if newest is None or not (
-            newest[1].state in ("queued", "running")
-            or (newest[1].state == "success" and host == target)
-        ):
-            raise NotFound(f"no relocation of {vm_id} to {target} on the server")
-        running = props.get("runtime.powerState") == "poweredOn"
-        return {
-            "task": moid(newest[0]),
-            "vm": vm_id,
-            "source": host if newest[1].state != "success" else "",
-            "target": target,
-            "mode": (MigrationMode.LIVE if running else MigrationMode.COLD).value,
-            "restart": "no",
-        }
+    def _attach_intent(self, ref: Mapping[str, str]) -> Job:
+        """The job a start request began whose answer never came back (a dropped connection,
+        a timeout, or a client that died inside ``start``).
+
+        vCenter cannot carry our request id on ``RelocateVM_Task``: ``TaskInfo.activationId``
+        is filled only for tasks an extension creates (``TaskManager.CreateTask``), and the
+        SOAP ``operationID`` header only reaches vCenter's logs. So the request is matched by
+        what it asked: the VM's first relocation (or, for a cold move of a running VM, its
+        first power-off) queued at or after the moment the request was sent, on vCenter's
+        clock, that no other job of ours holds. The target cannot be read from a TaskInfo;
+        the engine's location check settles it once the task ends.
+
+        The moment is known exactly when this process sent the request; otherwise from the
+        intent's ``at`` (seconds since the epoch, the writer's clock) if it has one; without
+        either (a client that died inside start, an older record), the VM's newest relocation
+        that is still running or that put the VM on the target is taken."""
+        vm_id, target = ref.get("vm", ""), ref.get("target", "")
+        request_id = ref.get("request_id", "")
+        if not vm_id:
+            raise InvalidInput(f"not a vsphere intent reference: {dict(ref)!r}")
+        with self._lock:
+            known = self._by_request.get(request_id) if request_id else None
+            if known is not None and known in self._runs:
+                return self._runs[known].job
+            intent = self._intents.get(request_id) if request_id else None
+            claimed = set(self._claimed)
+        try:
+            mode = MigrationMode(ref.get("mode") or (intent.mode.value if intent else "live"))
+        except ValueError:
+            raise InvalidInput(f"not a vsphere intent reference: {dict(ref)!r}") from None
+        since = intent.since if intent is not None else self._intent_time(ref)
+        tasks = [
+            (task, info)
+            for task, info in self._recent_tasks(vm_id)
+            if moid(task) not in claimed
+            and (
+                info.descriptionId in _RELOCATIONS
+                or (mode is MigrationMode.COLD and info.descriptionId == _POWER_OFF)
+            )
+        ]
+        if since is not None:
+            after = [
+                (t, i)
+                for t, i in tasks
+                if i.queueTime is not None and i.queueTime >= since - _INTENT_SLACK
+            ]
+            first = after[0] if after else None
+        else:
+            first = self._newest_plausible(vm_id, target, tasks)
+        if first is None:
+            raise NotFound(
+                f"vCenter shows no task of the start request for {vm_id} -> {target or '?'}"
+                + (" (yet)" if since is not None else "")
+            )
+        task, info = first
+        restart = info.descriptionId == _POWER_OFF
+        # Until the relocation succeeds the VM is on its source; after, the record knows it.
+        source = "" if info.state == "success" and not restart else (self.locate(vm_id) or "")
+        job_ref = self._job(
+            task,
+            vm_id=vm_id,
+            source=source,
+            target=target,
+            mode=mode,
+            restart=restart,
+            request_id=request_id,
+        ).ref
+        log.info(
+            "%s: the start request %s for %s was acted on: task %s (%s)",
+            self.settings.display(),
+            request_id or "(no id)",
+            vm_id,
+            moid(task),
+            info.state,
+        )
+        return self.attach(job_ref)
+
+    def _intent_time(self, ref: Mapping[str, str]) -> datetime | None:
+        """The intent's ``at`` (seconds since the epoch on the writer's clock) on vCenter's
+        clock, or ``None``."""
+        raw = ref.get("at") or ref.get("since")
+        if not raw:
+            return None
+        try:
+            return self._session.server_time(float(raw))
+        except (TypeError, ValueError, OverflowError, OSError):
+            return None
+
+    def _newest_plausible(
+        self, vm_id: str, target: str, tasks: list[tuple[Any, Any]]
+    ) -> tuple[Any, Any] | None:
+        relocations = [(t, i) for t, i in tasks if i.descriptionId in _RELOCATIONS]
+        if not relocations:
+            return None
+        task, info = relocations[-1]
+        if info.state in ("queued", "running"):
+            return task, info
+        if info.state == "success" and target and self.locate(vm_id) == target:
+            return task, info
+        return None
 
     def _resume(self, run: _Run) -> None:
         """Where a cold pipeline whose power-off finished stands now, from the VM itself:
@@ -754,14 +1081,10 @@ class VSphereBackend(Backend):
             if on:  # nothing left to do
                 run.final = JobStatus(phase=Phase.COMPLETED, native="success", vm_host=host)
             return
-        for task in self._session.call(lambda: self._session.content.taskManager.recentTask):
-            info = self._session.task_info(task)
-            if (
-                moid(info.entity) == run.job.vm
-                and info.descriptionId == "VirtualMachine.relocate"
-                and info.state in ("queued", "running")
-            ):
+        for task, info in self._recent_tasks(run.job.vm):
+            if info.descriptionId in _RELOCATIONS and info.state in ("queued", "running"):
                 run.stage, run.task = "relocating", task
+                run.seen.add(moid(task))
                 return
         if on:  # powered on again on the source by someone else: the move did not happen
             run.final = JobStatus(

@@ -24,6 +24,7 @@ __all__ = [
     "fault_names",
     "fault_text",
     "is_fault",
+    "is_refusal",
     "problem",
     "refusal",
 ]
@@ -38,6 +39,20 @@ _REFUSALS: tuple[tuple[str, type[VMMoveError]], ...] = (
     ("NotAuthenticated", AuthenticationFailed),
 )
 
+
+#: Faults by which vCenter refuses a migration: the VM did not move, whether the task failed
+#: while queued or after it had started (vCenter reports both shapes, so the type decides).
+#: ``MigrationNotReady`` is a ``MigrationFault``, which otherwise means a failed transfer.
+REFUSAL_FAULTS = (
+    "InsufficientResourcesFault",
+    "TaskInProgress",
+    "ConcurrentAccess",
+    "InvalidState",  # InvalidHostState, InvalidPowerState, ...
+    "MigrationNotReady",
+    "InvalidDatastore",
+    "InvalidArgument",
+    "NotSupported",
+)
 
 _LIMIT = 500  # a fault's message is quoted, not echoed at any length
 
@@ -68,6 +83,11 @@ def fault_names(fault: Any) -> list[str]:
 
 def is_fault(fault: Any, *names: str) -> bool:
     return any(n in names for n in fault_names(fault))
+
+
+def is_refusal(fault: Any) -> bool:
+    """A fault by which vCenter refused the move (see :data:`REFUSAL_FAULTS`)."""
+    return is_fault(fault, *REFUSAL_FAULTS)
 
 
 def fault_name(fault: Any) -> str:
@@ -101,13 +121,16 @@ def problem(fault: Any, *, severity: str = "error", where: str = "") -> Problem:
     )
 
 
-def refusal(fault: Any, what: str, where: str = "") -> VMMoveError:
-    """The error for a migration the platform refused before it ran: not enough resources
-    -> :class:`ReservationRefused`, another task holds the VM -> :class:`Conflict`, a vanished
-    object -> :class:`NotFound`; anything else (host state, power state, arguments,
-    datastores, compatibility) -> :class:`PrecheckFailed` with the fault as its problem."""
+def refusal(fault: Any, what: str, where: str = "", other: str = "") -> VMMoveError:
+    """The error for a migration the platform refused: not enough resources ->
+    :class:`ReservationRefused`, another task holds the VM -> :class:`Conflict` (``other``
+    describes that task), a vanished object -> :class:`NotFound`; anything else (host state,
+    power state, not ready, arguments, datastores, compatibility) -> :class:`PrecheckFailed`
+    with the fault as its problem."""
     text = fault_text(fault)
     for name, kind in _REFUSALS:
         if is_fault(fault, name):
+            if kind is Conflict and other:
+                text = f"{text} (the VM is busy with {other})"
             return kind(f"{what}: {text}")
     return PrecheckFailed(f"{what}: refused by vSphere", [problem(fault, where=where)])

@@ -2,13 +2,21 @@
 
 pyVmomi is imported here, and only when a session connects. Every call goes through
 :meth:`Session.call`, which turns transport failures into :class:`ConnectionFailed` (with
-the reason: refused, timed out, certificate verify failed...) and logs in again once when
-the session expired (``NotAuthenticated``). vSphere faults pass through for the caller to
-map (see :mod:`vmmove_vsphere.faults`).
+the reason: refused, timed out, certificate verify failed, 503 while vCenter restarts...)
+and logs in again once, with the stored credentials, when the session is gone
+(``NotAuthenticated``: it expired, or vCenter restarted). vSphere faults pass through for
+the caller to map (see :mod:`vmmove_vsphere.faults`).
+
+Property reads never drop ``missingSet``: vCenter answers ``RetrievePropertiesEx`` of a
+dead session with a ``NotAuthenticated`` fault per property instead of a fault of the call
+(govmomi's client treats any missingSet entry as the read's error, ``mo.ObjectContentToType``).
+Those log in again and read again; any other missing property is a ConnectionFailed that
+names the fault, never an object that silently lacks the property.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import logging
 import socket
@@ -49,6 +57,7 @@ class Session:
         self.content: Any = None
         self._generation = 0  # bumped at each login: objects tied to a session are re-made
         self._closed = False
+        self.clock_skew = 0.0  # vCenter's clock minus ours, in seconds, measured at login
 
     def __repr__(self) -> str:
         return f"<vmmove_vsphere.Session {self.settings.display()}>"
@@ -91,8 +100,28 @@ class Session:
                 ) from None
             raise ConnectionFailed(f"{s.display()}: login failed: {fault_text(fault)}") from None
         self._generation += 1
+        self._measure_skew()
         about = self.content.about
         log.info("connected to %s (%s, API %s)", s.display(), about.fullName, about.apiVersion)
+
+    def _measure_skew(self) -> None:
+        """vCenter's clock against ours: task times are the server's, an intent's time ours."""
+        try:
+            before = time.time()
+            server = self._transport(self.si.CurrentTime)
+            after = time.time()
+        except Exception:  # an old endpoint without it: assume the clocks agree
+            log.debug("reading the server time failed", exc_info=True)
+            return
+        if isinstance(server, datetime.datetime):
+            if server.tzinfo is None:
+                server = server.replace(tzinfo=datetime.UTC)
+            self.clock_skew = server.timestamp() - (before + after) / 2
+
+    def server_time(self, local: float | None = None) -> datetime.datetime:
+        """A local time (default: now) on vCenter's clock, as an aware datetime."""
+        moment = (time.time() if local is None else local) + self.clock_skew
+        return datetime.datetime.fromtimestamp(moment, tz=datetime.UTC)
 
     @property
     def generation(self) -> int:
@@ -143,9 +172,9 @@ class Session:
             raise self._connection_error(exc) from None
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` (a closure over pyVmomi calls); log in again once if the session
-        expired. ``fn`` is re-run after a re-login, so it must be safe to repeat: a call the
-        server refused as NotAuthenticated did nothing."""
+        """Run ``fn`` (a closure over pyVmomi calls); log in again once if the session is
+        gone (expired, or vCenter restarted). ``fn`` is re-run after a re-login, so it must be
+        safe to repeat: a call the server refused as NotAuthenticated did nothing."""
         generation = self._generation
         try:
             return self._transport(fn)
@@ -156,9 +185,18 @@ class Session:
                         f"{self.settings.display()}: the connection is closed"
                     ) from None
                 if self._generation == generation:
-                    log.info("session with %s expired; logging in again", self.settings.display())
+                    log.info(
+                        "session with %s is gone (expired, or vCenter restarted); logging in again",
+                        self.settings.display(),
+                    )
                     self._login()
+        try:
             return self._transport(fn)
+        except self.vim.fault.NotAuthenticated as fault:
+            raise ConnectionFailed(
+                f"{self.settings.display()}: still not authenticated after logging in again "
+                f"({fault_text(fault)})"
+            ) from None
 
     # ---- property collector ------------------------------------------------------------------
     def retrieve(self, filters: Iterable[Any]) -> list[tuple[Any, dict[str, Any]]]:
@@ -173,6 +211,7 @@ class Session:
             result = collector.RetrievePropertiesEx(specs, pc.RetrieveOptions(maxObjects=1000))
             while result is not None:
                 for item in result.objects or ():
+                    self._check_missing(item)
                     out.append((item.obj, {p.name: p.val for p in item.propSet or ()}))
                 if not result.token:
                     break
@@ -181,11 +220,38 @@ class Session:
 
         return self.call(run)
 
+    def _check_missing(self, item: Any) -> None:
+        """Raise what an object's ``missingSet`` says: a NotAuthenticated fault as itself (so
+        :meth:`call` logs in again and reads again), anything else as ConnectionFailed."""
+        missing = [m for m in item.missingSet or () if getattr(m, "fault", None) is not None]
+        if not missing:
+            return
+        for m in missing:
+            if isinstance(m.fault, self.vim.fault.NotAuthenticated):
+                raise m.fault
+        first = missing[0]
+        what = getattr(item.obj, "_moId", "?")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConnectionFailed(
+            f"{self.settings.display()}: vSphere could not read {first.path!r} of {what}: "
+            f"{fault_text(first.fault)}{more}"
+        )
+
     def object_filter(self, obj: Any, kind: Any, paths: list[str]) -> Any:
         """A FilterSpec for properties of one object."""
         pc = self.vmodl.query.PropertyCollector
         return pc.FilterSpec(
             objectSet=[pc.ObjectSpec(obj=obj, skip=False)],
+            propSet=[pc.PropertySpec(type=kind, pathSet=paths)],
+            reportMissingObjectsInResults=True,
+        )
+
+    def objects_filter(self, objs: Iterable[Any], kind: Any, paths: list[str]) -> Any:
+        """A FilterSpec for properties of several objects of one type; objects that no longer
+        exist are left out of the result rather than failing the read."""
+        pc = self.vmodl.query.PropertyCollector
+        return pc.FilterSpec(
+            objectSet=[pc.ObjectSpec(obj=obj, skip=False) for obj in objs],
             propSet=[pc.PropertySpec(type=kind, pathSet=paths)],
             reportMissingObjectsInResults=True,
         )

@@ -27,7 +27,15 @@ _DIGESTS = {40: "sha1", 64: "sha256", 128: "sha512"}
 
 
 class ThumbprintMismatch(ssl.SSLCertVerificationError):
-    """The server's certificate does not have the pinned thumbprint."""
+    """The server's certificate does not have the pinned thumbprint. ``str()`` is the
+    sentence itself (an ``SSLError``'s own ``str()`` shows its args as a tuple)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class PinnedContext(ssl.SSLContext):
@@ -42,8 +50,11 @@ class PinnedContext(ssl.SSLContext):
         actual = hashlib.new(_DIGESTS[len(self.pin)], der).hexdigest()
         if not hmac.compare_digest(actual, self.pin):
             sock.close()
+            digest = _DIGESTS[len(self.pin)].upper().replace("SHA", "SHA-")
             raise ThumbprintMismatch(
-                f"certificate thumbprint mismatch: expected {self.pin}, server sent {actual}"
+                f"certificate thumbprint mismatch: the server's certificate has the {digest} "
+                f"thumbprint {actual}, not the pinned {self.pin}; if the server's certificate "
+                "was replaced on purpose, pin the new thumbprint"
             )
         return sock
 
@@ -84,7 +95,7 @@ def describe_tls_error(exc: BaseException) -> str:
     """A short reason for a failed handshake, e.g. ``certificate verify failed: self-signed
     certificate in certificate chain``."""
     if isinstance(exc, ThumbprintMismatch):
-        return str(exc)
+        return exc.message
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or exc.reason or str(exc)
         return f"certificate verify failed: {detail}"
