@@ -394,3 +394,140 @@ def test_old_kubevirt_prunes_added_node_selector(make_kube: Any, tmp_path: Path)
         assert kv["status"]["observedKubeVirtVersion"] == "v1.5.2"
     finally:
         api.close()
+
+
+# ---- platform variants (vmmove.testing.kube.controller's module docstring) ----------------
+
+
+@pytest.fixture
+def custom(make_kube: Any, tmp_path: Path) -> Iterator[Any]:
+    """``custom(**FakeKube options)``: (kube, CustomObjectsApi) on a fresh fake cluster."""
+    clients: list[Any] = []
+
+    def _make(**options: Any) -> tuple[FakeKube, Any]:
+        kube: FakeKube = make_kube(**options)
+        path = kube.kubeconfig(tmp_path / f"kc{len(clients)}")
+        api_client = config.new_client_from_config(str(path), context="fake", persist_config=False)
+        clients.append(api_client)
+        return kube, client.CustomObjectsApi(api_client)
+
+    yield _make
+    for api_client in clients:
+        api_client.close()
+
+
+def vmi_state(kube: FakeKube, vmi: str) -> dict[str, Any]:
+    return dict(
+        ((kube.get("VirtualMachineInstance", vmi) or {})["status"]).get("migrationState") or {}
+    )
+
+
+def vmim_status(kube: FakeKube, name: str) -> dict[str, Any]:
+    return dict((kube.get("VirtualMachineInstanceMigration", name) or {}).get("status") or {})
+
+
+@pytest.mark.parametrize(("release", "completed"), [("1.5", True), ("1.7", False), ("1.9", True)])
+def test_release_shapes_of_a_failed_migration(custom: Any, release: str, completed: bool) -> None:
+    timing = MigrationTiming(running=30.0, report_lag=0.3)
+    kube, co = custom(release=release, timing=timing)
+    kv = co.list_cluster_custom_object("kubevirt.io", "v1", "kubevirts")["items"][0]
+    assert kv["status"]["observedKubeVirtVersion"].startswith(f"v{release}.")
+    kube.fail_migration("Running", vmi="db-1", reason="stalled", after=0.1)
+    name = co.create_namespaced_custom_object(*KV, VMIMS, migration("db-1"))["metadata"]["name"]
+    # The VMI says it failed first; the VMIM follows report_lag later.
+    assert kube.wait_for(lambda: vmi_state(kube, "db-1").get("failed") is True, 10)
+    assert vmim_status(kube, name)["phase"] == "Running"
+    state = vmi_state(kube, "db-1")
+    assert bool(state.get("completed")) is completed
+    assert state["targetNode"] == "node-b"
+    assert kube.wait_for(lambda: vmim_status(kube, name).get("phase") == "Failed", 10)
+    assert kube.vmi_node("db-1") == "node-a"
+
+
+def test_the_previous_state_stays_until_the_handoff(custom: Any) -> None:
+    timing = MigrationTiming(running=0.1)
+    kube, co = custom(timing=timing, handoff_phase="TargetReady")
+    first = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))
+    assert kube.wait_for(
+        lambda: vmim_status(kube, first["metadata"]["name"]).get("phase") == "Succeeded", 10
+    )
+    old = vmi_state(kube, "web-1")
+    assert (old["completed"], old["targetNode"]) == (True, "node-b")
+    timing.preparing_target = 30.0  # the second one stays before the handoff
+    second = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))
+    name = second["metadata"]["name"]
+    assert kube.wait_for(lambda: vmim_status(kube, name).get("phase") == "PreparingTarget", 10)
+    assert vmi_state(kube, "web-1") == old  # not handed over yet: the first one's state
+
+
+def test_inserted_phases_appear_in_order(custom: Any) -> None:
+    kube, co = custom(
+        timing=MigrationTiming(running=0.1), inserted_phases={"Synchronizing": "Pending"}
+    )
+    name = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))["metadata"]["name"]
+    assert kube.wait_for(lambda: vmim_status(kube, name).get("phase") == "Succeeded", 10)
+    stamps = [s["phase"] for s in vmim_status(kube, name)["phaseTransitionTimestamps"]]
+    assert stamps[:2] == ["Synchronizing", "Pending"]
+    assert stamps[-1] == "Succeeded"
+
+
+def test_admission_denials_have_kubevirts_shapes(custom: Any) -> None:
+    _kube, co = custom(timing=MigrationTiming(running=30.0))
+    co.create_namespaced_custom_object(*KV, VMIMS, migration("db-1"))
+    with pytest.raises(client.ApiException) as info:
+        co.create_namespaced_custom_object(*KV, VMIMS, migration("db-1"))
+    body = status_of(info.value)
+    assert (info.value.status, body["code"]) == (400, 400)
+    assert "reason" not in body  # ToAdmissionResponseError sets none
+    assert body["message"].startswith('admission webhook "migration-create-validator')
+    with pytest.raises(client.ApiException) as info:
+        co.create_namespaced_custom_object(*KV, VMIMS, {**migration("db-1"), "spec": {}})
+    assert info.value.status == 422
+    assert status_of(info.value)["reason"] == "Invalid"
+    _kube2, co2 = custom(wrap_denials=True, live_migration_gate=False)
+    with pytest.raises(client.ApiException) as info:
+        co2.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))
+    assert info.value.status == 403
+    message = status_of(info.value)["message"]
+    assert " is forbidden: admission webhook" in message
+    assert "LiveMigration feature gate is not enabled" in message
+
+
+def test_racing_creates_can_both_be_admitted(custom: Any) -> None:
+    kube, co = custom(timing=MigrationTiming(running=0.2), admission_window=5.0)
+    a = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))["metadata"]["name"]
+    b = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))["metadata"]["name"]
+    # KubeVirt runs both, one after the other: the VM moves twice.
+    assert kube.wait_for(lambda: vmim_status(kube, b).get("phase") == "Succeeded", 10)
+    assert vmim_status(kube, a)["phase"] == "Succeeded"
+    assert kube.vmi_node("web-1") == "node-a"  # there and back
+
+
+def test_no_migration_policy_api(custom: Any) -> None:
+    kube, co = custom(migration_policy_api=False)
+    with pytest.raises(client.ApiException) as info:
+        co.list_cluster_custom_object("migrations.kubevirt.io", "v1alpha1", "migrationpolicies")
+    assert info.value.status == 404
+    name = co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"))["metadata"]["name"]
+    assert kube.wait_for(lambda: vmim_status(kube, name).get("phase") == "Succeeded", 10)
+
+
+def test_a_create_applied_after_the_client_gave_up(custom: Any) -> None:
+    kube, co = custom()
+    kube.api_fault(method="POST", path=f"{VMIMS}$", delay=0.6, apply_after=0.3)
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        co.create_namespaced_custom_object(*KV, VMIMS, migration("web-1"), _request_timeout=0.3)
+    assert kube.list("VirtualMachineInstanceMigration") == []
+    assert kube.wait_for(lambda: len(kube.list("VirtualMachineInstanceMigration")) == 1, 5)
+
+
+@pytest.mark.parametrize("mode", ["refuse", "reset"])
+def test_an_outage_refuses_or_resets_connections_then_ends(custom: Any, mode: str) -> None:
+    kube, co = custom()
+    port = kube.server.port
+    outage = kube.outage(0.6, mode)
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        co.list_namespaced_custom_object(*KV, VMIS, _request_timeout=1)
+    assert outage.wait(5)
+    assert kube.server.port == port
+    assert len(co.list_namespaced_custom_object(*KV, VMIS)["items"]) == 4

@@ -12,6 +12,11 @@ watches) from an in-memory store, with a fake KubeVirt that walks
         kubeconfig = kube.kubeconfig("/tmp/kubeconfig")  # context "fake", namespace "default"
         ...
 
+``FakeKube(release="1.7")`` imitates another KubeVirt release line (default: the newest,
+``"1.9"``); the variant switches are listed in :mod:`vmmove.testing.kube.controller`.
+:meth:`FakeKube.outage` takes the API away for a while; :class:`ApiFault` breaks single
+requests (an error, a dropped answer, a write applied after the client gave up).
+
 Standard library only. Also runs as a process: ``python -m vmmove.testing.kube --help``.
 In pytest, load :mod:`vmmove.testing.kube.pytest_plugin` for the ``fake_kube`` fixture.
 """
@@ -20,28 +25,35 @@ from __future__ import annotations
 
 from vmmove.testing.kube.controller import (
     CLUSTER_MIGRATION_DEFAULTS,
+    DEFAULT_RELEASE,
     MIGRATION_PHASES,
+    RELEASES,
     KubeVirtController,
+    KubeVirtRelease,
     MigrationFault,
     MigrationTiming,
 )
 from vmmove.testing.kube.fake import DEFAULT_TOKEN, FakeKube
-from vmmove.testing.kube.server import ApiFault, KubeApiServer, RequestLog
+from vmmove.testing.kube.server import ApiFault, KubeApiServer, Outage, RequestLog
 from vmmove.testing.kube.store import ApiError, Event, ObjectStore, ResourceType
 
 __all__ = [
     "CLUSTER_MIGRATION_DEFAULTS",
+    "DEFAULT_RELEASE",
     "DEFAULT_TOKEN",
     "MIGRATION_PHASES",
+    "RELEASES",
     "ApiError",
     "ApiFault",
     "Event",
     "FakeKube",
     "KubeApiServer",
     "KubeVirtController",
+    "KubeVirtRelease",
     "MigrationFault",
     "MigrationTiming",
     "ObjectStore",
+    "Outage",
     "RequestLog",
     "ResourceType",
 ]

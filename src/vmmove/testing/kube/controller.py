@@ -9,6 +9,55 @@ Running -> Succeeded`` with configurable timing. On the way the VMI's
 ``migrationConfiguration``), and at the end ``status.nodeName`` and the
 ``kubevirt.io/nodeName`` label move to the target. Deleting a migration aborts it (the object
 carries KubeVirt's finalizer until the abort is done); a failure can be injected at any phase.
+
+Release profiles and variants
+-----------------------------
+``release`` picks how one KubeVirt release line behaves (:data:`RELEASES`); the default is
+the newest, ``"1.9"``, since that is what users meet. Each behaviour is also a switch of its
+own (keyword arguments of :class:`KubeVirtController` and ``FakeKube``), ``None`` meaning
+"as the release does":
+
+``completed_on_failure``
+    KubeVirt up to 1.5 and again from 1.9 on set ``migrationState.completed: true``
+    together with ``failed: true`` when a migration fails and when an abort succeeds (with
+    ``abortStatus``); 1.6 to 1.8 leave ``completed`` false on failure (virt-launcher's
+    ``setMigrationResultHelper`` lost its ``completed`` argument in 1.6). ``targetNode``
+    keeps naming the target either way; only ``status.nodeName`` says where the VM runs.
+``added_node_selector``
+    ``spec.addedNodeSelector`` on VMIMs (1.6 and later); an older CRD prunes it silently.
+``handoff_phase``
+    The phase the migration leaves when the controller hands it to virt-handler and writes
+    the new ``migrationState`` (KubeVirt: ``Scheduled``). Until then the VMI keeps the
+    *previous* migration's state: its ``migrationUid``, ``completed``/``failed`` flags and
+    ``targetNode``. ``"TargetReady"`` widens that window to the start of ``Running``.
+``inserted_phases``
+    ``{"NewPhase": "KnownPhase"}``: every migration passes through ``NewPhase`` (for
+    ``MigrationTiming.inserted`` seconds) just before ``KnownPhase``, as a newer release's
+    phase would look to an older client (KubeVirt 1.6+ has ``WaitingForSync`` and
+    ``Synchronizing`` for decentralized migrations).
+``migration_policy_api``
+    ``False``: no ``migrations.kubevirt.io`` API group at all (older clusters, or the API
+    disabled); creating a MigrationPolicy answers 404.
+``admission_window``
+    KubeVirt's in-flight check lists the VMI's migrations and is not atomic with the
+    create: two creates closer together than this many seconds are both admitted. The
+    controller then runs them one after the other, as KubeVirt does.
+``wrap_denials``
+    Webhook denials arrive wrapped as ``<plural> "<name>" is forbidden: admission webhook
+    ... denied the request: ...`` with 403; otherwise as KubeVirt's admitter sends them:
+    400 with no ``reason`` (``ToAdmissionResponseError``), and 422 ``Invalid`` with causes
+    only for a spec that fails validation (a missing ``spec.vmiName``).
+``live_migration_gate``
+    ``False``: the ``LiveMigration`` feature gate is off, as older releases allowed: every
+    VMIM is denied ("LiveMigration feature gate is not enabled in kubevirt-config", 400).
+``ignore_added_node_selector``
+    The CRD keeps ``spec.addedNodeSelector`` but the scheduler places the target pod as if
+    it were not there (a cluster that ignores it): the VMI may land on another node.
+
+``MigrationTiming.report_lag`` is how long the VMIM's ``Failed`` trails the VMI's
+``migrationState`` saying the migration failed or was aborted (two controllers, two writes):
+a client that reads the VMI in between sees ``failed`` (and, per release, ``completed``)
+while the VMIM still says ``Running``.
 """
 
 from __future__ import annotations
@@ -26,8 +75,11 @@ from vmmove.testing.kube.store import ApiError, Obj, ObjectStore, ResourceType
 
 __all__ = [
     "CLUSTER_MIGRATION_DEFAULTS",
+    "DEFAULT_RELEASE",
     "MIGRATION_PHASES",
+    "RELEASES",
     "KubeVirtController",
+    "KubeVirtRelease",
     "MigrationFault",
     "MigrationTiming",
 ]
@@ -63,6 +115,43 @@ _POLICY_FIELDS = (
     "bandwidthPerMigration",
     "completionTimeoutPerGiB",
 )
+#: The label KubeVirt's mutating webhook puts on every VMIM; the in-flight check lists by it.
+VMI_NAME_LABEL = "kubevirt.io/vmi-name"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubeVirtRelease:
+    """How one KubeVirt release line shows its migrations (see the module docstring)."""
+
+    name: str
+    version: str  # the KubeVirt CR's observedKubeVirtVersion
+    added_node_selector: bool
+    completed_on_failure: bool
+
+
+#: The release lines the fake imitates, by name.
+RELEASES: Mapping[str, KubeVirtRelease] = {
+    r.name: r
+    for r in (
+        KubeVirtRelease(
+            name="1.5", version="v1.5.2", added_node_selector=False, completed_on_failure=True
+        ),
+        KubeVirtRelease(
+            name="1.6", version="v1.6.0", added_node_selector=True, completed_on_failure=False
+        ),
+        KubeVirtRelease(
+            name="1.7", version="v1.7.1", added_node_selector=True, completed_on_failure=False
+        ),
+        KubeVirtRelease(
+            name="1.8", version="v1.8.0", added_node_selector=True, completed_on_failure=False
+        ),
+        KubeVirtRelease(
+            name="1.9", version="v1.9.0", added_node_selector=True, completed_on_failure=True
+        ),
+    )
+}
+#: The newest release line: what users meet, and what the fake imitates by default.
+DEFAULT_RELEASE = "1.9"
 
 
 def _ts() -> str:
@@ -78,6 +167,10 @@ class MigrationTiming:
     ``unschedulable_timeout`` fails a migration whose target cannot be placed (KubeVirt:
     300 s). ``postcopy_after``: seconds into ``Running`` after which a migration whose
     effective configuration allows post-copy switches to it (``None``: never).
+    ``report_lag``: seconds the VMIM's ``Failed`` trails the VMI's migrationState saying
+    the migration failed or was aborted. ``inserted``: how long an inserted (unknown to
+    older clients) phase lasts. ``running_by_vmi``: ``Running`` seconds for particular
+    VMIs, instead of ``running`` (a slow VM beside quick ones).
     """
 
     pending: float = 0.05
@@ -92,6 +185,9 @@ class MigrationTiming:
     postcopy_after: float | None = None
     vm_start: float = 0.1
     vm_stop: float = 0.1
+    report_lag: float = 0.05
+    inserted: float = 0.1
+    running_by_vmi: dict[str, float] = field(default_factory=dict)
 
     def of(self, phase: str) -> float:
         return {
@@ -102,7 +198,7 @@ class MigrationTiming:
             "TargetReady": self.target_ready,
             "Running": self.running,
             "Completed": self.switchover,
-        }[phase]
+        }.get(phase, self.inserted)
 
 
 @dataclass(kw_only=True)
@@ -133,8 +229,24 @@ class _Mig:
     target: str | None = None
     fault: MigrationFault | None = None
     abort_at: float | None = None
+    resume: str = ""  # the known phase an inserted phase interrupted
     done: bool = False
+    handed: bool = False  # the new migrationState is on the VMI
+    outcome: str | None = None  # "Failed" once the VMI says so, before the VMIM follows
+    outcome_at: float = 0.0
+    inserted: set[str] = field(default_factory=set)  # inserted phases already passed
     created: float = field(default_factory=time.monotonic)
+
+
+#: The known phase after each, for inserting phases a newer KubeVirt has.
+_NEXT = {
+    "": "Pending",
+    "Pending": "Scheduling",
+    "Scheduling": "Scheduled",
+    "Scheduled": "PreparingTarget",
+    "PreparingTarget": "TargetReady",
+    "TargetReady": "Running",
+}
 
 
 def _labels(obj: Obj) -> dict[str, str]:
@@ -228,16 +340,47 @@ class KubeVirtController:
         store: ObjectStore,
         *,
         timing: MigrationTiming | None = None,
-        added_node_selector: bool = True,
-        kubevirt_version: str = "v1.6.0",
+        release: str = DEFAULT_RELEASE,
+        added_node_selector: bool | None = None,
+        kubevirt_version: str | None = None,
+        completed_on_failure: bool | None = None,
+        handoff_phase: str = "Scheduled",
+        inserted_phases: Mapping[str, str] | None = None,
+        migration_policy_api: bool = True,
+        admission_window: float = 0.0,
+        wrap_denials: bool = False,
+        live_migration_gate: bool = True,
+        ignore_added_node_selector: bool = False,
         migrations: Mapping[str, Any] | None = None,
     ) -> None:
+        if release not in RELEASES:
+            raise ValueError(f"release must be one of {', '.join(RELEASES)}")
+        if handoff_phase not in ("Scheduled", "TargetReady"):
+            raise ValueError("handoff_phase is 'Scheduled' (KubeVirt) or 'TargetReady'")
+        for new_phase, before in (inserted_phases or {}).items():
+            if before not in MIGRATION_PHASES or new_phase in MIGRATION_PHASES:
+                raise ValueError("inserted_phases maps a new phase name to a known phase")
+        profile = RELEASES[release]
         self.store = store
         self.timing = timing or MigrationTiming()
-        self.added_node_selector = added_node_selector
-        self.kubevirt_version = kubevirt_version
+        self.release = profile
+        self.added_node_selector = (
+            profile.added_node_selector if added_node_selector is None else added_node_selector
+        )
+        self.kubevirt_version = kubevirt_version or profile.version
+        self.completed_on_failure = (
+            profile.completed_on_failure if completed_on_failure is None else completed_on_failure
+        )
+        self.handoff_phase = handoff_phase
+        self.inserted_phases = dict(inserted_phases or {})
+        self.migration_policy_api = migration_policy_api
+        self.admission_window = admission_window
+        self.wrap_denials = wrap_denials
+        self.live_migration_gate = live_migration_gate
+        self.ignore_added_node_selector = ignore_added_node_selector
         self.migration_config = {**CLUSTER_MIGRATION_DEFAULTS, **(migrations or {})}
         self.faults: list[MigrationFault] = []
+        self._admitted: dict[str, float] = {}  # VMIM uid -> when admitted
         self._migs: dict[str, _Mig] = {}
         self._vm_timers: dict[str, tuple[str, float]] = {}  # VM uid -> (action, since)
         self._thread: threading.Thread | None = None
@@ -247,7 +390,10 @@ class KubeVirtController:
         self.rt_vmim = store.kind("VirtualMachineInstanceMigration")
         self.rt_node = store.kind("Node")
         self.rt_ns = store.kind("Namespace")
-        self.rt_policy = store.kind("MigrationPolicy")
+        self.rt_policy: ResourceType | None = store.kind("MigrationPolicy")
+        if not migration_policy_api:  # the whole migrations.kubevirt.io group is absent
+            del store.resources[self.rt_policy.key]
+            self.rt_policy = None
         self.rt_crd = store.kind("CustomResourceDefinition")
         self.rt_kv = store.kind("KubeVirt")
         self.errors: list[str] = []  # reconcile errors (a bug in the fake), for tests
@@ -257,7 +403,8 @@ class KubeVirtController:
         """Register the admission webhook; create the CRDs, the namespaces and the KubeVirt CR."""
         self.store.admission.append(self._admit)
         for rt in (self.rt_vmi, self.rt_vm, self.rt_vmim, self.rt_policy, self.rt_kv):
-            self.store.create(self.rt_crd, None, self._crd(rt), admit=False)
+            if rt is not None:
+                self.store.create(self.rt_crd, None, self._crd(rt), admit=False)
         for ns in ("default", "kubevirt"):
             if self.store.find(self.rt_ns, None, ns) is None:
                 self.store.create(
@@ -350,7 +497,24 @@ class KubeVirtController:
             self.faults.append(fault)
         return fault
 
-    # ---- admission ---------------------------------------------------------------------------
+    # ---- admission ----------------------------------------------------------------------------
+    def _deny(self, new: Obj, message: str, code: int = 400, **extra: Any) -> ApiError:
+        """A denial by KubeVirt's webhook as the API server relays it: 400 and no reason
+        (``ToAdmissionResponseError``), or 422 Invalid with causes; wrapped as "forbidden"
+        (403) when ``wrap_denials`` is on."""
+        text = (
+            'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
+            + message
+        )
+        if self.wrap_denials:
+            name = (new.get("metadata") or {}).get("name", "")
+            return ApiError(
+                403,
+                "Forbidden",
+                f'{self.rt_vmim.plural}.{self.rt_vmim.group} "{name}" is forbidden: {text}',
+            )
+        return ApiError(code, "Invalid" if code == 422 else "", text, **extra)
+
     def _admit(self, op: str, rt: ResourceType, new: Obj, old: Obj | None) -> None:
         if rt.kind != "VirtualMachineInstanceMigration":
             return
@@ -363,47 +527,62 @@ class KubeVirtController:
                     "request: update of Migration object's spec is restricted",
                 )
             return
-        deny = 'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
         spec = new.get("spec")
         if not isinstance(spec, dict) or not spec.get("vmiName"):
-            raise ApiError(
+            raise self._deny(
+                new,
+                "vmiName is missing",
                 422,
-                "Invalid",
-                f"{deny}spec.vmiName is required",
-                details={"causes": [{"field": "spec.vmiName", "reason": "FieldValueRequired"}]},
+                details={
+                    "causes": [
+                        {
+                            "type": "FieldValueRequired",
+                            "message": "vmiName is missing",
+                            "field": "spec.vmiName",
+                        }
+                    ]
+                },
             )
+        if not self.live_migration_gate:
+            raise self._deny(new, "LiveMigration feature gate is not enabled in kubevirt-config")
         if not self.added_node_selector:
             spec.pop("addedNodeSelector", None)  # pruned: unknown to this CRD's schema
         elif "addedNodeSelector" in spec and not isinstance(spec["addedNodeSelector"], dict):
-            raise ApiError(422, "Invalid", f"{deny}spec.addedNodeSelector must be a map")
+            raise self._deny(new, "spec.addedNodeSelector must be a map", 422)
         ns = new["metadata"]["namespace"]
         vmi = self.store.find(self.rt_vmi, ns, spec["vmiName"])
         if vmi is None:
-            raise ApiError(
-                400, "BadRequest", f"{deny}the VMI {spec['vmiName']} does not exist under the cache"
-            )
+            raise self._deny(new, f'the VMI "{ns}/{spec["vmiName"]}" does not exist')
         status = vmi.get("status") or {}
         if status.get("phase") in ("Succeeded", "Failed"):
-            raise ApiError(400, "BadRequest", f"{deny}Cannot migrated VMI in finalized state.")
+            raise self._deny(new, "Cannot migrate VMI in finalized state.")
         cond = _condition(vmi, "LiveMigratable")
         if cond is not None and cond.get("status") == "False":
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"{deny}Cannot migrate VMI, Reason: {cond.get('reason')}, "
-                f"Message: {cond.get('message')}",
+            raise self._deny(
+                new,
+                f"Cannot migrate VMI, Reason: {cond.get('reason')}, Message: {cond.get('message')}",
             )
-        state = status.get("migrationState") or {}
-        if state.get("migrationUid") and not state.get("completed") and not state.get("failed"):
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"{deny}in-flight migration detected. Active migration job "
-                f"({state['migrationUid']}) is currently already in progress for VMI "
+        # As KubeVirt: list the VMI's migrations by label and refuse while one is not final.
+        # That list and the create are not atomic: within admission_window a racing create
+        # has not been seen yet.
+        others, _ = self.store.list(
+            self.rt_vmim, ns, label_selector=f"{VMI_NAME_LABEL}={spec['vmiName']}"
+        )
+        seen_before = time.time() - self.admission_window
+        for other in others:
+            if (other.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if self._admitted.get(other["metadata"]["uid"], 0.0) > seen_before:
+                continue
+            raise self._deny(
+                new,
+                f"in-flight migration detected. Active migration job "
+                f"({other['metadata']['uid']}) is currently already in progress for VMI "
                 f"{spec['vmiName']}.",
             )
         meta = new["metadata"]
-        meta.setdefault("labels", {})["kubevirt.io/vmi-name"] = spec["vmiName"]
+        meta.setdefault("labels", {})[VMI_NAME_LABEL] = spec["vmiName"]
+        self._admitted[meta["uid"]] = time.time()  # creationTimestamp has whole seconds
         finalizers = meta.setdefault("finalizers", [])
         if FINALIZER not in finalizers:
             finalizers.append(FINALIZER)
@@ -434,6 +613,8 @@ class KubeVirtController:
         for uid in list(self._migs):
             if uid not in seen:
                 del self._migs[uid]
+        for uid in [u for u in self._admitted if u not in seen]:
+            del self._admitted[uid]
         self._collect_garbage()
         return max(0.0, min(due))
 
@@ -489,9 +670,22 @@ class KubeVirtController:
         self.store.mutate(self.rt_vmi, mig.ns, mig.vmi, change)
         self._mirror_state(mig)
 
-    def _fail(self, mig: _Mig, reason: str, now: float) -> None:
-        self._vmi_state(mig, failed=True, failureReason=reason, endTimestamp=_ts())
-        self._set_phase(mig, "Failed", now)
+    def _fail(self, mig: _Mig, reason: str, now: float, due: list[float]) -> None:
+        if not mig.handed:
+            self._set_phase(mig, "Failed", now)  # nothing was handed over: the VMI is untouched
+            return
+        changes: dict[str, Any] = {"failed": True, "failureReason": reason, "endTimestamp": _ts()}
+        if self.completed_on_failure or mig.phase in ("PreparingTarget", "TargetReady"):
+            # The controller's handleMarkMigrationFailedOnVMI (target gone before the
+            # migration started) sets completed with failed in every release.
+            changes["completed"] = True
+        self._vmi_state(mig, **changes)
+        self._report(mig, now, due)
+
+    def _report(self, mig: _Mig, now: float, due: list[float]) -> None:
+        """The VMI says how it ended; the VMIM follows ``report_lag`` seconds later."""
+        mig.outcome, mig.outcome_at = "Failed", now
+        due.append(self.timing.report_lag)
 
     def _active_on(self, node: str | None) -> int:
         return sum(
@@ -519,31 +713,62 @@ class KubeVirtController:
             if FINALIZER in (meta.get("finalizers") or []):
                 self._strip_finalizer(mig)
             return
+        if mig.outcome is not None:
+            left = self.timing.report_lag - (now - mig.outcome_at)
+            if left > 0:
+                due.append(left)
+            else:
+                self._set_phase(mig, mig.outcome, now)
+            return
         if meta.get("deletionTimestamp"):
             self._abort(mig, now, due)
             return
         if mig.phase == "":
-            self._set_phase(mig, "Pending", now)
-            due.append(self.timing.pending)
+            if not self._insert(mig, now, due):
+                self._set_phase(mig, "Pending", now)
+                due.append(self.timing.pending)
             return
         armed = mig.fault
         if armed is not None and armed.phase == mig.phase:
             if now - mig.entered >= armed.after:
-                self._fail(mig, armed.reason, now)
+                self._fail(mig, armed.reason, now, due)
                 return
             due.append(armed.after - (now - mig.entered))
         if mig.phase == "Running" and self.timing.postcopy_after is not None:
             self._maybe_postcopy(mig, now)
-        left = self.timing.of(mig.phase) - (now - mig.entered)
+        lasts = self.timing.of(mig.phase)
+        if mig.phase == "Running":
+            lasts = self.timing.running_by_vmi.get(mig.vmi, lasts)
+        left = lasts - (now - mig.entered)
         if left > 0:
             due.append(left)
             return
         self._advance(mig, now, due)
 
+    def _insert(self, mig: _Mig, now: float, due: list[float]) -> bool:
+        """Pass through an inserted phase before the next known one, once."""
+        nxt = _NEXT.get(mig.phase)
+        for phase, before in self.inserted_phases.items():
+            if before == nxt and phase not in mig.inserted:
+                mig.inserted.add(phase)
+                mig.resume = mig.phase
+                self._set_phase(mig, phase, now)
+                due.append(self.timing.inserted)
+                return True
+        return False
+
     def _advance(self, mig: _Mig, now: float, due: list[float]) -> None:
+        if mig.phase in self.inserted_phases:
+            mig.phase = mig.resume  # carry on where the inserted phase interrupted
+            if mig.phase == "":
+                self._set_phase(mig, "Pending", now)
+                due.append(self.timing.pending)
+                return
         vmi = self.store.find(self.rt_vmi, mig.ns, mig.vmi)
         if vmi is None or (vmi.get("status") or {}).get("phase") != "Running":
-            self._fail(mig, "the VMI is not running", now)
+            self._fail(mig, "the VMI is not running", now, due)
+            return
+        if mig.phase not in ("Completed",) and self._insert(mig, now, due):
             return
         vstatus = vmi.get("status") or {}
         if mig.phase == "Pending":
@@ -581,11 +806,14 @@ class KubeVirtController:
             mig.target = target
             self._set_phase(mig, "Scheduled", now)
         elif mig.phase == "Scheduled":
-            self._handoff(mig, vmi)
+            if self.handoff_phase == "Scheduled":
+                self._handoff(mig, vmi)
             self._set_phase(mig, "PreparingTarget", now)
         elif mig.phase == "PreparingTarget":
             self._set_phase(mig, "TargetReady", now)
         elif mig.phase == "TargetReady":
+            if not mig.handed:
+                self._handoff(mig, vmi)
             self._vmi_state(mig, startTimestamp=_ts())
             self._set_phase(mig, "Running", now)
         elif mig.phase == "Running":
@@ -598,6 +826,8 @@ class KubeVirtController:
     def _pick_target(self, mig: _Mig, vmi: Obj) -> str | None:
         vmim = self.store.find(self.rt_vmim, mig.ns, mig.name) or {}
         extra = (vmim.get("spec") or {}).get("addedNodeSelector") or {}
+        if self.ignore_added_node_selector:
+            extra = {}
         return self.schedule(vmi.get("spec") or {}, exclude=mig.source, extra_selector=extra)
 
     def schedule(
@@ -627,7 +857,7 @@ class KubeVirtController:
     def _effective_config(self, vmi: Obj, ns: str) -> tuple[str | None, Obj]:
         """The MigrationPolicy that applies (most matching labels, then name) and the
         configuration it yields over the cluster defaults."""
-        policies, _ = self.store.list(self.rt_policy)
+        policies = self.store.list(self.rt_policy)[0] if self.rt_policy is not None else []
         ns_obj = self.store.find(self.rt_ns, None, ns) or {}
         vmi_labels, ns_labels = _labels(vmi), _labels(ns_obj)
         best: tuple[int, str] | None = None
@@ -665,9 +895,11 @@ class KubeVirtController:
             state["migrationPolicyName"] = policy
 
         def change(o: Obj) -> None:
+            # A fresh state: the previous migration's flags and nodes go only now.
             o.setdefault("status", {})["migrationState"] = copy.deepcopy(state)
 
         self.store.mutate(self.rt_vmi, mig.ns, mig.vmi, change)
+        mig.handed = True
         self._mirror_state(mig)
 
     def _maybe_postcopy(self, mig: _Mig, now: float) -> None:
@@ -697,7 +929,7 @@ class KubeVirtController:
         self._mirror_state(mig)
 
     def _abort(self, mig: _Mig, now: float, due: list[float]) -> None:
-        if mig.phase in ("", "Pending", "Scheduling", "Scheduled"):
+        if not mig.handed:
             self._set_phase(mig, "Failed", now)  # nothing handed over yet: just drop it
             return
         if mig.phase == "Completed":
@@ -715,14 +947,16 @@ class KubeVirtController:
         if left > 0:
             due.append(left)
             return
-        self._vmi_state(
-            mig,
-            abortStatus="Succeeded",
-            failed=True,
-            failureReason="Live migration aborted",
-            endTimestamp=_ts(),
-        )
-        self._set_phase(mig, "Failed", now)
+        changes: dict[str, Any] = {
+            "abortStatus": "Succeeded",
+            "failed": True,
+            "failureReason": "Live migration aborted",
+            "endTimestamp": _ts(),
+        }
+        if self.completed_on_failure:
+            changes["completed"] = True
+        self._vmi_state(mig, **changes)
+        self._report(mig, now, due)
 
     def _collect_garbage(self) -> None:
         """Keep five finalized migrations per VMI, as KubeVirt does."""

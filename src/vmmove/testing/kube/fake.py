@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from vmmove.testing.kube.controller import (
+    DEFAULT_RELEASE,
     NODE_LABEL,
     NOT_MIGRATABLE_MESSAGE,
     NOT_MIGRATABLE_REASON,
+    RELEASES,
     KubeVirtController,
     MigrationFault,
     MigrationTiming,
     vmi_status,
 )
-from vmmove.testing.kube.server import ApiFault, KubeApiServer
+from vmmove.testing.kube.server import ApiFault, KubeApiServer, Outage
 from vmmove.testing.kube.store import Obj, ObjectStore
 
 __all__ = ["DEFAULT_TOKEN", "FakeKube"]
@@ -37,8 +39,14 @@ class FakeKube:
     ...     kube.add_vm("web-1", node="node-a")
     ...     path = kube.kubeconfig(tmp_path / "kubeconfig")
 
-    ``timing`` sets how long each migration phase lasts; ``added_node_selector=False``
-    imitates a KubeVirt older than 1.6 (``spec.addedNodeSelector`` is pruned).
+    ``timing`` sets how long each migration phase lasts. ``release`` (``"1.5"`` to
+    ``"1.9"``, default the newest) picks how KubeVirt behaves; every other keyword is one
+    variant switch of :class:`~vmmove.testing.kube.KubeVirtController` (its module
+    docstring lists them): ``added_node_selector=False`` imitates a KubeVirt older than 1.6
+    (``spec.addedNodeSelector`` is pruned), ``completed_on_failure``, ``handoff_phase``,
+    ``inserted_phases``, ``migration_policy_api``, ``admission_window``, ``wrap_denials``,
+    ``live_migration_gate``, ``ignore_added_node_selector``. :meth:`outage` makes the API
+    unreachable for a while; :meth:`api_fault` injects faults into single requests.
     """
 
     def __init__(
@@ -49,19 +57,40 @@ class FakeKube:
         host: str = "127.0.0.1",
         port: int = 0,
         timing: MigrationTiming | None = None,
-        added_node_selector: bool = True,
+        release: str = DEFAULT_RELEASE,
+        added_node_selector: bool | None = None,
         kubevirt_version: str | None = None,
+        completed_on_failure: bool | None = None,
+        handoff_phase: str = "Scheduled",
+        inserted_phases: Mapping[str, str] | None = None,
+        migration_policy_api: bool = True,
+        admission_window: float = 0.0,
+        wrap_denials: bool = False,
+        live_migration_gate: bool = True,
+        ignore_added_node_selector: bool = False,
         migrations: Mapping[str, Any] | None = None,
         history: int = 2000,
         namespace: str = "default",
     ) -> None:
         self.namespace = namespace
         self.store = ObjectStore(history=history)
+        if kubevirt_version is None and added_node_selector is False and release == "1.9":
+            # Only the schema was asked to be old: say so in the version too.
+            kubevirt_version = RELEASES["1.5"].version
         self.controller = KubeVirtController(
             self.store,
             timing=timing,
+            release=release,
             added_node_selector=added_node_selector,
-            kubevirt_version=kubevirt_version or ("v1.6.0" if added_node_selector else "v1.5.2"),
+            kubevirt_version=kubevirt_version,
+            completed_on_failure=completed_on_failure,
+            handoff_phase=handoff_phase,
+            inserted_phases=inserted_phases,
+            migration_policy_api=migration_policy_api,
+            admission_window=admission_window,
+            wrap_denials=wrap_denials,
+            live_migration_gate=live_migration_gate,
+            ignore_added_node_selector=ignore_added_node_selector,
             migrations=migrations,
         )
         self.controller.install()
@@ -107,6 +136,11 @@ class FakeKube:
     @property
     def timing(self) -> MigrationTiming:
         return self.controller.timing
+
+    @property
+    def release(self) -> str:
+        """The KubeVirt release line imitated (``"1.9"``...)."""
+        return self.controller.release.name
 
     # ---- kubeconfig --------------------------------------------------------------------------
     def kubeconfig_dict(
@@ -404,6 +438,11 @@ class FakeKube:
     def api_fault(self, **fault: Any) -> ApiFault:
         """Inject an API fault; see :class:`~vmmove.testing.kube.ApiFault` for the fields."""
         return self.server.inject(ApiFault(**fault))
+
+    def outage(self, seconds: float, mode: str = "refuse") -> Outage:
+        """The API is unreachable for ``seconds`` from now (``"refuse"``: connections
+        refused; ``"reset"``: connections reset) while KubeVirt goes on; returns at once."""
+        return self.server.outage(seconds, mode)
 
     # ---- reading the cluster ---------------------------------------------------------------------
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:

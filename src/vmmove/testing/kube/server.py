@@ -6,17 +6,25 @@ create (201), update with resourceVersion preconditions, merge, strategic-merge 
 patches, the ``/status`` subresource, delete with finalizers, label and field selectors,
 ``?watch=true`` as chunked JSON lines resumable from a resourceVersion (410 when expired),
 ``Table`` answers for ``kubectl get``, bearer tokens, and injected faults.
+
+Faults (:class:`ApiFault`) include a request carried out with its answer lost
+(``drop_response``) and one carried out *later*, after the client gave up (``apply_after``).
+:meth:`KubeApiServer.outage` makes the whole API unreachable for a while: connections
+refused (the listening socket closed, then opened again on the same port) or reset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import http.client
+import io
 import json
 import logging
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +44,7 @@ from vmmove.testing.kube.store import (
     parse_label_selector,
 )
 
-__all__ = ["ApiFault", "KubeApiServer", "RequestLog"]
+__all__ = ["ApiFault", "KubeApiServer", "Outage", "RequestLog"]
 
 log = logging.getLogger("vmmove.testing.kube")
 
@@ -54,7 +62,10 @@ class ApiFault:
     pass, and the request is answered with ``status`` (a Kubernetes ``Status``), or its
     connection is dropped without an answer (``drop``: nothing was done;
     ``drop_response``: the request was carried out, only the answer is lost), or, for a
-    watch, the stream breaks off after ``drop_watch_after`` events. ``times`` is how many
+    watch, the stream breaks off after ``drop_watch_after`` events. ``apply_after``: the
+    connection is dropped unanswered (after ``delay``, so a client with a shorter timeout
+    has given up by then) and the request is carried out ``apply_after`` seconds later, as
+    an API server whose write outlived the client's patience. ``times`` is how many
     requests it affects (``None``: all).
     """
 
@@ -68,6 +79,7 @@ class ApiFault:
     drop_response: bool = False
     delay: float = 0.0
     drop_watch_after: int | None = None
+    apply_after: float | None = None
     times: int | None = 1
     hits: int = field(default=0, init=False)
 
@@ -141,6 +153,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         sock = request
+        if self.api._resetting():
+            _reset(sock)  # the outage: every connection is reset at once
+            return
         with self.conns_lock:
             self.conns.add(sock)
         try:
@@ -169,8 +184,23 @@ class _HTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), not a FIN: the peer sees "connection reset"."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
 class _Aborted(Exception):
     """The connection was dropped on purpose (an injected fault)."""
+
+
+class _Api:
+    """What a replayed request's handler needs of the HTTP server: the API."""
+
+    def __init__(self, api: KubeApiServer) -> None:
+        self.api = api
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -261,6 +291,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._swallow = fault is not None and fault.drop_response
             if fault is not None and fault.delay:
                 self.api._stopping.wait(fault.delay)
+            if fault is not None and fault.apply_after is not None:
+                body = self._body()
+                if path in _PUBLIC or self._authorized():
+                    self.api._apply_later(fault.apply_after, method, self.path, self.headers, body)
+                self._drop()
             if fault is not None and fault.drop:
                 self._body()
                 self._drop()
@@ -552,6 +587,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         limit = fault.drop_watch_after if fault is not None else None
         watch_id = api._watch_started()
+        generation = api._generation
         try:
             for obj in initial:
                 self._event("ADDED", obj, rt, query)
@@ -559,7 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if limit is not None and sent >= limit:
                     self._drop()
             last_bookmark = time.monotonic()
-            while not api._stopping.is_set():
+            while not api._stopping.is_set() and api._generation == generation:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -608,6 +644,55 @@ class _Handler(BaseHTTPRequestHandler):
             api._watch_ended(watch_id)
 
 
+class _Replay(_Handler):
+    """A request carried out after its connection is gone (``ApiFault.apply_after``): the
+    same routing, with nobody to answer."""
+
+    def __init__(self, api: KubeApiServer, headers: Any, body: bytes) -> None:  # no socket
+        self._api = api
+        self.headers = http.client.HTTPMessage()
+        self.headers["Content-Type"] = headers.get("Content-Type", _JSON)
+        self.headers["Content-Length"] = str(len(body))
+        self.rfile = io.BytesIO(body)
+        self._swallow = False
+        self._status = 0
+        self.close_connection = True
+
+    @property
+    def api(self) -> KubeApiServer:
+        return self._api
+
+    def _send(self, code: int, body: Any, content_type: str = _JSON) -> None:
+        self._status = code  # the client gave up long ago: nobody hears this
+
+    def run(self, method: str, raw_path: str) -> None:
+        url = urlsplit(raw_path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            self._route(method, url.path.rstrip("/") or "/", query, False, None)
+        except ApiError as exc:
+            self._status = exc.code
+        finally:
+            self.api._log(method, url.path, url.query, self._status)
+
+
+@dataclass(eq=False)
+class Outage:
+    """An outage of the API (:meth:`KubeApiServer.outage`): ``over`` is set once it ends;
+    ``end()`` ends it early."""
+
+    server: KubeApiServer
+    mode: str
+    seconds: float
+    over: threading.Event = field(default_factory=threading.Event)
+
+    def end(self) -> None:
+        self.server._end_outage(self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.over.wait(timeout)
+
+
 class KubeApiServer:
     """The fake API server. ``start()`` binds (``port=0``: any free port) and serves in a
     thread; ``stop()`` closes every connection and joins every thread it started."""
@@ -641,12 +726,20 @@ class KubeApiServer:
         self._thread: threading.Thread | None = None
         self._watch_ids = 0
         self.active_watches: dict[int, int] = {}  # watch id -> last resourceVersion sent
+        self._generation = 0  # bumped by an outage: open watches end
+        self._reset_until = 0.0
+        self._outage: Outage | None = None
+        self._helpers: list[threading.Thread] = []  # late requests, outage timers
 
     # ---- lifecycle ----
     def start(self) -> KubeApiServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
+        self._listen()
+        return self
+
+    def _listen(self) -> None:
         self._httpd = _HTTPServer(self, self.host, self.port)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
@@ -656,13 +749,23 @@ class KubeApiServer:
             daemon=True,
         )
         self._thread.start()
-        return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            helpers, self._helpers = list(self._helpers), []
+            outage, self._outage = self._outage, None
+        if outage is not None:
+            outage.over.set()
+        for helper in helpers:
+            helper.join()  # they wait on _stopping: they end at once
+        self._close_httpd()
+
+    def _close_httpd(self) -> None:
         httpd, thread = self._httpd, self._thread
         if httpd is None:
             return
-        self._stopping.set()
+        self._generation += 1
         with self.store.cond:
             self.store.cond.notify_all()
         httpd.shutdown()
@@ -671,6 +774,63 @@ class KubeApiServer:
         if thread is not None:
             thread.join()
         self._httpd = self._thread = None
+
+    # ---- outages ----
+    def outage(self, seconds: float, mode: str = "refuse") -> Outage:
+        """Make the API unreachable for ``seconds`` from now, without blocking: ``"refuse"``
+        closes the listening socket (new connections are refused) and opens it again on
+        the same port; ``"reset"`` keeps listening but resets every connection. Open
+        connections and watches are cut either way. The cluster itself goes on."""
+        if mode not in ("refuse", "reset"):
+            raise ValueError("mode is 'refuse' or 'reset'")
+        if self._httpd is None and mode == "reset":
+            raise RuntimeError("the server is not running")
+        out = Outage(server=self, mode=mode, seconds=seconds)
+        with self._lock:
+            if self._outage is not None:
+                raise RuntimeError("an outage is already going on")
+            self._outage = out
+        if mode == "reset":
+            self._reset_until = time.monotonic() + seconds
+            self._generation += 1
+            with self.store.cond:
+                self.store.cond.notify_all()
+            if self._httpd is not None:
+                self._httpd.close_connections()
+        else:
+            self._close_httpd()
+        self._helper(seconds, lambda: self._end_outage(out), "outage")
+        return out
+
+    def _end_outage(self, out: Outage) -> None:
+        with self._lock:
+            if self._outage is not out:
+                return
+            self._outage = None
+        self._reset_until = 0.0
+        if out.mode == "refuse" and not self._stopping.is_set():
+            self._listen()
+        out.over.set()
+
+    def _resetting(self) -> bool:
+        return time.monotonic() < self._reset_until
+
+    def _helper(self, after: float, action: Any, what: str) -> None:
+        """Run ``action`` ``after`` seconds from now on a thread that ``stop()`` ends."""
+
+        def run() -> None:
+            if not self._stopping.wait(after):
+                action()
+
+        thread = threading.Thread(target=run, name=f"vmmove-fake-kube-{what}", daemon=True)
+        with self._lock:
+            self._helpers = [t for t in self._helpers if t.is_alive()]
+            self._helpers.append(thread)
+        thread.start()
+
+    def _apply_later(self, after: float, method: str, path: str, headers: Any, body: bytes) -> None:
+        replay = _Replay(self, headers, body)
+        self._helper(after, lambda: replay.run(method, path), "late")
 
     def __enter__(self) -> KubeApiServer:
         return self.start()

@@ -61,9 +61,10 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         }
+        if self.reason:  # omitted when empty, as Go's omitempty does (webhook denials)
+            body["reason"] = self.reason
         if self.details:
             body["details"] = self.details
         return body
