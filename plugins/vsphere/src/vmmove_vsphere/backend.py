@@ -118,6 +118,7 @@ class _Run:
     completed: datetime | None = None
     final: JobStatus | None = None
     seen: set[str] = field(default_factory=set)  # ids of every task this job has used
+    queued: datetime | None = None  # queueTime of the current task
 
 
 class VSphereBackend(Backend):
@@ -683,6 +684,7 @@ class VSphereBackend(Backend):
 
     @staticmethod
     def _times(run: _Run, info: Any) -> None:
+        run.queued = info.queueTime
         if run.first_queued is None or (
             info.queueTime is not None and info.queueTime < run.first_queued
         ):
@@ -703,7 +705,7 @@ class VSphereBackend(Backend):
         with self._lock:
             self._claimed.add(moid(run.task))
         run.seen.add(moid(run.task))
-        run.stage = stage
+        run.stage, run.queued = stage, None
         return None
 
     def _step(self, run: _Run) -> JobStatus:
@@ -806,7 +808,7 @@ class VSphereBackend(Backend):
         it), or the task ended long enough ago to be forgotten. The same task may be listed
         again among the VM's recent tasks; otherwise where the VM runs now, and whether it
         runs, settles the step the task was for."""
-        gone = moid(run.task) if run.task is not None else ""
+        gone = moid(run.task) if run.task is not None else run.job.id
         again = self._find_again(run)
         if again is not None:
             log.info("%s: task %s is listed again as %s", self, gone, moid(again))
@@ -869,10 +871,11 @@ class VSphereBackend(Backend):
         raise AssertionError(f"unknown stage {stage!r}")
 
     def _find_again(self, run: _Run) -> Any:
-        """The current step's task among the VM's recent tasks under another MoRef: same kind,
-        queued at the same time as the lost one, or after this job began when that is all we
-        know. ``None`` if vCenter lists no such task."""
-        if run.stage == "done":
+        """The current step's task among the VM's recent tasks under another MoRef (a vCenter
+        that lists its tasks again after a restart): same kind, same queue time. ``None`` if
+        vCenter lists no such task, or the lost task's queue time was never seen (then
+        nothing tells another client's later task from ours)."""
+        if run.stage == "done" or run.queued is None:
             return None
         kinds = {
             "relocating": _RELOCATIONS,
@@ -886,11 +889,8 @@ class VSphereBackend(Backend):
             ident = moid(task)
             if ident in run.seen or ident in claimed or info.descriptionId not in kinds:
                 continue
-            began = run.first_queued
-            queued = info.queueTime
-            if began is not None and queued is not None and queued < began - _INTENT_SLACK:
-                continue
-            return task
+            if info.queueTime is not None and abs(info.queueTime - run.queued) <= _INTENT_SLACK:
+                return task
         return None
 
     def abort(self, job: Job) -> None:

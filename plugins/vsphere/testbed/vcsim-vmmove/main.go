@@ -102,7 +102,13 @@ func main() {
 	if err := model.Create(); err != nil {
 		log.Fatalf("creating model: %v", err)
 	}
-	cleanup := func() { model.Remove() }
+	var x *ext
+	cleanup := func() {
+		if x != nil {
+			x.watch.stop() // no task is forgotten while the model is taken down
+		}
+		model.Remove()
+	}
 
 	svc := model.Service
 	svc.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
@@ -136,7 +142,7 @@ func main() {
 		svc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	x := newExt(svc, cfg)
+	x = newExt(svc, cfg)
 	x.ctlToken = newToken()
 	x.install(names)
 

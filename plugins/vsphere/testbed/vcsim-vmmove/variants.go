@@ -29,6 +29,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -314,6 +315,7 @@ func (e *ext) serveAnswerVariant(w http.ResponseWriter, r *http.Request, vm type
 type taskWatcher struct {
 	retention time.Duration
 	work      chan func()
+	stopped   int32 // set by stop: no more work is queued
 	mu        sync.Mutex
 	ended     map[types.ManagedObjectReference]bool // finished tasks already scheduled for forgetting
 	entities  map[types.ManagedObjectReference]types.ManagedObjectReference
@@ -364,7 +366,23 @@ func (w *taskWatcher) PutObject(obj mo.Reference) {
 	w.mu.Lock()
 	w.entities[ref] = entity
 	w.mu.Unlock()
-	w.work <- func() { editRecent(entity, ref, true) }
+	w.enqueue(func() { editRecent(entity, ref, true) })
+}
+
+// enqueue queues work unless the watcher is stopped.
+func (w *taskWatcher) enqueue(f func()) {
+	if atomic.LoadInt32(&w.stopped) == 0 {
+		w.work <- f
+	}
+}
+
+// stop lets the queued work finish and takes no more (the process is exiting).
+func (w *taskWatcher) stop() {
+	if atomic.CompareAndSwapInt32(&w.stopped, 0, 1) {
+		done := make(chan struct{})
+		w.work <- func() { close(done) }
+		<-done
+	}
 }
 
 // UpdateObject: a task that ended is forgotten after the retention time.
@@ -386,7 +404,7 @@ func (w *taskWatcher) UpdateObject(obj mo.Reference, changes []types.PropertyCha
 		w.ended[ref] = true
 		w.mu.Unlock()
 		if !already {
-			time.AfterFunc(w.retention, func() { w.work <- func() { w.forget(ref) } })
+			time.AfterFunc(w.retention, func() { w.enqueue(func() { w.forget(ref) }) })
 		}
 		return
 	}
