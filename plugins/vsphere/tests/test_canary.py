@@ -40,6 +40,15 @@ def test_password_never_leaks(
         m = conn.migrate(vm.id, to=target.id)
         seen += [repr(e) for e in m.events(timeout=60)]
         seen += [repr(m), repr(m.wait(0))]
+        logins = conn.backend.session.generation
+        sim.restart()  # sessions die: the backend logs in again with the stored password
+        for _ in range(3):  # the first request meets the connection the restart closed
+            try:
+                seen.append(repr(conn.hosts()))
+                break
+            except vmmove.ConnectionFailed as exc:
+                seen += [str(exc), repr(exc)]
+        assert conn.backend.session.generation == logins + 1
         back = conn.migrate(vm.id, to=vm.host)
         for event in back.events(timeout=60):
             if event.kind is EventKind.PHASE and event.phase.cancellable:
