@@ -1,5 +1,13 @@
 """Fixtures for the KubeVirt backend's tests: a fresh fake cluster per test (an in-process
-API server on 127.0.0.1:0 with a fake KubeVirt), and connections to it."""
+API server on 127.0.0.1:0 with a fake KubeVirt), and connections to it.
+
+The migration suites (``test_live``, ``test_cold``, ``test_contract``) run once per
+KubeVirt release line in :data:`RELEASE_MATRIX`: one of each ``migrationState`` shape (1.5:
+``completed`` with ``failed`` and no ``addedNodeSelector``; 1.7: ``completed`` false on
+failure; 1.9: ``completed`` with ``failed`` again, the default). A test marked
+``@pytest.mark.one_release`` runs on the default release only, one marked
+``@pytest.mark.releases(...)`` on those named.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,37 @@ import pytest
 
 import vmmove
 from vmmove.engine import Connection
-from vmmove.testing.kube import FakeKube, MigrationTiming
+from vmmove.testing.kube import DEFAULT_RELEASE, FakeKube, MigrationTiming
 
 _OURS = ("vmmove-fake-kube", "vmmove-kubevirt")
+#: The release lines the migration suites run against: one per migrationState shape.
+RELEASE_MATRIX = ("1.5", "1.7", "1.9")
+_ACROSS_RELEASES = {"test_live", "test_cold", "test_contract"}
+#: The VM whose live migrations run long enough to cancel mid-transfer (the others are quick).
+SLOW_VM = "db-1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_release: run on the default KubeVirt release only")
+    config.addinivalue_line("markers", "releases(*names): run on these KubeVirt releases")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if (
+        module in _ACROSS_RELEASES
+        and "release" in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("one_release") is None
+    ):
+        only = metafunc.definition.get_closest_marker("releases")
+        names = only.args if only is not None else RELEASE_MATRIX
+        metafunc.parametrize("release", names, indirect=True, ids=lambda r: f"kv{r}")
+
+
+@pytest.fixture
+def release(request: pytest.FixtureRequest) -> str:
+    """The KubeVirt release line the fake imitates (the newest unless parametrized)."""
+    return str(getattr(request, "param", DEFAULT_RELEASE))
 
 
 @pytest.fixture(autouse=True)
@@ -35,20 +71,24 @@ def _private_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMMOVE_JOURNAL", str(tmp_path / "journal.sqlite3"))
 
 
-def fast_timing(**changes: float | None) -> MigrationTiming:
-    """Phases short enough for a quick suite, ``Running`` long enough to cancel in."""
+def fast_timing(**changes: Any) -> MigrationTiming:
+    """Phases short enough for a quick suite; ``Running`` long enough to be seen, and for
+    :data:`SLOW_VM` long enough to cancel in."""
     timing = MigrationTiming(
         pending=0.02,
         scheduling=0.05,
         scheduled=0.02,
         preparing_target=0.05,
         target_ready=0.02,
-        running=1.0,
+        running=0.4,
         switchover=0.05,
         abort=0.05,
         vm_start=0.05,
         vm_stop=0.05,
+        running_by_vmi={SLOW_VM: 1.0},
     )
+    if "running" in changes:
+        changes.setdefault("running_by_vmi", {})  # one Running time for every VM
     for name, value in changes.items():
         setattr(timing, name, value)
     return timing
@@ -64,13 +104,15 @@ KubeFactory = Callable[..., FakeKube]
 
 
 @pytest.fixture
-def make_kube() -> Iterator[KubeFactory]:
+def make_kube(release: str) -> Iterator[KubeFactory]:
     """``make_kube(sample=True, **FakeKube options)``: a started fake cluster (fast timing
-    unless ``timing`` is given), stopped after the test."""
+    unless ``timing`` is given; the test's KubeVirt release unless ``release`` is given),
+    stopped after the test."""
     started: list[FakeKube] = []
 
     def _make(sample: bool = True, **options: Any) -> FakeKube:
         options.setdefault("timing", fast_timing())
+        options.setdefault("release", release)
         kube = FakeKube(**options).start()
         started.append(kube)
         if sample:
@@ -109,6 +151,7 @@ def connect(tmp_path: Path) -> Iterator[ConnectFn]:
     ) -> Connection:
         path = kube.kubeconfig(tmp_path / "kubeconfig")
         options.setdefault("kubeconfig", str(path))
+        options.setdefault("poll_interval", 0.1)
         conn = vmmove.connect(uri, **options)
         opened.append(conn)
         return conn

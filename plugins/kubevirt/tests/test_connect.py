@@ -65,11 +65,11 @@ def test_in_a_pod_the_service_account_is_used(
 def test_added_node_selector_support_from_the_kubevirt_version(
     kube: FakeKube, connect: Any
 ) -> None:
-    # The CRD cannot be read: the KubeVirt CR's observedKubeVirtVersion (v1.6.0) says yes.
+    # The CRD cannot be read: the KubeVirt CR's observedKubeVirtVersion (v1.9.0) says yes.
     kube.api_fault(path="customresourcedefinitions", status=403, times=None)
     conn = connect(kube)
     assert conn.capabilities.choose_target is True
-    assert "v1.6.0" in conn.backend.node_selector_why
+    assert "v1.9.0" in conn.backend.node_selector_why
     # Neither can be read: assume no, and say why.
     kube.api_fault(path="kubevirts$", status=403, times=None)
     conn = connect(kube)

@@ -494,8 +494,11 @@ vmims = st.builds(
     st.booleans(),
 )
 live_vmis = st.builds(
-    lambda node, state: {"status": {"nodeName": node, "migrationState": state}},
+    lambda node, phase, state: {
+        "status": {"phase": phase, "nodeName": node, "migrationState": state}
+    },
     names,
+    st.sampled_from(["Running", "Failed", "Scheduling"]),
     migration_states(),
 )
 
@@ -535,14 +538,15 @@ def test_junk_migration_objects(vmim: Any, vmi: Any, aborted: bool) -> None:
 @FUZZ
 @given(vmim=vmims, node=names, aborted=st.booleans())
 def test_valid_migration_objects_read_right(vmim: dict[str, Any], node: str, aborted: bool) -> None:
-    vmi = {"status": {"nodeName": node}}  # no migrationState handed over yet
+    vmi = {"status": {"phase": "Running", "nodeName": node}}  # no migrationState handed over
     s = live_status(vmim, vmi, uid=UID, abort_requested=aborted, target="node-b")
     _sane_status(s)
     native = vmim["status"]["phase"]
     if native not in VMIM_PHASES:
-        assert s.phase is Phase.FAILED
-        assert s.error is not None
-        assert "unknown phase" in s.error
+        # Kept as text, read from the VMI (nothing handed over: still requesting), no end.
+        assert s.phase is Phase.REQUESTING
+        assert "unknown to vmmove" in s.native
+        assert s.error is None
     elif VMIM_PHASES[native] is Phase.FAILED and aborted:
         assert s.phase is Phase.CANCELLED
     else:

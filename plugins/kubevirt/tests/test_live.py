@@ -1,5 +1,7 @@
 """Live migration on the fake cluster: cancels, failures, one migration per VMI, target
-selection, policies, post-copy and re-attaching."""
+selection, policies, post-copy and re-attaching; on every KubeVirt release line of the
+matrix (see conftest). KubeVirt 1.5 cannot be told the target node: there the tests let the
+scheduler choose, which in the sample estate can only be node-b."""
 
 from __future__ import annotations
 
@@ -42,6 +44,12 @@ def phases(m: Migration) -> list[Phase]:
     return [t.phase for t in m.record.history]
 
 
+def to(conn: Connection, node: str) -> str | None:
+    """``node``, or ``None`` (the scheduler chooses) where the cluster cannot be told."""
+    return node if conn.capabilities.choose_target else None
+
+
+@pytest.mark.one_release
 def test_live_migration_pins_the_target_with_added_node_selector(
     make_kube: Any, connect: Any
 ) -> None:
@@ -63,15 +71,17 @@ def test_live_migration_pins_the_target_with_added_node_selector(
     assert all(e.progress.data_total is None and e.progress.percent == 5.0 for e in transfer)
     assert Phase.SWITCHING_OVER in phases(m)  # migrationState.completed seen before Succeeded
     assert record.figures.total_time is not None
+    assert record.figures.total_time >= 0.7  # db-1 runs 1 s: never the 1-s stamps' 0.0
     assert record.figures.data_sent is None
 
 
+@pytest.mark.one_release  # release-independent: success, or nothing handed over
 def test_cancel_while_scheduling_deletes_the_migration(
     make_kube: Any, connect: Any, timing: Any
 ) -> None:
     kube: FakeKube = make_kube(timing=timing(scheduling=30.0))
     conn = connect(kube)
-    m = conn.migrate("db-1", to="node-b")
+    m = conn.migrate("db-1", to=to(conn, "node-b"))
     assert kube.wait_for(lambda: vmim_phase(kube, "db-1") == "Scheduling", 10)
     assert m.cancel() is True
     with pytest.raises(MigrationCancelled) as info:
@@ -89,11 +99,11 @@ def test_cancel_while_scheduling_deletes_the_migration(
 
 
 def test_cancel_while_running_aborts_and_reports_abort_status(
-    make_kube: Any, connect: Any, timing: Any
+    make_kube: Any, connect: Any, timing: Any, release: str
 ) -> None:
     kube: FakeKube = make_kube(timing=timing(running=30.0, abort=0.2))
     conn = connect(kube)
-    m = conn.migrate("db-1", to="node-b")
+    m = conn.migrate("db-1", to=to(conn, "node-b"))
     assert kube.wait_for(lambda: vmim_phase(kube, "db-1") == "Running", 10)
     assert m.cancel() is True
     with pytest.raises(MigrationCancelled) as info:
@@ -103,8 +113,11 @@ def test_cancel_while_running_aborts_and_reports_abort_status(
     assert state["abortRequested"] is True
     assert state["abortStatus"] == "Succeeded"
     assert state["failed"] is True
-    assert not state.get("completed")
+    # KubeVirt 1.5 and 1.9 say completed too; the record says cancelled all the same.
+    assert bool(state.get("completed")) is (release != "1.7")
+    assert state["targetNode"] == "node-b"  # names the target, whatever happened
     assert kube.vmi_node("db-1") == "node-a"
+    assert m.record.vm_host == "node-a"
     outcome = conn.backend.outcome(m.record.job_ref["migration"])  # type: ignore[attr-defined]
     assert outcome is not None
     assert "abortStatus=Succeeded" in outcome.native
@@ -116,7 +129,7 @@ def test_failure_at_preparing_target_leaves_the_vmi_on_its_node(
 ) -> None:
     kube.fail_migration("PreparingTarget", vmi="db-1", reason="target virt-launcher crashed")
     conn = connect(kube)
-    m = conn.migrate("db-1", to="node-b")
+    m = conn.migrate("db-1", to=to(conn, "node-b"))
     events = list(m.events(timeout=30))
     check_events(events)
     with pytest.raises(MigrationFailed) as info:
@@ -132,25 +145,27 @@ def test_failure_at_preparing_target_leaves_the_vmi_on_its_node(
 def test_failure_while_running_is_a_failed_migration_on_the_source(
     kube: FakeKube, connect: Any
 ) -> None:
-    kube.fail_migration("Running", vmi="web-1", reason="migration stalled", after=0.3)
-    m = connect(kube).migrate("web-1", to="node-b")
+    kube.fail_migration("Running", vmi="web-1", reason="migration stalled", after=0.2)
+    conn = connect(kube)
+    m = conn.migrate("web-1", to=to(conn, "node-b"))
     with pytest.raises(MigrationFailed, match="migration stalled"):
         m.wait(30)
     assert Phase.TRANSFERRING in phases(m)
     assert m.record.vm_host == "node-a" == kube.vmi_node("web-1")
 
 
+@pytest.mark.one_release  # release-independent: success, or nothing handed over
 def test_a_second_migration_of_the_same_vmi_is_refused(
     make_kube: Any, connect: Any, timing: Any
 ) -> None:
     kube: FakeKube = make_kube(timing=timing(running=30.0))
     first = connect(kube)
-    m = first.migrate("db-1", to="node-b")
+    m = first.migrate("db-1", to=to(first, "node-b"))
     assert kube.wait_for(lambda: vmim_phase(kube, "db-1") == "Running", 10)
     # Another client (its own connection, so no shared per-VM lock) is refused by the
     # pre-check, which sees the active VirtualMachineInstanceMigration...
     other = connect(kube, store=vmmove.MemoryStore())
-    second = other.migrate("db-1", to="node-b")
+    second = other.migrate("db-1", to=to(other, "node-b"))
     with pytest.raises(PrecheckFailed) as info:
         second.wait(30)
     assert any(p.code == "busy" for p in info.value.problems)
@@ -171,6 +186,7 @@ def test_a_second_migration_of_the_same_vmi_is_refused(
         m.wait(30)
 
 
+@pytest.mark.one_release
 def test_kubevirt_without_added_node_selector_refuses_a_fixed_target(
     make_kube: Any, connect: Any
 ) -> None:
@@ -193,13 +209,14 @@ def test_kubevirt_without_added_node_selector_refuses_a_fixed_target(
     assert any("scheduler" in w for w in record.warnings)
 
 
+@pytest.mark.one_release  # release-independent: success, or nothing handed over
 def test_policy_becomes_a_migration_policy_selected_by_a_vmi_label(
     make_kube: Any, connect: Any, timing: Any
 ) -> None:
     kube: FakeKube = make_kube(timing=timing(running=1.0, postcopy_after=0.3))
     conn = connect(kube)
     seen_label: list[str] = []
-    m = conn.migrate("db-1", to="node-b", policy="converge", bandwidth=64)
+    m = conn.migrate("db-1", to=to(conn, "node-b"), policy="converge", bandwidth=64)
     kube.wait_for(
         lambda: (
             bool(
@@ -232,14 +249,16 @@ def test_policy_becomes_a_migration_policy_selected_by_a_vmi_label(
     assert record.job_ref["policy"] == f"MigrationPolicy {name}"
 
 
+@pytest.mark.one_release  # release-independent: success, or nothing handed over
 def test_migration_policy_off_leaves_the_cluster_defaults(kube: FakeKube, connect: Any) -> None:
     conn = connect(kube, migration_policy=False)
-    record = conn.migrate("web-1", to="node-b").wait(30)
+    record = conn.migrate("web-1", to=to(conn, "node-b")).wait(30)
     assert kube.list("MigrationPolicy") == []
     assert any("cluster's migration defaults apply" in w for w in record.warnings)
     assert "migrationPolicyName" not in migration_state(kube, "web-1")
 
 
+@pytest.mark.one_release
 def test_not_live_migratable_vmi_is_refused_with_kubevirts_reason(
     kube: FakeKube, connect: Any
 ) -> None:
@@ -253,6 +272,7 @@ def test_not_live_migratable_vmi_is_refused_with_kubevirts_reason(
     assert kube.list(VMIM) == []
 
 
+@pytest.mark.one_release
 def test_target_checks_cordon_node_selector_and_cpu_model(kube: FakeKube, connect: Any) -> None:
     kube.add_node("node-amd", cpu_model="EPYC-Rome", cpu_vendor="AMD")
     kube.add_node("node-gpu", labels={"gpu": "true"})
@@ -273,12 +293,13 @@ def test_target_checks_cordon_node_selector_and_cpu_model(kube: FakeKube, connec
     assert not [p for p in conn.check("web-1", "node-gpu") if p.severity == "error"]
 
 
+@pytest.mark.one_release  # release-independent: success, or nothing handed over
 def test_a_client_that_died_is_picked_up_from_the_journal(
     make_kube: Any, connect: Any, timing: Any, tmp_path: Any
 ) -> None:
     kube: FakeKube = make_kube(timing=timing(running=2.0))
     first = connect(kube)
-    m = first.migrate("db-1", to="node-b")
+    m = first.migrate("db-1", to=to(first, "node-b"))
     assert kube.wait_for(lambda: vmim_phase(kube, "db-1") == "Running", 10)
     record_id = m.id
     first.close()  # the client goes away; the migration goes on in the cluster

@@ -99,6 +99,66 @@ def test_cancel_outcomes_and_abort_status() -> None:
     assert gone.phase is Phase.FAILED
 
 
+@pytest.mark.parametrize("completed", [True, False], ids=["kv1.5+1.9", "kv1.6-1.8"])
+def test_completed_alone_never_means_success(completed: bool) -> None:
+    """KubeVirt up to 1.5 and from 1.9 on set completed with failed on failure and abort."""
+    failed_on_node = vmi(
+        completed=completed, failed=True, failureReason="stalled", targetNode="node-b"
+    )
+    # The VMI says it failed before the VMIM does: still running, never a switch-over.
+    running = status(vmim("Running"), failed_on_node)
+    assert running.phase is Phase.TRANSFERRING
+    assert "failed on the VMI" in running.native
+    failed = status(vmim("Failed"), failed_on_node)
+    assert (failed.phase, failed.vm_host, failed.error) == (Phase.FAILED, "node-a", "stalled")
+    gone = status(None, failed_on_node)
+    assert (gone.phase, gone.vm_host) == (Phase.FAILED, "node-a")
+    aborted_on_node = vmi(
+        completed=completed, failed=True, abortStatus="Succeeded", targetNode="node-b"
+    )
+    for obj in (vmim("Running", deleting=True), vmim("Failed"), None):
+        got = status(obj, aborted_on_node, aborted=True)
+        assert got.phase is not Phase.COMPLETED
+        assert got.phase is not Phase.SWITCHING_OVER
+        if got.phase.terminal:
+            assert (got.phase, got.vm_host) == (Phase.CANCELLED, "node-a")
+    # KubeVirt's own abort (its completion timeout) with no cancel asked: a failure.
+    timed_out = status(vmim("Failed"), vmi(completed=completed, abortStatus="Succeeded"))
+    assert timed_out.phase is Phase.FAILED
+
+
+def test_where_the_vm_runs_is_the_vmis_node_never_target_node_alone() -> None:
+    done = status(vmim("Succeeded"), vmi("node-d", completed=True, targetNode="node-b"))
+    assert done.vm_host == "node-d"  # the cluster chose another node: say so
+    not_running = vmi("node-a", failed=True)
+    not_running["status"]["phase"] = "Failed"
+    assert status(vmim("Failed"), not_running).vm_host is None
+
+
+def test_the_previous_migrations_state_says_nothing_about_this_one() -> None:
+    old = vmi("node-b", completed=True, targetNode="node-b")
+    old["status"]["migrationState"]["migrationUid"] = "the-previous-one"
+    for native in ("Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady"):
+        assert status(vmim(native), old).phase is Phase.REQUESTING
+    failed = status(vmim("Failed"), old)  # failed before the handover
+    assert (failed.phase, failed.vm_host) == (Phase.FAILED, "node-b")
+
+
+@pytest.mark.parametrize("native", ["WaitingForSync", "Synchronizing", "SomethingNew"])
+def test_unknown_vmim_phases_are_read_from_the_vmi(native: str) -> None:
+    early = status(vmim(native), vmi())
+    assert early.phase is Phase.REQUESTING
+    assert early.native.startswith(native)
+    assert "unknown to vmmove" in early.native
+    assert status(vmim(native), vmi(startTimestamp="t")).phase is Phase.TRANSFERRING
+    assert status(vmim(native), vmi(startTimestamp="t", mode="PostCopy")).phase is Phase.POSTCOPY
+    done = status(vmim(native), vmi("node-b", completed=True))
+    assert done.phase is Phase.SWITCHING_OVER
+    failed = status(vmim(native), vmi(startTimestamp="t", completed=True, failed=True))
+    assert failed.phase is Phase.TRANSFERRING  # the VMIM's own Failed is the end
+    assert "failed on the VMI" in failed.native
+
+
 def test_policy_translation() -> None:
     spec = MigrationSpec(vm="vm")
     gib = 1 << 30

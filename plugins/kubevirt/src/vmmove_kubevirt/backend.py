@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from vmmove.backend import Backend, Job, JobStatus
 from vmmove.errors import (
+    Conflict,
     ConnectionFailed,
     InvalidInput,
     NotFound,
@@ -46,7 +47,15 @@ from vmmove.policy import Action, Policy, resolve
 from vmmove.secrets import Secret
 from vmmove_kubevirt import objects
 from vmmove_kubevirt.capabilities import CAPABILITIES
-from vmmove_kubevirt.phases import COLD_PHASES, live_status
+from vmmove_kubevirt.phases import (
+    COLD_PHASES,
+    PHASE_RANK,
+    VMIM_PHASES,
+    live_status,
+    settled,
+    state_for,
+    vm_node,
+)
 from vmmove_kubevirt.policy import (
     MANAGED_BY,
     POLICY_GROUP,
@@ -54,6 +63,7 @@ from vmmove_kubevirt.policy import (
     POLICY_PLURAL,
     POLICY_VERSION,
     PolicyPlan,
+    cluster_default_notes,
     plan,
 )
 
@@ -67,8 +77,15 @@ log = logging.getLogger("vmmove.kubevirt")
 Obj = dict[str, Any]
 VMIS, VMS, VMIMS = "virtualmachineinstances", "virtualmachines", "virtualmachineinstancemigrations"
 HOSTNAME = objects.HOSTNAME_LABEL
-#: On every VMIM vmmove creates: a fresh id per create, to find it if the answer is lost.
+#: On every VMIM vmmove creates: the engine's request id (unique per start attempt), to
+#: find the object when the answer to the create is lost.
 REQUEST_ANNOTATION = "vmmove.io/request-id"
+#: On every VMIM vmmove creates: the MigrationPolicy label value it put on the VMI for it.
+POLICY_ANNOTATION = "vmmove.io/policy"
+#: Beside the policy label on a VMI: when vmmove put it there (epoch seconds).
+LABELLED_AT = "migrations.vmmove.io/labelled-at"
+#: A policy label on a VMI with no active migration, older than this, was left behind.
+STALE_LABEL_SECONDS = 60.0
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=vmmove"
 
 _TRUE = ("1", "true", "yes", "on")
@@ -110,11 +127,17 @@ class _Live:
     gone_at: float | None = None
     last: JobStatus | None = None
     policy_label: str | None = None
+    # vmmove's own clock (monotonic) on the transfer: first and last poll that saw it
+    # running, and the first that saw it over; KubeVirt's timestamps have whole seconds.
+    run_first: float | None = None
+    run_last: float | None = None
+    over_at: float | None = None
 
 
 @dataclass
 class _Cold:
     job: Job
+    request_id: str
     vm: str
     source: str
     target: str
@@ -199,6 +222,8 @@ class KubeVirtBackend(Backend):
                 raise ConnectionFailed(
                     f"{conn.host} serves no kubevirt.io API group: is KubeVirt installed?"
                 )
+            #: whether migrations.kubevirt.io (MigrationPolicy) is served at all
+            self.policy_api = POLICY_GROUP in groups
             self.node_selector, self.node_selector_why = self._detect_node_selector()
         except BaseException:
             self._kube.close()
@@ -210,11 +235,15 @@ class KubeVirtBackend(Backend):
         self._live: dict[str, _Live] = {}
         self._cold: dict[str, _Cold] = {}
         self._deletes: dict[str, float] = {}  # migration name -> when to try again
+        self._unlabels: dict[str, float] = {}  # VMI name -> when to try the label again
+        self._lost: dict[str, str] = {}  # request id of a create with no answer -> VMI
         self._outcomes: dict[str, JobStatus] = {}
         self._informers: dict[str, Informer] = {}
         self._worker: threading.Thread | None = None
         self._closed = False
         self._ids = itertools.count(1)
+        #: VMIs whose stale policy label this connection took off when it was made
+        self.swept_labels = self._sweep_labels()
 
     @classmethod
     def from_uri(cls, uri: str, options: Mapping[str, Any]) -> KubeVirtBackend:
@@ -352,10 +381,30 @@ class KubeVirtBackend(Backend):
         return info
 
     def locate(self, vm_id: str) -> str | None:
-        try:
-            return self.vm(vm_id).host
-        except NotFound:
+        """The node whose VMI runs the VM now (``status.nodeName`` of a ``Running`` VMI
+        that is not paused), read from the API, not from a watch cache. A stopped
+        VirtualMachine (no VMI, not asked to run) is on the node it is pinned to, as
+        inventory lists it. ``None``: no node runs it (paused, starting, stopped mid-move,
+        gone). Raises ConnectionFailed when the API cannot be asked."""
+        vmi = self._kube.find(VMIS, vm_id)
+        if vmi is not None:
+            paused = objects.condition(vmi, "Paused")
+            if paused is not None and paused.get("status") == "True":
+                return None
+            return vm_node(vmi)
+        vmobj = self._kube.find(VMS, vm_id)
+        if vmobj is None or self._wants_running(vmobj):
             return None
+        info = objects.vm_info(vm_id, None, vmobj, self._by_hostname(self._kube.nodes()))
+        return None if info is None else info.host
+
+    @staticmethod
+    def _wants_running(vm: Obj) -> bool:
+        spec = vm.get("spec") or {}
+        strategy = spec.get("runStrategy")
+        if strategy is not None:
+            return strategy not in ("Halted", "Manual")
+        return bool(spec.get("running"))
 
     # ---- pre-checks ----------------------------------------------------------------------------
     @staticmethod
@@ -410,17 +459,19 @@ class KubeVirtBackend(Backend):
                         f"({self.node_selector_why}); {target.name} is only a guess",
                         "warning",
                     )
-            if self._use_policies:
+            if self._use_policies and self.policy_api:
                 p = plan(self._policy(spec), spec, vm.memory, self.capabilities)
                 for note in p.notes:
                     add("cluster-policy", note, "warning")
             else:
-                add(
-                    "cluster-policy",
-                    "migration_policy=false: the cluster's migration defaults apply, not the "
-                    "vmmove policy's settings",
-                    "warning",
+                why = (
+                    "migration_policy=false"
+                    if not self._use_policies
+                    else "this cluster has no MigrationPolicy API (migrations.kubevirt.io)"
                 )
+                why += ": the cluster's migration defaults apply, not the vmmove policy's settings"
+                for note in cluster_default_notes(self._policy(spec), self._cluster_config(), why):
+                    add("cluster-policy", note, "warning")
         else:
             if vmobj is None:
                 add(
@@ -454,6 +505,19 @@ class KubeVirtBackend(Backend):
                 "warning",
             )
         return problems
+
+    def _cluster_config(self) -> dict[str, Any] | None:
+        """``spec.configuration.migrations`` of the KubeVirt CR, or ``None`` if unreadable."""
+        try:
+            kvs = self._kube.all_namespaces("kubevirt.io", "v1", "kubevirts")
+        except VMMoveError as exc:
+            log.debug("cannot read the KubeVirt CR: %s", exc)
+            return None
+        for kv in kvs:
+            config = (((kv.get("spec") or {}).get("configuration") or {}).get("migrations")) or {}
+            if isinstance(config, dict):
+                return dict(config)
+        return None
 
     def _check_cpu(self, vmi: Obj, node: Obj, add: Any) -> None:
         model = (((vmi.get("spec") or {}).get("domain") or {}).get("cpu") or {}).get("model")
@@ -512,25 +576,38 @@ class KubeVirtBackend(Backend):
         request_id: str = "",
     ) -> Job:
         self._ensure_watching()
+        request = request_id or uuid.uuid4().hex
         if mode is MigrationMode.COLD:
-            return self._start_cold(vm, target)
-        return self._start_live(vm, target, spec)
+            return self._start_cold(vm, target, request)
+        return self._start_live(vm, target, spec, request)
 
     def _policy_ref(self, vm: VMInfo, spec: MigrationSpec) -> tuple[str, str | None]:
         """Ensure the MigrationPolicy exists and label the VMI for it. Returns the record's
         note and the label value set (``None``: none)."""
         if not self._use_policies:
             return "cluster defaults (migration_policy=false)", None
+        if not self.policy_api:
+            return "cluster defaults (no MigrationPolicy API, migrations.kubevirt.io)", None
         p: PolicyPlan = plan(self._policy(spec), spec, vm.memory, self.capabilities)
         try:
             existing = self._kube.cluster_get(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL, p.name)
             if existing is None:
-                try:
+                # Conflict: another client made the same one meanwhile, so it is there.
+                with contextlib.suppress(Conflict):
                     self._kube.cluster_create(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL, p.body())
-                except VMMoveError as exc:
-                    if "already exists" not in str(exc):
-                        raise
-            self._kube.merge_patch(VMIS, vm.id, {"metadata": {"labels": {POLICY_LABEL: p.name}}})
+        except VMMoveError as exc:  # NotFound too: the API went away since connect
+            return f"cluster defaults (MigrationPolicy {p.name} not applied: {exc})", None
+        try:
+            self._kube.merge_patch(
+                VMIS,
+                vm.id,
+                {
+                    "metadata": {
+                        "labels": {POLICY_LABEL: p.name},
+                        "annotations": {LABELLED_AT: str(int(time.time()))},
+                    }
+                },
+            )
         except NotFound:
             raise
         except VMMoveError as exc:
@@ -538,45 +615,134 @@ class KubeVirtBackend(Backend):
         return f"MigrationPolicy {p.name}", p.name
 
     def _unlabel(self, vmi: str) -> None:
-        self._kube.merge_patch(VMIS, vmi, {"metadata": {"labels": {POLICY_LABEL: None}}})
+        self._kube.merge_patch(
+            VMIS,
+            vmi,
+            {"metadata": {"labels": {POLICY_LABEL: None}, "annotations": {LABELLED_AT: None}}},
+        )
 
-    def _start_live(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Job:
+    def _restore_label(self, vmi: str, previous: str | None) -> None:
+        """A create that was refused: the policy label as it was (another client's
+        migration may be using the one there before ours)."""
+        if previous is None:
+            self._unlabel_soon(vmi)
+            return
+        try:
+            self._kube.merge_patch(VMIS, vmi, {"metadata": {"labels": {POLICY_LABEL: previous}}})
+        except VMMoveError as exc:
+            log.warning("could not put label %s back on %s: %s", POLICY_LABEL, vmi, exc)
+
+    def _unlabel_soon(self, vmi: str) -> None:
+        """Take the policy label off now, or keep trying from the worker until it goes
+        (a 500 or an outage must not leave it selecting the VMI for good)."""
+        try:
+            self._unlabel(vmi)
+        except NotFound:
+            return  # the VMI is gone: nothing to clean
+        except VMMoveError as exc:
+            log.warning("could not take label %s off %s (%s): will retry", POLICY_LABEL, vmi, exc)
+            with self._cond:
+                self._unlabels[vmi] = time.monotonic() + 0.5
+                self._cond.notify_all()
+            self._start_worker()
+
+    def _retry_unlabel(self, vmi: str) -> None:
+        with self._lock:
+            if any(st.vmi == vmi and st.policy_label for st in self._live.values()):
+                self._unlabels.pop(vmi, None)  # a new migration of ours wants it again
+                return
+        try:
+            self._unlabel(vmi)
+        except NotFound:
+            pass
+        except VMMoveError as exc:
+            log.debug("taking label %s off %s failed again: %s", POLICY_LABEL, vmi, exc)
+            with self._lock:
+                if vmi in self._unlabels:  # every second, while it keeps failing
+                    self._unlabels[vmi] = time.monotonic() + 1.0
+            return
+        with self._lock:
+            self._unlabels.pop(vmi, None)
+
+    def _sweep_labels(self) -> list[str]:
+        """Take off policy labels vmmove left on VMIs with no active migration (a client
+        that died, a cleanup that never got through), older than a minute so that another
+        client's label put on just before its create is left alone. Best effort: a
+        connection without the rights to list or patch just keeps them."""
+        removed: list[str] = []
+        try:
+            vmis = self._kube.list_all(VMIS, label_selector=POLICY_LABEL)[0]
+            if not vmis:
+                return removed
+            busy = {
+                (m.get("spec") or {}).get("vmiName")
+                for m in self._kube.list_all(VMIMS)[0]
+                if (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            }
+            for vmi in vmis:
+                meta = vmi.get("metadata") or {}
+                name = str(meta.get("name"))
+                try:
+                    since = float((meta.get("annotations") or {}).get(LABELLED_AT, 0))
+                except (TypeError, ValueError):
+                    since = 0.0
+                if name in busy or time.time() - since < STALE_LABEL_SECONDS:
+                    continue
+                self._unlabel(name)
+                removed.append(name)
+                log.info("took the stale label %s off VMI %s", POLICY_LABEL, name)
+        except VMMoveError as exc:
+            log.debug("stale policy labels not swept: %s", exc)
+        return removed
+
+    def _start_live(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, request: str) -> Job:
+        vmis = self.informer(VMIS)
+        cached = (vmis.get(vm.id) if vmis is not None else None) or {}
+        previous = ((cached.get("metadata") or {}).get("labels") or {}).get(POLICY_LABEL)
         note, label = self._policy_ref(vm, spec)
         hostname = target.extra.get(HOSTNAME, target.id)
+        annotations = {
+            "vmmove.io/source": vm.host,
+            "vmmove.io/target": target.id,
+            REQUEST_ANNOTATION: request,
+        }
+        if label is not None:
+            annotations[POLICY_ANNOTATION] = label
         body: Obj = {
             "apiVersion": "kubevirt.io/v1",
             "kind": "VirtualMachineInstanceMigration",
             "metadata": {
                 "generateName": f"vmmove-{vm.id}-"[:58],
                 "labels": dict(MANAGED_BY),
-                "annotations": {"vmmove.io/source": vm.host, "vmmove.io/target": target.id},
+                "annotations": annotations,
             },
             "spec": {"vmiName": vm.id},
         }
         if self.node_selector:
             body["spec"]["addedNodeSelector"] = {HOSTNAME: hostname}
-        request = uuid.uuid4().hex
-        body["metadata"]["annotations"][REQUEST_ANNOTATION] = request
         try:
-            try:
-                created = self._kube.create(VMIMS, body)
-            except ConnectionFailed:
-                # The answer was lost, maybe not the request: a create is never sent twice,
-                # so look for the object this very request would have made.
-                found = self._created_by(request)
-                if found is None:
-                    raise
-                created = found
+            created = self._kube.create(VMIMS, body)
+        except ConnectionFailed:
+            # The answer was lost, maybe not the request: a create is never sent twice,
+            # so look for the object this very request would have made. Not found (yet):
+            # the engine asks attach() with the request id for a while. The policy label
+            # stays meanwhile: a create applied late still gets its policy (finish, or the
+            # next connect's stale-label sweep, takes it off).
+            found = self._created_by(request)
+            if found is None:
+                if label is not None:
+                    with self._lock:
+                        self._lost[request] = vm.id
+                raise
+            created = found
         except BaseException:
             if label is not None:
-                try:
-                    self._unlabel(vm.id)
-                except VMMoveError:
-                    log.warning("could not take label %s off %s", POLICY_LABEL, vm.id)
+                self._restore_label(vm.id, previous)
             raise
         meta = created.get("metadata") or {}
         name, uid = str(meta.get("name")), str(meta.get("uid"))
         self._informer(VMIMS).seed(created)
+        self._one_migration_only(vm.id, created)
         job = Job(
             id=name,
             vm=vm.id,
@@ -592,6 +758,7 @@ class KubeVirtBackend(Backend):
                 "target": target.id,
                 "policy": note,
                 "target_pinned": "yes" if self.node_selector else "no: the scheduler chooses",
+                "request_id": request,
             },
         )
         with self._lock:
@@ -600,16 +767,75 @@ class KubeVirtBackend(Backend):
 
     def _created_by(self, request: str) -> Obj | None:
         try:
-            items = self._kube.list_all(VMIMS, label_selector=MANAGED_SELECTOR)[0]
+            return self._find_request(request)
         except VMMoveError:
             return None
+
+    def _find_request(self, request: str) -> Obj | None:
+        """The VMIM vmmove created for ``request`` (the engine's request id), in any
+        phase; raises ConnectionFailed when the API cannot be asked."""
+        items = self._kube.list_all(VMIMS, label_selector=MANAGED_SELECTOR)[0]
         for obj in items:
             annotations = (obj.get("metadata") or {}).get("annotations") or {}
             if annotations.get(REQUEST_ANNOTATION) == request:
                 return obj
         return None
 
-    def _start_cold(self, vm: VMInfo, target: HostInfo) -> Job:
+    def _one_migration_only(self, vmi: str, ours: Obj) -> None:
+        """KubeVirt's in-flight check is not atomic: two clients racing for one VMI can
+        both be admitted, and KubeVirt would then run both, one after the other. Checked
+        right after our create: we keep ours only if every other active VMIM of the VMI is
+        provably younger (a later creationTimestamp: its client checks after that and sees
+        ours). Otherwise ours is deleted and start raises Conflict naming the other. Two
+        creates in the same second that both see each other both yield: nothing runs,
+        rather than both."""
+        try:
+            items = self._kube.list_all(VMIMS)[0]
+        except ConnectionFailed as exc:
+            log.debug("cannot look for racing migrations of %s: %s", vmi, exc)
+            return
+
+        def active(m: Obj) -> bool:
+            meta = m.get("metadata") or {}
+            return (
+                (m.get("spec") or {}).get("vmiName") == vmi
+                and (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not meta.get("deletionTimestamp")
+            )
+
+        def created(m: Obj) -> float:
+            return _stamp((m.get("metadata") or {}).get("creationTimestamp")) or 0.0
+
+        ours_uid = (ours.get("metadata") or {}).get("uid")
+        older = [
+            m
+            for m in items
+            if active(m) and m["metadata"].get("uid") != ours_uid and created(m) <= created(ours)
+        ]
+        if not older:
+            return
+        winner = min(older, key=lambda m: (created(m), str(m["metadata"].get("name"))))
+        name = str(ours["metadata"]["name"])
+        with self._cond:
+            self._deletes[name] = 0.0
+            self._cond.notify_all()
+        self._delete(name)
+        self._start_worker()
+        # The VMI's policy label: the other's (if vmmove made it), else none.
+        theirs = ((winner.get("metadata") or {}).get("annotations") or {}).get(POLICY_ANNOTATION)
+        try:
+            self._kube.merge_patch(
+                VMIS, vmi, {"metadata": {"labels": {POLICY_LABEL: theirs or None}}}
+            )
+        except VMMoveError as exc:
+            log.debug("could not restore the policy label of %s: %s", vmi, exc)
+        raise Conflict(
+            f"{vmi} is already being migrated by VirtualMachineInstanceMigration "
+            f"{winner['metadata'].get('name')}; KubeVirt admitted this client's {name} too "
+            "(its in-flight check is not atomic), and vmmove deleted it"
+        )
+
+    def _start_cold(self, vm: VMInfo, target: HostInfo, request: str) -> Job:
         vmobj = self._kube.find(VMS, vm.id)
         if vmobj is None:
             raise NotSupported(
@@ -633,6 +859,7 @@ class KubeVirtBackend(Backend):
         )
         st = _Cold(
             job=job,
+            request_id=request,
             vm=vm.id,
             source=vm.host,
             target=target.id,
@@ -663,34 +890,52 @@ class KubeVirtBackend(Backend):
             vmims, vmis = self.informer(VMIMS), self.informer(VMIS)
         assert vmims is not None
         assert vmis is not None
-        try:
-            if vmims.last_error is None and vmis.last_error is None:
-                vmim, vmi = vmims.get(st.name), vmis.get(st.vmi)
-            else:  # the watch is reconnecting: read directly
-                vmim, vmi = self._kube.find(VMIMS, st.name), self._kube.find(VMIS, st.vmi)
-        except ConnectionFailed:
-            if st.last is not None:
-                return st.last  # the platform goes on; so do we, on what we saw last
-            raise
+        # From the watch caches while both watches are up; otherwise straight from the
+        # API, and a ConnectionFailed then goes to the engine: never a stale answer.
+        if vmims.last_error is None and vmis.last_error is None:
+            vmim, vmi = vmims.get(st.name), vmis.get(st.vmi)
+        else:
+            vmim, vmi = self._kube.find(VMIMS, st.name), self._kube.find(VMIS, st.vmi)
+        ended = vmim is None or VMIM_PHASES.get(
+            str((vmim.get("status") or {}).get("phase") or "")
+        ) in (Phase.COMPLETED, Phase.FAILED)
+        if ended and not settled(vmi, st.uid):
+            # The VMIM says it is over but this view of the VMI does not (yet): the two
+            # watches are separate streams. Read the VMI itself before concluding.
+            vmi = self._kube.find(VMIS, st.vmi)
         status = live_status(
             vmim, vmi, uid=st.uid, abort_requested=st.aborted, target=st.job.target
         )
+        now = time.monotonic()
         if vmim is None and st.last is not None and not st.last.phase.terminal:
-            # The migration object is gone; give the VMI's watch a moment to bring the
-            # migrationState (abortStatus, completed) that says how it ended.
-            state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
-            settled = (
-                state.get("migrationUid") != st.uid or state.get("completed") or state.get("failed")
-            )
-            now = time.monotonic()
+            # The migration object is gone and the VMI does not say how it ended (someone
+            # removed the finalizer?): give KubeVirt a moment before concluding.
+            state = state_for(vmi, st.uid)
             st.gone_at = st.gone_at or now
-            if not settled and now - st.gone_at < 5.0:
+            if state and not settled(vmi, st.uid) and now - st.gone_at < 5.0:
                 return st.last
+        if (
+            not status.phase.terminal
+            and st.last is not None
+            and not st.last.phase.terminal
+            and PHASE_RANK.get(status.phase, 0) < PHASE_RANK.get(st.last.phase, 0)
+        ):
+            # Read from an unknown VMIM phase: never back behind what was reported.
+            status = replace(status, phase=st.last.phase)
+        self._clock_transfer(st, status, now)
         if status.phase.terminal:
-            status = replace(status, figures=self._figures(vmi, st.uid))
+            status = replace(status, figures=self._figures(vmi, st))
             self._remember(st.name, status)
         st.last = status
         return status
+
+    @staticmethod
+    def _clock_transfer(st: _Live, status: JobStatus, now: float) -> None:
+        if status.phase in (Phase.TRANSFERRING, Phase.POSTCOPY):
+            st.run_first = st.run_first if st.run_first is not None else now
+            st.run_last = now
+        elif status.phase is not Phase.REQUESTING and st.over_at is None:
+            st.over_at = now
 
     def _remember(self, job_id: str, status: JobStatus) -> None:
         with self._lock:
@@ -704,15 +949,22 @@ class KubeVirtBackend(Backend):
         with self._lock:
             return self._outcomes.get(job_id)
 
-    @staticmethod
-    def _figures(vmi: Obj | None, uid: str) -> Figures | None:
-        state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
-        if state.get("migrationUid") != uid:
-            return None
+    def _figures(self, vmi: Obj | None, st: _Live) -> Figures | None:
+        """The transfer's duration: KubeVirt's ``startTimestamp``/``endTimestamp`` (whole
+        seconds) held within what vmmove's own clock saw: never less than the time the
+        transfer was seen running, never more than from its first sighting to its end."""
+        state = state_for(vmi, st.uid)
         start, end = _stamp(state.get("startTimestamp")), _stamp(state.get("endTimestamp"))
-        if start is None or end is None:
-            return None
-        return Figures(total_time=max(end - start, 0.0))
+        platform = max(end - start, 0.0) if start is not None and end is not None else None
+        if st.run_first is None:
+            return None if platform is None else Figures(total_time=platform)
+        low = (st.run_last or st.run_first) - st.run_first
+        high = (st.over_at or time.monotonic()) - st.run_first + self.poll_interval
+        if platform is None:
+            total = (st.over_at or st.run_last or st.run_first) - st.run_first
+        else:
+            total = min(platform, high)
+        return Figures(total_time=round(max(total, low), 3))
 
     def _cold_status(self, st: _Cold) -> JobStatus:
         with self._lock:
@@ -760,8 +1012,7 @@ class KubeVirtBackend(Backend):
                 other.vmi == live.vmi and other.policy_label for other in self._live.values()
             )
         if live is not None and live.policy_label and not still:
-            with contextlib.suppress(NotFound):  # the VMI is gone: nothing to clean
-                self._unlabel(live.vmi)
+            self._unlabel_soon(live.vmi)
 
     def attach(self, ref: Mapping[str, str]) -> Job:
         if ref.get("intent") == "start":
@@ -787,33 +1038,55 @@ class KubeVirtBackend(Backend):
         return self._adopt(name, uid, vmi, obj, ref=dict(ref), label=kept)
 
     def _attach_started(self, ref: Mapping[str, str]) -> Job:
-        """The client died inside ``start``: find the migration vmmove created for the VM."""
-        vm = ref.get("vm", "")
+        """The job a start request made: the VMIM carrying its request id, in any phase
+        (one that already ended too). NotFound: the platform has no such job (yet);
+        ConnectionFailed: the API cannot be asked. Without a request id (records written
+        before engines passed one), the active VMIM vmmove created for the VM."""
+        vm, request = ref.get("vm", ""), ref.get("request_id", "")
+        if ref.get("mode") == MigrationMode.COLD.value:
+            with self._lock:
+                for cold in self._cold.values():
+                    if request and cold.request_id == request:
+                        return cold.job
+            # start() changes nothing on the platform for a cold move before it returns.
+            raise NotFound(f"no cold move of {vm} was started by request {request or '?'}")
         self._ensure_watching()
-        mine = [
-            m
-            for m in self._kube.list_all(VMIMS)[0]
-            if (m.get("spec") or {}).get("vmiName") == vm
-            and ((m.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by")
-            == "vmmove"
-            and (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        ]
-        if not mine:
-            raise NotFound(f"vmmove started no migration of {vm} that is still active")
-        obj = max(mine, key=lambda m: int(m["metadata"].get("resourceVersion") or "0"))
+        if request:
+            obj = self._find_request(request)
+            if obj is None:
+                raise NotFound(f"no VirtualMachineInstanceMigration carries request {request}")
+        else:
+            mine = [
+                m
+                for m in self._kube.list_all(VMIMS, label_selector=MANAGED_SELECTOR)[0]
+                if (m.get("spec") or {}).get("vmiName") == vm
+                and (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ]
+            if not mine:
+                raise NotFound(f"vmmove started no migration of {vm} that is still active")
+            obj = max(mine, key=lambda m: int(m["metadata"].get("resourceVersion") or "0"))
         meta = obj["metadata"]
-        vmi_obj = self._kube.find(VMIS, vm) or {}
-        label = ((vmi_obj.get("metadata") or {}).get("labels") or {}).get(POLICY_LABEL)
+        vmi = str((obj.get("spec") or {}).get("vmiName") or vm)
+        annotations = meta.get("annotations") or {}
+        label = annotations.get(POLICY_ANNOTATION)
+        if label is None:
+            vmi_obj = self._kube.find(VMIS, vmi) or {}
+            label = ((vmi_obj.get("metadata") or {}).get("labels") or {}).get(POLICY_LABEL)
         ref2 = {
             "kind": "live",
             "namespace": self.namespace,
             "migration": str(meta["name"]),
             "uid": str(meta["uid"]),
-            "vmi": vm,
-            "target": ref.get("target", ""),
+            "vmi": vmi,
+            "target": ref.get("target") or str(annotations.get("vmmove.io/target", "")),
+            "policy": f"MigrationPolicy {label}" if label else "cluster defaults",
         }
+        if request:
+            ref2["request_id"] = request
+            with self._lock:
+                self._lost.pop(request, None)
         self._informer(VMIMS).seed(obj)
-        return self._adopt(str(meta["name"]), str(meta["uid"]), vm, obj, ref=ref2, label=label)
+        return self._adopt(str(meta["name"]), str(meta["uid"]), vmi, obj, ref=ref2, label=label)
 
     def _adopt(
         self,
@@ -854,9 +1127,12 @@ class KubeVirtBackend(Backend):
                     return
                 now = time.monotonic()
                 deletes = [n for n, at in self._deletes.items() if at <= now]
+                unlabels = [v for v, at in self._unlabels.items() if at <= now]
                 colds = [c for c in self._cold.values() if not COLD_PHASES[c.state].terminal]
             for name in deletes:
                 self._delete(name)
+            for vmi in unlabels:
+                self._retry_unlabel(vmi)
             for st in colds:
                 try:
                     self._step_cold(st)
@@ -865,7 +1141,7 @@ class KubeVirtBackend(Backend):
             with self._cond:
                 if self._closed:
                     return
-                self._cond.wait(0.1 if (self._deletes or colds) else 1.0)
+                self._cond.wait(0.1 if (self._deletes or self._unlabels or colds) else 1.0)
 
     def _delete(self, name: str) -> None:
         try:
@@ -980,7 +1256,23 @@ class KubeVirtBackend(Backend):
                 self._set_cold(st, "failed", "the VM did not start again within 600 s")
 
     # ---- shutdown --------------------------------------------------------------------------------
+    def _forget_lost(self) -> None:
+        """Creates whose answer was lost and that were never found: take their policy
+        label off, unless the create was applied after all."""
+        with self._lock:
+            lost, self._lost = dict(self._lost), {}
+        for request, vmi in lost.items():
+            try:
+                if self._find_request(request) is None:
+                    self._unlabel(vmi)
+            except VMMoveError as exc:
+                log.debug("label of %s left for the next connect's sweep: %s", vmi, exc)
+
     def close(self) -> None:
+        with self._lock:
+            closing = not self._closed
+        if closing:
+            self._forget_lost()
         with self._cond:
             if self._closed:
                 return

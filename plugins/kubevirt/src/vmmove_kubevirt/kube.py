@@ -66,6 +66,16 @@ def api_error(exc: BaseException, what: str) -> VMMoveError:
         code = int(exc.status or 0)
         message = _status_message(exc)
         text = f"{what}: {message}"
+        if 400 <= code < 500 and "denied the request" in message:
+            # An admission webhook said no. KubeVirt's answers 400 without a reason (422
+            # for an invalid spec), and newer API servers relay a denial as "... is
+            # forbidden: admission webhook ... denied the request: ..." (403): the message
+            # says what it is, the code alone does not.
+            if "in-flight migration" in message:
+                return Conflict(text)
+            if "does not exist" in message:
+                return NotFound(text)
+            return InvalidInput(f"{what}: the API server refused it ({code}): {message}")
         if code == 401:
             return AuthenticationFailed(f"{what}: the API server refused the credentials (401)")
         if code == 403:
@@ -73,8 +83,6 @@ def api_error(exc: BaseException, what: str) -> VMMoveError:
         if code == 404:
             return NotFound(text)
         if code == 409:
-            return Conflict(text)
-        if code == 400 and "in-flight migration" in message:
             return Conflict(text)
         if code in (400, 415, 422):
             return InvalidInput(f"{what}: the API server refused it ({code}): {message}")

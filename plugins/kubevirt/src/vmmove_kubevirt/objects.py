@@ -347,11 +347,12 @@ def vm_info(
         migratable = condition(vmi, "LiveMigratable")
         state = as_map(status.get("migrationState"))
         if state.get("migrationUid"):
+            # failed first: KubeVirt up to 1.5 and from 1.9 on set completed with it
             outcome = (
-                "completed"
+                "failed"
+                if state.get("failed") or state.get("abortStatus") == "Succeeded"
+                else "completed"
                 if state.get("completed")
-                else "failed"
-                if state.get("failed")
                 else "active"
             )
             extra["last_migration"] = f"{as_text(state.get('migrationUid'))} {outcome}"

@@ -31,7 +31,14 @@ from vmmove.policy import (
     Stalled,
 )
 
-__all__ = ["POLICY_GROUP", "POLICY_LABEL", "PolicyPlan", "plan"]
+__all__ = [
+    "CLUSTER_DEFAULTS",
+    "POLICY_GROUP",
+    "POLICY_LABEL",
+    "PolicyPlan",
+    "cluster_default_notes",
+    "plan",
+]
 
 POLICY_GROUP = "migrations.kubevirt.io"
 POLICY_VERSION = "v1alpha1"
@@ -39,6 +46,14 @@ POLICY_PLURAL = "migrationpolicies"
 #: The VMI label a vmmove MigrationPolicy selects on; its value is the policy's name.
 POLICY_LABEL = "migrations.vmmove.io/policy"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vmmove"}
+#: KubeVirt's documented ``spec.configuration.migrations`` defaults.
+CLUSTER_DEFAULTS: dict[str, Any] = {
+    "allowAutoConverge": False,
+    "allowPostCopy": False,
+    "bandwidthPerMigration": "0Mi",
+    "completionTimeoutPerGiB": 150,
+    "progressTimeout": 150,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,3 +142,46 @@ def plan(policy: Policy, spec: MigrationSpec, memory: int, caps: Capabilities) -
         )
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return PolicyPlan(name=f"vmmove-{digest}", settings=settings, notes=tuple(notes))
+
+
+def cluster_default_notes(
+    policy: Policy, config: dict[str, Any] | None, why: str
+) -> tuple[str, ...]:
+    """What the cluster, not vmmove, decides when no MigrationPolicy can be written
+    (``why``): every policy step, judged against the cluster's ``migrations`` ``config``
+    (``None``: it could not be read, KubeVirt's documented defaults are assumed)."""
+    cfg = {**CLUSTER_DEFAULTS, **(config or {})}
+    source = "the KubeVirt CR" if config is not None else "KubeVirt's defaults (CR unreadable)"
+    notes = [
+        f"cluster, not vmmove: {why}; the cluster's migration settings apply ({source}: "
+        f"allowPostCopy={cfg['allowPostCopy']}, allowAutoConverge={cfg['allowAutoConverge']}, "
+        f"bandwidthPerMigration={cfg['bandwidthPerMigration']}, completionTimeoutPerGiB="
+        f"{cfg['completionTimeoutPerGiB']} s, progressTimeout={cfg['progressTimeout']} s)"
+    ]
+    for step in policy.steps:
+        action, never = step.action, _never(step.trigger)
+        if isinstance(action, PostCopy):
+            allowed = bool(cfg["allowPostCopy"])
+            notes.append(
+                f"cluster, not vmmove: '{step}' is the cluster's call: post-copy "
+                + (
+                    "is allowed and starts when completionTimeoutPerGiB runs out"
+                    if allowed
+                    else "is not allowed (allowPostCopy=false): it never happens"
+                )
+            )
+        elif isinstance(action, AutoConverge):
+            notes.append(
+                f"cluster, not vmmove: '{step}' is the cluster's call: auto-converge is "
+                + ("on from the start" if cfg["allowAutoConverge"] else "off")
+            )
+        elif isinstance(action, SetDowntime | SetBandwidth):
+            notes.append(f"'{step}' is skipped: KubeVirt cannot change a running migration")
+        elif never is not None:
+            notes.append(f"'{step}' never fires: {never}")
+    notes.append(
+        "cluster, not vmmove: KubeVirt aborts the migration after completionTimeoutPerGiB "
+        f"({cfg['completionTimeoutPerGiB']} s/GiB) and after progressTimeout "
+        f"({cfg['progressTimeout']} s) without progress"
+    )
+    return tuple(notes)

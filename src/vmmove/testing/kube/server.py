@@ -115,6 +115,7 @@ class RequestLog:
     query: str
     status: int
     at: float
+    late: bool = False  # carried out after its connection was gone (ApiFault.apply_after)
 
 
 def _age(created: str | None) -> str:
@@ -673,7 +674,7 @@ class _Replay(_Handler):
         except ApiError as exc:
             self._status = exc.code
         finally:
-            self.api._log(method, url.path, url.query, self._status)
+            self.api._log(method, url.path, url.query, self._status, late=True)
 
 
 @dataclass(eq=False)
@@ -873,8 +874,10 @@ class KubeApiServer:
                     return fault
         return None
 
-    def _log(self, method: str, path: str, query: str, status: int) -> None:
-        entry = RequestLog(method=method, path=path, query=query, status=status, at=time.time())
+    def _log(self, method: str, path: str, query: str, status: int, *, late: bool = False) -> None:
+        entry = RequestLog(
+            method=method, path=path, query=query, status=status, at=time.time(), late=late
+        )
         with self._lock:
             self.requests.append(entry)
             if len(self.requests) > 20_000:
