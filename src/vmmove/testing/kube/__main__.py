@@ -17,7 +17,7 @@ import sys
 import threading
 from types import FrameType
 
-from vmmove.testing.kube.controller import MigrationTiming
+from vmmove.testing.kube.controller import DEFAULT_RELEASE, RELEASES, MigrationTiming
 from vmmove.testing.kube.fake import DEFAULT_TOKEN, FakeKube
 
 
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "--running-seconds", type=float, default=None, help="seconds a migration is Running"
     )
     p.add_argument(
+        "--release",
+        choices=sorted(RELEASES),
+        default=DEFAULT_RELEASE,
+        help=f"the KubeVirt release line to imitate (default {DEFAULT_RELEASE})",
+    )
+    p.add_argument(
         "--no-added-node-selector",
         action="store_true",
         help="imitate KubeVirt before 1.6: spec.addedNodeSelector is pruned",
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         timing=timing,
-        added_node_selector=not args.no_added_node_selector,
+        release=args.release,
+        added_node_selector=False if args.no_added_node_selector else None,
         namespace=args.namespace,
     )
     if args.estate == "sample":
