@@ -171,6 +171,16 @@ class Guests:
             time.sleep(step)
         return what()
 
+    def running(self, name: str) -> list[str]:
+        """The hosts where ``name`` runs, a paused copy marked as such."""
+        ids = (HOST_A, HOST_B)
+        out = []
+        for i, dom in self.find(name):
+            if dom.isActive():
+                paused = dom.state()[0] == self.lv.VIR_DOMAIN_PAUSED
+                out.append(ids[i] + (" (paused)" if paused else ""))
+        return out
+
     def where(self, name: str) -> list[tuple[str, bool]]:
         """(host id, active) for every host that knows ``name``."""
         ids = (HOST_A, HOST_B)
@@ -199,8 +209,7 @@ def fault_row(guests: Guests, fault_table: Any) -> Callable[[str, str, Any, str]
     table (printed at the end of the session); where the VM runs is read from the hosts."""
 
     def add(fault: str, phase: str, record: Any, name: str) -> None:
-        running = [host for host, active in guests.where(name) if active]
-        where = ", ".join(running) or "-"
+        where = ", ".join(guests.running(name)) or "-"
         row = (fault, phase, str(record.phase), record.error_type or "", where)
         fault_table("libvirt fault matrix (real libvirt + QEMU)", row)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,128 @@ def test_a_link_flap_shorter_than_the_stall_timeout(
     assert guests.where("vt-flap") == [(HOST_B, True)]
     guests.assert_alive_and_intact("vt-flap")
     fault_row("migration link down ~3 s, back", "transferring", record, "vt-flap")
+
+
+def test_the_destination_qemu_dies_as_postcopy_starts(
+    guests: Any, connect: Any, testbed: Any, lv: Any, fault_row: Any
+) -> None:
+    """The source switches to post-copy and the destination QEMU is killed at once: libvirt's
+    migrateToURI3 never returns and the source stays paused (post-copy failed). The record is
+    failed in post-copy within a few polls, says where the halves are and what to do, and does
+    not claim the paused source runs the VM."""
+    name = "vt-pcfail"
+    guests.create(name, wait_beats=3, **BUSY)
+    killed: dict[str, float] = {}
+    dest_pid: list[int] = []
+
+    def on_lifecycle(_conn: Any, _dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        # On libvirt's event thread, the moment the source enters post-copy.
+        if (
+            event == lv.VIR_DOMAIN_EVENT_SUSPENDED
+            and detail == lv.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY
+            and dest_pid
+            and not killed
+        ):
+            os.kill(dest_pid[0], signal.SIGKILL)
+            killed["at"] = time.monotonic()
+
+    ((_, src),) = guests.find(name)
+    callback = guests.conns[0].domainEventRegisterAny(
+        src, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None
+    )
+    try:
+        conn = connect()
+        m = conn.migrate(
+            name, to=HOST_B, mode=MigrationMode.LIVE, bandwidth=32, policy="minimal-downtime"
+        )
+        for event in m.events(timeout=120):
+            if not dest_pid and event.phase is Phase.TRANSFERRING:
+                dest_pid.append(qemu_pid(testbed, 1, name))
+        ended = time.monotonic()
+    finally:
+        guests.conns[0].domainEventDeregisterAny(callback)
+    record = m.record
+    why = (record.phase, record.error_type, record.error, record.history)
+    assert killed, why
+    assert record.phase is Phase.FAILED, why
+    assert record.error_type == "PostcopyFailed", why
+    assert ended - killed["at"] < 5.0, why  # a few polls, not a hang
+    assert record.vm_host is None, why  # the paused source is not where the VM runs
+    assert "paused" in (record.error or "")
+    assert f"virsh -c {testbed.uris[0]} destroy {name}" in (record.error or "")
+    with pytest.raises(MigrationFailed):
+        m.wait(0)
+    # libvirt's own view: the source paused after the failed post-copy, the destination gone.
+    ((where, dom),) = guests.find(name)
+    assert where == 0
+    assert dom.state()[:2] == [lv.VIR_DOMAIN_PAUSED, lv.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED]
+    assert conn.backend.locate(dom.UUIDString()) is None
+    fault_row("destination QEMU killed as post-copy starts", "postcopy", record, name)
+    dom.destroy()  # what the record tells the operator to do; the blocked call returns now
+
+
+def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_uri: str) -> None:
+    """``start`` answered, but the answer never reached the engine (or the client died inside
+    it): another client finds the migration by the request id the domain carries, watches it
+    to the end, and still finds it once it has landed."""
+    from vmmove.errors import NotFound
+    from vmmove.model import MigrationSpec
+    from vmmove_libvirt.backend import LibvirtBackend
+
+    name = "vt-lost"
+    guests.create(name, wait_beats=2, memory_mib=256, wss_mib=64, dirty_mib_s=0)
+    first = LibvirtBackend.from_uri(cluster_uri, {})
+    other = LibvirtBackend.from_uri(cluster_uri, {})
+    try:
+        vm = first.vm(name)
+        intent = {
+            "intent": "start",
+            "vm": vm.id,
+            "target": HOST_B,
+            "mode": "live",
+            "request_id": "req-lost-1",
+        }
+        with pytest.raises(NotFound):
+            other.attach(intent)  # nothing started yet
+        started = first.start(
+            vm,
+            first.host(HOST_B),
+            MigrationSpec(vm=vm.id, bandwidth=16),  # ~8 s: time to look
+            MigrationMode.LIVE,
+            needs=frozenset(),
+            reservation=None,
+            request_id="req-lost-1",
+        )
+        found = None
+        deadline = time.monotonic() + 30
+        while found is None and time.monotonic() < deadline:
+            try:
+                found = other.attach(intent)
+            except NotFound:  # the worker has not marked the domain yet
+                time.sleep(0.1)
+        assert found is not None
+        assert (found.id, found.source, found.target) == (started.id, HOST_A, HOST_B)
+        with pytest.raises(NotFound):
+            other.attach({**intent, "request_id": "req-lost-2"})
+        status = other.poll(found)
+        while not status.phase.terminal:
+            assert time.monotonic() < deadline + 60, status
+            time.sleep(0.2)
+            status = other.poll(found)
+        assert (status.phase, status.vm_host) == (Phase.COMPLETED, HOST_B), status
+        assert first.locate(vm.id) == HOST_B
+    finally:
+        first.close()
+        other.close()
+    third = LibvirtBackend.from_uri(cluster_uri, {})
+    try:
+        landed = third.attach(intent)  # after the move: the target's copy carries the id
+        assert (landed.id, landed.source) == (started.id, HOST_A)
+        deadline = time.monotonic() + 10
+        while not third.poll(landed).phase.terminal:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert third.poll(landed).phase is Phase.COMPLETED
+    finally:
+        third.close()
+    guests.assert_alive_and_intact(name)

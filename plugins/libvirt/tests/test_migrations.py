@@ -299,3 +299,76 @@ def test_local_disks_are_refused_or_copied(guests: Any, connect: Any, local_pool
     local_pools[1].refresh()
     assert [v.name() for v in local_pools[1].listAllVolumes()] == ["vt-disk.qcow2"]
     guests.assert_alive_and_intact("vt-disk")
+
+
+def test_a_transient_guest_stays_transient_unless_persistence_is_asked(
+    guests: Any, connect: Any
+) -> None:
+    """PERSIST_DEST only for a persistent domain, or when ``persist_transient`` asks for it."""
+    guests.remove("vt-transient")
+    guests.conns[0].createXML(guests.xml("vt-transient", **IDLE), 0)  # never defined
+    guests.wait_beat("vt-transient", 2)
+    record = connect().migrate("vt-transient", to=HOST_B, mode=MigrationMode.LIVE).wait(120)
+    assert (record.phase, record.vm_host) == (Phase.COMPLETED, HOST_B)
+    ((_, dom),) = guests.find("vt-transient")
+    assert not dom.isPersistent()
+    assert guests.where("vt-transient") == [(HOST_B, True)]  # nothing defined on a either
+
+    back = connect(persist_transient=True).migrate("vt-transient", to=HOST_A, mode="live")
+    assert back.wait(120).vm_host == HOST_A
+    ((_, dom),) = guests.find("vt-transient")
+    assert dom.isPersistent()
+    guests.assert_alive_and_intact("vt-transient")
+
+
+def test_hosts_behind_local_sockets_need_a_migration_address(guests: Any, testbed: Any) -> None:
+    """A unix-socket URI names no address for the migration stream: refused at pre-check with
+    the fix, and with ``migration_address`` the VM moves (the peer-to-peer control connection
+    still goes through the socket)."""
+    import vmmove
+    from vmmove.store import MemoryStore
+
+    guests.create("vt-sock", wait_beats=2, **IDLE)
+    hosts = [testbed.uris[0], testbed.socket_uris[1]]
+    with vmmove.connect("libvirt://lab", hosts=hosts, store=MemoryStore()) as conn:
+        problems = conn.check("vt-sock", to=HOST_B, mode=MigrationMode.LIVE)
+        (refused,) = [p for p in problems if p.code == "migration-address"]
+        assert refused.severity == "error"
+        assert "local socket" in refused.message
+        assert "migration_address" in refused.message
+        with pytest.raises(PrecheckFailed):
+            conn.migrate("vt-sock", to=HOST_B, mode=MigrationMode.LIVE).wait(60)
+    assert guests.where("vt-sock") == [(HOST_A, True)]
+
+    with vmmove.connect(
+        "libvirt://lab",
+        hosts=hosts,
+        migration_address={HOST_B: "127.0.0.1"},
+        store=MemoryStore(),
+    ) as conn:
+        record = conn.migrate("vt-sock", to=HOST_B, mode=MigrationMode.LIVE).wait(120)
+    assert (record.phase, record.vm_host) == (Phase.COMPLETED, HOST_B)
+    guests.assert_alive_and_intact("vt-sock")
+
+
+def test_the_same_host_under_another_uri_is_refused_at_precheck(guests: Any, testbed: Any) -> None:
+    """``qemu+tcp://localhost:16600`` is host a again: known by its URI, and refused as a
+    target for a's VMs by host UUID before anything starts. A paused VM is located nowhere."""
+    import vmmove
+    from vmmove.store import MemoryStore
+
+    alias = testbed.uris[0].replace("127.0.0.1", "localhost")
+    guests.create("vt-alias", paused=True, **IDLE)
+    with vmmove.connect("libvirt://lab", hosts=[*testbed.uris, alias], store=MemoryStore()) as conn:
+        assert sorted(h.id for h in conn.hosts()) == sorted([HOST_A, HOST_B, alias])
+        vm = conn.vm("vt-alias")
+        assert conn.backend.locate(vm.id) is None  # defined and paused: runs nowhere
+        problems = conn.check(vm.id, to=alias, mode=MigrationMode.COLD)
+        same = [p for p in problems if p.code == "same-host"]
+        assert same, problems
+        assert "host UUID" in same[0].message
+        with pytest.raises(PrecheckFailed):
+            conn.migrate(vm.id, to=alias, mode=MigrationMode.COLD).wait(60)
+        guests.find("vt-alias")[0][1].resume()
+        assert conn.backend.locate(vm.id) == HOST_A
+    assert guests.where("vt-alias") == [(HOST_A, True)]

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from vmmove.errors import InsecureConnectionWarning, InvalidInput
 from vmmove.model import Figures, MiB
 from vmmove.secrets import Secret
-from vmmove_libvirt.config import client_uri, migration_address, parse, peer_uri, redact
+from vmmove_libvirt.config import (
+    client_uri,
+    migration_address,
+    migration_uri,
+    parse,
+    peer_uri,
+    redact,
+)
 from vmmove_libvirt.stats import figures, sample
 from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
 
@@ -80,8 +87,11 @@ def test_password_becomes_a_secret_and_never_shows() -> None:
 def test_migration_address() -> None:
     assert migration_address("qemu+tcp://127.0.0.1:16601/system") == "127.0.0.1"
     assert migration_address("qemu+ssh://root@kvm2.example/system") == "kvm2.example"
-    assert migration_address("qemu+tcp://[::1]:16601/system") == "[::1]"
+    assert migration_address("qemu+tcp://[::1]:16601/system") == "::1"
     assert migration_address("qemu+unix:///system?socket=/s") is None
+    assert migration_address("qemu:///system") is None
+    assert migration_uri("::1") == "tcp://[::1]"
+    assert migration_uri("10.1.0.2") == "tcp://10.1.0.2"
 
 
 authority = st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[a-z]{1,5})?(:[1-9][0-9]{1,4})?", fullmatch=True)

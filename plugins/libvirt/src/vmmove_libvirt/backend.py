@@ -9,19 +9,20 @@ stop the domain, move its definition (OFFLINE) and start it on the target; see
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import re
+import socket
 import threading
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from vmmove.backend import Backend, Job, JobStatus, Reservation
 from vmmove.errors import Conflict, ConnectionFailed, InvalidInput, NotFound, NotSupported
-from vmmove.machine import Phase
 from vmmove.model import (
     Capacity,
     CpuInfo,
@@ -40,15 +41,16 @@ from vmmove_libvirt.config import (
     ClusterConfig,
     client_uri,
     migration_address,
+    migration_uri,
     parse,
     peer_uri,
     redact,
 )
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
-from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, ColdJob, LiveJob, MigrationJob
+from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, ColdJob, LiveJob, MigrationJob, runs
 from vmmove_libvirt.plugin import CAPABILITIES
 from vmmove_libvirt.stats import JOB_ACTIVE
-from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, domain_facts
+from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, HostFacts, domain_facts
 
 __all__ = ["QEMU_DEFAULT_DOWNTIME_MS", "LibvirtBackend"]
 
@@ -62,6 +64,75 @@ TCG_FIXED_IN = (9, 0)
 _UUID = re.compile(
     r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
+#: Where a live migration carries vmmove's request id: an element in the domain's
+#: ``<metadata>``, set on the source's *live* definition just before the call. libvirt sends
+#: the live definition, metadata and all, to the destination, so the id can be read on the
+#: source while its job runs, and on the destination from Prepare on and after the move: a
+#: lost answer to ``start`` is traced on either side. The ``destination_xml`` parameter would
+#: mark the destination only, and a job found on the source could not be told from another
+#: client's. The persistent definitions are left alone (PERSIST_DEST sends the source's own).
+MARKER_NS = "urn:vmmove:libvirt:migration:1"
+MARKER_KEY = "vmmove"
+_JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
+_VIR_DOMAIN_AFFECT_LIVE = 1
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The ``<vmmove:migration>`` element a live migration leaves on its domain."""
+
+    request: str
+    job: str
+    source: str
+    target: str
+
+    def xml(self) -> str:
+        attrs = " ".join(
+            f"{k}={quoteattr(v)}"
+            for k, v in (
+                ("request", self.request),
+                ("job", self.job),
+                ("source", self.source),
+                ("target", self.target),
+            )
+        )
+        return f"<migration {attrs}/>"
+
+
+def read_marker(lv: Any, dom: Any) -> Marker | None:
+    """The domain's marker, or ``None``; libvirt errors other than "no such metadata" pass."""
+    try:
+        text = dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, MARKER_NS, 0)
+    except lv.libvirtError as exc:
+        if libvirt_error_code(exc) == getattr(lv, "VIR_ERR_NO_DOMAIN_METADATA", 80):
+            return None
+        raise
+    try:
+        el = ET.fromstring(text)  # noqa: S314 (libvirt's own rendering of our element)
+    except (ET.ParseError, TypeError):
+        return None
+    return Marker(
+        request=el.get("request", ""),
+        job=el.get("job", ""),
+        source=el.get("source", ""),
+        target=el.get("target", ""),
+    )
+
+
+def resolves(name: str) -> bool:
+    """Whether ``name`` resolves here (the client's resolver stands in for the hosts')."""
+    try:
+        return bool(socket.getaddrinfo(name, None, type=socket.SOCK_STREAM))
+    except (OSError, UnicodeError):
+        return False
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_libvirt() -> Any:
@@ -90,8 +161,10 @@ class LibvirtBackend(Backend):
         self._lock = threading.RLock()
         self._jobs: dict[str, MigrationJob] = {}
         self._by_vm: dict[str, MigrationJob] = {}
+        self._by_request: dict[str, MigrationJob] = {}
         self._pool_types: dict[tuple[str, str], str] = {}
         self._capacity: dict[str, Capacity] = {}
+        self._resolved: set[str] = set()
         opened: list[HostConn] = []
         try:
             for uri in config.uris:
@@ -105,6 +178,7 @@ class LibvirtBackend(Backend):
                     )
                 )
             self._hosts = self._identify(opened)
+            self._addresses = self._migration_addresses(opened)
         except BaseException:
             for host in opened:
                 host.close()
@@ -116,22 +190,42 @@ class LibvirtBackend(Backend):
 
     @staticmethod
     def _identify(hosts: list[HostConn]) -> dict[str, HostConn]:
+        """Host ids: each host's name, or its URI when an earlier host has that name (one
+        daemon reached through two URIs, or two hosts with one name). Whether two of them are
+        one libvirt host (one host UUID) is the pre-check's question: reading the UUID costs a
+        capabilities probe, and a connection should not pay it up front."""
         by_id: dict[str, HostConn] = {}
-        by_uuid: dict[str, HostConn] = {}
         for host in hosts:
-            for seen, key, what in (
-                (by_id, host.id, "hostname"),
-                (by_uuid, host.facts.uuid, "host UUID"),
-            ):
-                if key and key in seen:
-                    other = seen[key]
-                    raise ConnectionFailed(
-                        f"{redact(other.uri)} and {redact(host.uri)} report the same {what} "
-                        f"{key!r}: they are one host, or two hosts libvirt cannot tell apart "
-                        "(set host_uuid in libvirtd.conf)"
-                    )
-                seen[key] = host
+            if host.id in by_id:
+                other = by_id[host.id]
+                alias = redact(host.uri)
+                if alias in by_id:
+                    raise ConnectionFailed(f"{alias} is listed twice")
+                log.warning(
+                    "%s and %s both call themselves %r: the second is known as %s",
+                    redact(other.uri),
+                    alias,
+                    host.id,
+                    alias,
+                )
+                host.id = alias
+            by_id[host.id] = host
         return by_id
+
+    def _migration_addresses(self, hosts: list[HostConn]) -> dict[str, str]:
+        out = {}
+        for key, address in self.config.migration_addresses.items():
+            host = self._hosts.get(key) or next(
+                (h for h in hosts if key in (h.uri, redact(h.uri), h.hostname)), None
+            )
+            if host is None:
+                known = ", ".join(sorted(self._hosts))
+                raise InvalidInput(
+                    f"migration_address names {key!r}, which is none of the cluster's hosts "
+                    f"({known}; or give a host's URI)"
+                )
+            out[host.id] = address
+        return out
 
     # ---- lookups ---------------------------------------------------------------------------
     def _host(self, host_id: str) -> HostConn:
@@ -204,9 +298,10 @@ class LibvirtBackend(Backend):
 
     def _host_info(self, h: HostConn) -> HostInfo:
         lv = self.lv
-        extra = {"uri": redact(h.uri), "host_uuid": h.facts.uuid, "libvirt": h.libvirt_version}
+        extra = {"uri": redact(h.uri), "libvirt": h.libvirt_version}
         try:
             conn = h.ensure()
+            facts = h.facts  # the capabilities: read once per connection
             _model, memory_mib, cpus, *_ = conn.getInfo()
             free = int(conn.getFreeMemory())
             committed, vcpus = 0, 0
@@ -224,7 +319,7 @@ class LibvirtBackend(Backend):
                 cluster=self.config.name,
                 state=HostState.DOWN,
                 capacity=self._capacity.get(h.id, Capacity(cpus=0, memory=0)),
-                cpu=self._cpu(h),
+                cpu=self._cpu(h.known_facts),
                 extra={**extra, "error": str(exc)},
             )
         capacity = Capacity(cpus=int(cpus), memory=int(memory_mib) * MiB)
@@ -239,9 +334,10 @@ class LibvirtBackend(Backend):
             state=HostState.UP,
             capacity=capacity,
             allocated=Capacity(cpus=vcpus, memory=used),
-            cpu=self._cpu(h),
+            cpu=self._cpu(facts),
             extra={
                 **extra,
+                "host_uuid": facts.uuid,
                 "qemu_default": h.hypervisor_version,  # the driver's default emulator
                 "free_memory_mib": str(free // MiB),
                 "committed_memory_mib": str(committed // MiB),
@@ -249,8 +345,9 @@ class LibvirtBackend(Backend):
         )
 
     @staticmethod
-    def _cpu(h: HostConn) -> CpuInfo:
-        f = h.facts
+    def _cpu(f: HostFacts | None) -> CpuInfo:
+        if f is None:
+            return CpuInfo(arch="")
         return CpuInfo(arch=f.arch, model=f.model, vendor=f.vendor, features=f.features)
 
     def vms(self) -> list[VMInfo]:
@@ -355,13 +452,46 @@ class LibvirtBackend(Backend):
         return disk
 
     def locate(self, vm_id: str) -> str | None:
-        entries = self._entries(vm_id)
-        if not entries:
+        """The host whose copy of the VM *runs* (see :func:`vmmove_libvirt.jobs.runs`), asked of
+        every host in turn: a UUID lookup and the domain's state, no listing.
+
+        A paused copy (switch-over, a failed post-copy, a user's pause) is not where the VM
+        runs: with one and no running copy, ``None``. A VM that is shut off everywhere is where
+        its one definition is (a stopped VM has a home; two shut-off definitions, an offline
+        move half done, name none). A host that cannot be asked makes the answer unknown
+        (:class:`ConnectionFailed`) unless another host runs the VM."""
+        lv = self.lv
+        unreachable: list[str] = []
+        paused = False
+        defined: list[str] = []
+        for host in self._hosts.values():
+            try:
+                dom = host.domain(vm_id)
+                if dom is None:
+                    continue
+                state, reason = dom.state()[:2]
+            except ConnectionFailed as exc:
+                unreachable.append(f"{host.id} ({exc})")
+                continue
+            except lv.libvirtError as exc:
+                if libvirt_error_code(exc) == lv.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined between the lookup and the question
+                unreachable.append(f"{host.id} ({exc})")
+                continue
+            if runs(lv, state, reason):
+                return host.id
+            if state in (lv.VIR_DOMAIN_SHUTOFF, lv.VIR_DOMAIN_CRASHED, lv.VIR_DOMAIN_NOSTATE):
+                defined.append(host.id)
+            else:
+                paused = True
+        if unreachable:
+            raise ConnectionFailed(
+                f"cannot tell where VM {vm_id} runs: no host that answered runs it, and "
+                f"{'; '.join(unreachable)} could not be asked"
+            )
+        if paused or len(defined) != 1:
             return None
-        try:
-            return self._primary(entries)[0].id
-        except NotFound:
-            return None
+        return defined[0]
 
     # ---- pre-checks ------------------------------------------------------------------------
     def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
@@ -383,6 +513,12 @@ class LibvirtBackend(Backend):
         if dom is None:
             raise NotFound(f"VM {vm.name} is no longer on {source.id}")
         facts = self._facts(source, dom)
+        if source is not dest:
+            self._check_same_host(source, dest, target, add)
+        if mode is MigrationMode.LIVE:
+            _address, why_not = self._migration_target(dest)
+            if why_not is not None:
+                add("migration-address", why_not)
 
         with self._lock:
             busy = vm.id in self._by_vm
@@ -439,6 +575,54 @@ class LibvirtBackend(Backend):
                     "migration would delete it",
                 )
         return problems
+
+    @staticmethod
+    def _check_same_host(source: HostConn, dest: HostConn, target: HostInfo, add: Any) -> None:
+        """Two URIs can reach one libvirt host (``qemu+tcp://localhost`` and its socket), and
+        two daemons can share a host UUID (cloned machines): libvirt refuses either move
+        ("Attempt to migrate guest to the same host"), after the destination was contacted."""
+        try:
+            here, there = source.facts.uuid, dest.facts.uuid
+        except ConnectionFailed as exc:
+            add(
+                "host-uuid",
+                f"could not compare the host UUIDs of {source.id} and {target.name}: {exc}",
+                "warning",
+            )
+            return
+        if here and here == there:
+            add(
+                "same-host",
+                f"{target.name} is the same libvirt host as {source.id} (host UUID {here}): "
+                "libvirt refuses to migrate a guest to the host it runs on. If they are two "
+                "machines, give each its own host_uuid in libvirtd.conf",
+            )
+
+    def _migration_target(self, dest: HostConn) -> tuple[str | None, str | None]:
+        """The address the migration stream goes to (``migrate_uri``, ``listen_address``), or
+        why there is none. Without one libvirt hands QEMU the destination's host name (or its
+        qemu.conf ``migration_host``), which need not resolve on the source: the migration then
+        fails two seconds in with "Unable to resolve address"."""
+        configured = self._addresses.get(dest.id)
+        if configured is not None:
+            return configured, None
+        fix = f"name one with migration_address={{{dest.id!r}: 'ADDRESS'}}"
+        address = migration_address(dest.uri)
+        if address is None:
+            return None, (
+                f"{dest.id} is reached through a local socket ({redact(dest.uri)}), which gives "
+                "no network address for the migration stream (libvirt would fall back to the "
+                f"host's name {dest.hostname!r}, which need not resolve on the source): {fix}"
+            )
+        if _is_ip(address) or address in self._resolved:
+            return address, None
+        if resolves(address):
+            self._resolved.add(address)
+            return address, None
+        return None, (
+            f"{address!r}, the host in {redact(dest.uri)}, does not resolve here (an ssh "
+            f"alias?), so the source's QEMU could not connect to it: {fix}"
+        )
 
     def _check_emulators(
         self,
@@ -539,7 +723,14 @@ class LibvirtBackend(Backend):
         job: MigrationJob
         if mode is MigrationMode.LIVE:
             job = self._live_job(
-                dom=dom, source=source, dest=dest, spec=spec, needs=needs, common=common
+                dom=dom,
+                vm=vm,
+                source=source,
+                dest=dest,
+                spec=spec,
+                needs=needs,
+                request_id=request_id,
+                common=common,
             )
         elif mode is MigrationMode.COLD:
             flags = (
@@ -554,28 +745,36 @@ class LibvirtBackend(Backend):
                 shutdown_timeout=self.config.shutdown_timeout,
                 **common,
             )
+            job.request_id = request_id
         else:
             raise InvalidInput(f"start() takes live or cold, not {mode}")
         with self._lock:
             self._jobs[job_id] = job
             self._by_vm[vm.id] = job
+            if request_id:
+                self._by_request[request_id] = job
         job.start()
-        return self._job_handle(job, {})
+        return self._job_handle(job, {"request_id": request_id} if request_id else {})
 
     def _live_job(
         self,
         *,
         dom: Any,
+        vm: VMInfo,
         source: HostConn,
         dest: HostConn,
         spec: MigrationSpec,
         needs: frozenset[str],
+        request_id: str,
         common: dict[str, Any],
     ) -> LiveJob:
         lv = self.lv
-        flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_PERSIST_DEST
+        flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER
         if dom.isPersistent():
-            flags |= lv.VIR_MIGRATE_UNDEFINE_SOURCE
+            # The definition moves with the VM.
+            flags |= lv.VIR_MIGRATE_PERSIST_DEST | lv.VIR_MIGRATE_UNDEFINE_SOURCE
+        elif self.config.persist_transient:
+            flags |= lv.VIR_MIGRATE_PERSIST_DEST  # asked for: define it on the target
         auto_converge = "auto_converge" in needs
         postcopy = "postcopy" in needs
         if auto_converge:
@@ -589,32 +788,50 @@ class LibvirtBackend(Backend):
             elif self.config.copy_storage == "inc":
                 flags |= lv.VIR_MIGRATE_NON_SHARED_INC
         params: dict[str, Any] = {}
-        address = migration_address(dest.uri)
+        address, _why_not = self._migration_target(dest)
         if address is not None:
-            # Without it QEMU gets the destination's hostname, which need not resolve; and the
-            # destination QEMU would listen on every address.
-            params[lv.VIR_MIGRATE_PARAM_URI] = f"tcp://{address}"
-            params[lv.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address.strip("[]")
+            # The stream goes to this address (QEMU would get the destination's host name
+            # otherwise), and the destination QEMU listens on it alone, not on every address.
+            params[lv.VIR_MIGRATE_PARAM_URI] = migration_uri(address)
+            params[lv.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
         if spec.bandwidth is not None:
             params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] = spec.bandwidth
         # The downtime limit starts at QEMU's default, or at the cap if lower; set it every time,
         # since a limit left by an earlier, failed migration would otherwise carry over.
         downtime = min(QEMU_DEFAULT_DOWNTIME_MS, spec.max_downtime or QEMU_DEFAULT_DOWNTIME_MS)
-        try:
-            dom.migrateSetMaxDowntime(downtime, 0)
-        except lv.libvirtError as exc:
-            log.warning("could not set the downtime limit of %s: %s", dom.name(), exc)
-        job = LiveJob(
+        marker = Marker(request=request_id, job=common["job_id"], source=source.id, target=dest.id)
+
+        def prepare(job: LiveJob) -> None:
+            """In the worker, just before the call: nothing here may hold up start()."""
+            if request_id:
+                try:
+                    dom.setMetadata(
+                        lv.VIR_DOMAIN_METADATA_ELEMENT,
+                        marker.xml(),
+                        MARKER_KEY,
+                        MARKER_NS,
+                        _VIR_DOMAIN_AFFECT_LIVE,
+                    )
+                except lv.libvirtError as exc:  # the migration goes on, only less traceable
+                    log.warning("could not mark %s with request %s: %s", vm.name, request_id, exc)
+            try:
+                dom.migrateSetMaxDowntime(downtime, 0)
+            except lv.libvirtError as exc:
+                log.warning("could not set the downtime limit of %s: %s", vm.name, exc)
+            job.start_dirty_rate_calc()
+
+        return LiveJob(
             dest_uri=peer_uri(dest.uri),
             params=params,
             flags=flags,
             postcopy_enabled=postcopy,
             auto_converge=auto_converge,
+            name=vm.name,
+            request_id=request_id,
+            prepare=prepare,
+            locate=self.locate,
             **common,
         )
-        if dom.isActive():
-            job.start_dirty_rate_calc()
-        return job
 
     def _job(self, job: Job) -> MigrationJob:
         with self._lock:
@@ -624,90 +841,38 @@ class LibvirtBackend(Backend):
         return found
 
     def poll(self, job: Job) -> JobStatus:
+        """The job as its own threads last saw it: no libvirt call here."""
         st = self._job(job)
-        if isinstance(st, LiveJob) and st.source_lost_at is not None and not st.done:
-            self._reconnect_source(st)
-        st.refresh()
-        if isinstance(st, LiveJob) and st.unwatched_end and not st.done:
-            self._settle_unwatched(st)
         status = st.status()
         self.poll_interval = st.poll_interval()
-        if status.phase.terminal and status.vm_host is None:
-            host: str | None
-            if status.phase is Phase.COMPLETED:
-                host = st.target.id
-            elif status.postcopy:
-                # Failed in post-copy: neither side holds all of the memory. A paused copy is
-                # not the VM; only a running one is.
-                host = self._running_on(st.vm)
-            else:
-                host = self.locate(st.vm)
-            status = replace(status, vm_host=host)
         return status
-
-    def _running_on(self, vm_id: str) -> str | None:
-        lv = self.lv
-        for host, dom in self._entries(vm_id):
-            try:
-                if dom.state()[0] in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_BLOCKED):
-                    return host.id
-            except lv.libvirtError:
-                continue
-        return None
-
-    def _reconnect_source(self, st: LiveJob) -> None:
-        """The source's libvirtd went away during the call. While it does not answer, say so
-        (the engine keeps polling for its grace period, and records that it lost contact); once
-        it answers again (it recovers or cancels the migration as it restarts), watch the VM as
-        an attached job would."""
-        try:
-            st.source.ensure()
-            dom = st.source.domain(st.vm)
-        except self.lv.libvirtError as exc:
-            raise ConnectionFailed(f"{st.source.id}: {exc}") from None
-        with st.lock:
-            st.dom, st.attached, st.source_lost_at = dom, True, None
-
-    def _settle_unwatched(self, st: LiveJob) -> None:
-        """An attached job whose migration ended while nobody watched: judge by where the VM is."""
-        where = self.locate(st.vm)
-        if where == st.target.id:
-            st.final_event.wait(1.0)  # JOB_COMPLETED, with the figures, may still be on its way
-        with st.lock:
-            if st.done:
-                return
-            st.ended = time.monotonic()
-            elapsed = (st.final or {}).get("time_elapsed")
-            if isinstance(elapsed, int):  # the platform's own duration of the whole job
-                st.started = st.ended - elapsed / 1000
-            if where == st.target.id:
-                st.outcome, st.native = Phase.COMPLETED, "completed (while detached)"
-                st.error = None
-            else:
-                st.outcome, st.native = Phase.FAILED, "ended while detached"
-                why = st.error or "the migration ended while no client watched it"
-                st.error = f"{why}; the VM is on {where}"
 
     def tune(self, job: Job, action: Action) -> None:
         st = self._job(job)
         if not isinstance(st, LiveJob):
             raise NotSupported(f"a cold migration cannot apply {action}")
         lv = self.lv
+        call: Any
+        if isinstance(action, SetDowntime):
+            call = lambda: st.dom.migrateSetMaxDowntime(action.ms, 0)  # noqa: E731
+        elif isinstance(action, SetBandwidth):
+            call = lambda: st.dom.migrateSetMaxSpeed(action.mib_s, 0)  # noqa: E731
+        elif isinstance(action, AutoConverge):
+            if not st.auto_converge:
+                raise NotSupported("auto-converge must be enabled when the job starts")
+            return  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
+        elif isinstance(action, PostCopy):
+            if not st.postcopy_enabled:
+                raise NotSupported("post-copy must be enabled when the job starts")
+            st.postcopy_requested = True  # from now on the monitor watches for a broken one
+            call = lambda: st.dom.migrateStartPostCopy(0)  # noqa: E731
+        else:
+            raise NotSupported(f"libvirt cannot apply {action}")
         try:
-            if isinstance(action, SetDowntime):
-                st.dom.migrateSetMaxDowntime(action.ms, 0)
-            elif isinstance(action, SetBandwidth):
-                st.dom.migrateSetMaxSpeed(action.mib_s, 0)
-            elif isinstance(action, AutoConverge):
-                if not st.auto_converge:
-                    raise NotSupported("auto-converge must be enabled when the job starts")
-                # Armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule.
-            elif isinstance(action, PostCopy):
-                if not st.postcopy_enabled:
-                    raise NotSupported("post-copy must be enabled when the job starts")
-                st.dom.migrateStartPostCopy(0)
-            else:
-                raise NotSupported(f"libvirt cannot apply {action}")
+            # The monitor makes the call, in order with its samples: libvirt may block it for
+            # seconds in switch-over. A refusal within TUNE_WAIT is raised here, a later one
+            # logged.
+            st.submit(call, str(action))
         except lv.libvirtError as exc:
             if st.done:
                 return  # the job ended meanwhile: the step came too late to matter
@@ -722,33 +887,43 @@ class LibvirtBackend(Backend):
     def finish(self, job: Job) -> None:
         with self._lock:
             st = self._jobs.pop(job.id, None)
-            if st is not None and self._by_vm.get(st.vm) is st:
+            if st is None:
+                return
+            if self._by_vm.get(st.vm) is st:
                 del self._by_vm[st.vm]
+            if st.request_id and self._by_request.get(st.request_id) is st:
+                del self._by_request[st.request_id]
+        st.stop()
 
     def attach(self, ref: Mapping[str, str]) -> Job:
-        """Find a job again from its ``ref``: watch the VM's migration job on the source, or,
-        once it is over, judge the outcome by where the VM is. A ref written before ``start``
-        returned (``intent: start``) names no source: the job is looked for on every host."""
+        """Find a job again from its ``ref``.
+
+        A job's ref names its source: watch the VM's migration job there, or, once it is over,
+        judge the outcome by where the VM is. An intent saved before ``start`` returned
+        (``intent: start`` with a ``request_id``) names none: the job is the one whose domain
+        carries that request id (see :data:`MARKER_NS`), an outgoing migration job on a source
+        or the VM already running on the target; :class:`NotFound` if no host has it,
+        :class:`ConnectionFailed` if a host that might have it cannot be asked."""
         vm_id, target_id = ref.get("vm"), ref.get("target")
         if not vm_id or not target_id:
             raise NotFound(f"job reference {dict(ref)} names no VM or target")
         dest = self._host(target_id)
+        request_id = ref.get("request_id", "")
+        intent = ref.get("intent") == "start"
         with self._lock:
-            known = self._by_vm.get(vm_id)
+            known = self._by_request.get(request_id) if request_id else None
+            if known is None and not intent:
+                known = self._by_vm.get(vm_id)
         if known is not None:
             return self._job_handle(known, ref)
-        source_id = ref.get("source")
-        dom = None
-        if source_id is None:  # the client died inside start(): is a migration running?
-            for host, candidate in self._entries(vm_id):
-                if host is not dest and self._job_running(candidate):
-                    source_id, dom = host.id, candidate
-            if source_id is None:
-                raise NotFound(f"no migration of VM {vm_id} is running")
-        source = self._host(source_id)
-        if dom is None:
-            dom = source.domain(vm_id)
         mode = MigrationMode(ref.get("mode", MigrationMode.LIVE.value))
+        if intent and request_id:
+            if mode is not MigrationMode.LIVE:
+                # This client drives a cold move itself: nothing of it runs without the client.
+                raise NotFound(f"no cold migration of VM {vm_id} for request {request_id}")
+            source, dom, job_id = self._find_request(vm_id, dest, request_id)
+        else:
+            source, dom, job_id = self._find_running(vm_id, dest, ref)
         job = LiveJob(
             dest_uri=peer_uri(dest.uri),
             params={},
@@ -756,7 +931,9 @@ class LibvirtBackend(Backend):
             postcopy_enabled=False,
             auto_converge=False,
             attached=True,
-            job_id=ref.get("job") or uuid.uuid4().hex[:12],
+            request_id=request_id,
+            locate=self.locate,
+            job_id=job_id or uuid.uuid4().hex[:12],
             lv=self.lv,
             dom=dom if mode is MigrationMode.LIVE else None,
             vm=vm_id,
@@ -767,7 +944,86 @@ class LibvirtBackend(Backend):
         with self._lock:
             self._jobs[job.id] = job
             self._by_vm[vm_id] = job
+            if request_id:
+                self._by_request[request_id] = job
+        job.watch()
         return self._job_handle(job, ref)
+
+    def _find_running(
+        self, vm_id: str, dest: HostConn, ref: Mapping[str, str]
+    ) -> tuple[HostConn, Any, str]:
+        """A job's own ref (or an old intent without a request id): its source, or the host
+        running an outgoing migration of the VM."""
+        source_id = ref.get("source")
+        if source_id is not None:
+            source = self._host(source_id)
+            return source, source.domain(vm_id), ref.get("job", "")
+        for host, candidate in self._entries(vm_id):
+            if host is not dest and self._migrating_out(candidate):
+                return host, candidate, ref.get("job", "")
+        raise NotFound(f"no migration of VM {vm_id} is running")
+
+    def _find_request(
+        self, vm_id: str, dest: HostConn, request_id: str
+    ) -> tuple[HostConn, Any, str]:
+        """The migration that request ``request_id`` started: on a source, a domain carrying
+        the request's marker with an outgoing migration job; else on the target, the VM
+        carrying it and running (the migration is over, or past its switch-over)."""
+        lv = self.lv
+        unreachable: list[str] = []
+        landed: Marker | None = None
+        for host in self._hosts.values():
+            try:
+                dom = host.domain(vm_id)
+                if dom is None:
+                    continue
+                marker = read_marker(lv, dom)
+                if marker is None or marker.request != request_id:
+                    continue
+                if host is not dest:
+                    if self._migrating_out(dom, strict=True):
+                        return host, dom, marker.job
+                    continue
+                state, reason = dom.state()[:2]
+            except ConnectionFailed as exc:
+                unreachable.append(f"{host.id} ({exc})")
+                continue
+            except lv.libvirtError as exc:
+                if libvirt_error_code(exc) != lv.VIR_ERR_NO_DOMAIN:
+                    unreachable.append(f"{host.id} ({exc})")
+                continue
+            if runs(lv, state, reason) and reason != lv.VIR_DOMAIN_RUNNING_POSTCOPY:
+                landed = marker
+        if unreachable:
+            # The source may be among them, with the job running (or in post-copy).
+            raise ConnectionFailed(
+                f"cannot tell whether request {request_id} started a migration of VM {vm_id}: "
+                f"{'; '.join(unreachable)} could not be asked"
+            )
+        if landed is not None:
+            source = self._hosts.get(landed.source) or next(
+                (h for h in self._hosts.values() if h is not dest), dest
+            )
+            return source, None, landed.job
+        raise NotFound(f"no migration of VM {vm_id} carries request {request_id}")
+
+    def _migrating_out(self, dom: Any, *, strict: bool = False) -> bool:
+        """Whether ``dom`` has an outgoing migration job running (any job, where libvirt does
+        not say which: it reports ``operation`` from 3.3 on; ``strict`` wants it said)."""
+        try:
+            if not dom.isActive():
+                return False
+            stats = dom.jobStats()
+        except self.lv.libvirtError:
+            if strict:
+                raise
+            return False
+        if stats.get("type", 0) not in JOB_ACTIVE:
+            return False
+        operation = stats.get("operation")
+        if operation is None:
+            return True
+        return bool(operation == _JOB_OPERATION_MIGRATION_OUT)
 
     @staticmethod
     def _job_handle(job: MigrationJob, ref: Mapping[str, str]) -> Job:
@@ -788,6 +1044,10 @@ class LibvirtBackend(Backend):
         )
 
     def close(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for st in jobs:
+            st.stop()
         for host in self._hosts.values():
             host.close()
 

@@ -18,7 +18,10 @@ Options: ``hosts`` (more host URIs), ``cluster`` (the cluster's name, default ``
 ``inc``: NON_SHARED_INC), ``shared_paths`` (directories every host mounts: a disk under one
 is shared), ``tls_dir`` (the client's PKI directory for TLS transports: ``cacert.pem``,
 ``clientcert.pem``, ``clientkey.pem``), ``insecure`` (skip the server certificate check of TLS
-transports; warned).
+transports; warned), ``migration_address`` (per host, the address the migration stream goes to
+when it is not the host of the host's URI: ``{"kvm2": "10.1.0.2"}``, keyed by host name or by
+the host's URI), ``persist_transient`` (define a transient domain on the target too; default
+false: a transient domain stays transient).
 
 TLS is libvirt's own (``qemu+tls://``, and plain ``qemu://host/`` whose default transport is
 TLS), and libvirt verifies the server's certificate unless the URI says ``no_verify=1``; vmmove
@@ -33,7 +36,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -47,6 +50,7 @@ __all__ = [
     "ClusterConfig",
     "client_uri",
     "migration_address",
+    "migration_uri",
     "parse",
     "peer_uri",
     "redact",
@@ -61,6 +65,8 @@ OPTIONS = (
     "shared_paths",
     "tls_dir",
     "insecure",
+    "migration_address",
+    "persist_transient",
 )
 #: What libvirt's client reads from ``pkipath`` (server side: servercert/serverkey).
 TLS_FILES = ("cacert.pem", "clientcert.pem", "clientkey.pem")
@@ -80,6 +86,9 @@ class ClusterConfig:
     shared_paths: tuple[str, ...] = ()
     tls_dir: str | None = None
     insecure: bool = False
+    #: host name or host URI -> migration address (bare: "10.1.0.2", "kvm2-mig", "fd00::2")
+    migration_addresses: Mapping[str, str] = field(default_factory=dict)
+    persist_transient: bool = False
 
 
 def uses_tls(uri: str) -> bool:
@@ -132,17 +141,16 @@ def redact(uri: str) -> str:
 
 
 def migration_address(uri: str) -> str | None:
-    """The address the destination is reached at (``None`` for a local or unix-socket URI).
+    """The network address in a host URI (bare, IPv6 without brackets), or ``None`` for a
+    URI that names none (a local socket: ``qemu:///system``, ``qemu+unix://...``).
 
-    The migration stream goes there too: QEMU listens on it and the source connects to it.
+    It is only a candidate for the migration stream: an ssh alias is a name only ssh knows.
     """
     try:
         host = urlsplit(uri).hostname
     except ValueError:
         return None
-    if not host:
-        return None
-    return f"[{host}]" if ":" in host else host
+    return host or None
 
 
 def _is_qemu(scheme: str) -> bool:
@@ -240,6 +248,10 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         if not isinstance(path, str) or not path.startswith("/"):
             raise InvalidInput(f"shared_paths: {path!r} is not an absolute directory")
 
+    persist = options.get("persist_transient", False)
+    if not isinstance(persist, bool):
+        raise InvalidInput(f"persist_transient must be true or false, not {persist!r}")
+
     tls_dir, insecure = _tls(uris, options)
     return ClusterConfig(
         name=name,
@@ -250,7 +262,39 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         shared_paths=tuple(p.rstrip("/") or "/" for p in shared),
         tls_dir=tls_dir,
         insecure=insecure,
+        migration_addresses=_migration_addresses(options.get("migration_address", {})),
+        persist_transient=persist,
     )
+
+
+def _migration_addresses(value: Any) -> dict[str, str]:
+    """``{host: address}``; which hosts the keys name is checked once the hosts answered."""
+    if not isinstance(value, Mapping):
+        raise InvalidInput(
+            "migration_address maps hosts to addresses: {'kvm2': '10.1.0.2'} (key: the host's "
+            "name or its URI)"
+        )
+    out = {}
+    for key, address in value.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInput(f"migration_address: {key!r} names no host")
+        if not isinstance(address, str):
+            raise InvalidInput(f"migration_address[{key!r}] must be an address, not {address!r}")
+        bare = address.strip()
+        if bare.startswith("[") and bare.endswith("]"):
+            bare = bare[1:-1]
+        if not bare or any(c.isspace() or c in "/@?#[]" for c in bare):
+            raise InvalidInput(
+                f"migration_address[{key!r}] = {address!r} is not a host name or IP address "
+                "(give the address alone, no scheme or port)"
+            )
+        out[key] = bare
+    return out
+
+
+def migration_uri(address: str) -> str:
+    """libvirt's ``migrate_uri`` for a bare address (IPv6 in brackets)."""
+    return f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
 
 
 def _tls(uris: Sequence[str], options: Mapping[str, Any]) -> tuple[str | None, bool]:

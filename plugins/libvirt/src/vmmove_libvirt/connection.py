@@ -1,5 +1,13 @@
 """One libvirt host of a cluster: its connection, its identity, its cached static facts, and
-the domain events it forwards to the backend."""
+the domain events it forwards to the backend.
+
+Opening a host asks only for its name and libvirt's version. The host's capabilities (its
+UUID and CPU) and the default QEMU's release are read on first use and kept: on a daemon that
+has not probed its emulators yet, ``virConnectGetCapabilities`` and ``virConnectGetVersion``
+(which builds the same capabilities) run every installed ``qemu-system-*`` binary to probe it
+(1.4 s for the two on a test host here, 16.8 s on a host with more of them), and ``connect``
+used to pay that. libvirt keeps the probe results on disk: later daemons and calls are quick.
+"""
 
 from __future__ import annotations
 
@@ -61,12 +69,12 @@ class HostConn:
         self._emulators: dict[tuple[str, str, str], Emulator] = {}
         self._callbacks: list[int] = []
         self.conn: Any = None
-        self.id = ""
-        self.facts = HostFacts(
-            uuid="", arch="", model="", vendor="", features=frozenset(), cpu_xml=None
-        )
+        self.id = ""  # the host's id in the cluster: its hostname, unless another host has it
+        self.hostname = ""
+        self._facts: HostFacts | None = None
+        self._facts_lock = threading.Lock()
         self.libvirt_version = ""
-        self.hypervisor_version = ""
+        self._hypervisor_version: str | None = None
         self._open()
 
     def __repr__(self) -> str:
@@ -92,9 +100,7 @@ class HostConn:
             raise ConnectionFailed(message) from None
         try:
             hostname = conn.getHostname()
-            facts = host_facts(conn.getCapabilities())
             lib = conn.getLibVersion()
-            hyp = conn.getVersion()
             callbacks = [
                 conn.domainEventRegisterAny(
                     None, self.lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
@@ -112,13 +118,12 @@ class HostConn:
         except BaseException:  # e.g. capabilities it cannot parse: don't leak the connection
             conn.close()
             raise
-        if self.id and hostname != self.id:
-            log.warning("%s now calls itself %s, not %s", redact(self.uri), hostname, self.id)
+        if self.hostname and hostname != self.hostname:
+            log.warning("%s now calls itself %s, not %s", redact(self.uri), hostname, self.hostname)
         self.conn = conn
         self.id = self.id or hostname
-        self.facts = facts
+        self.hostname = hostname
         self.libvirt_version = _version(lib)
-        self.hypervisor_version = _version(hyp)
         self._callbacks = callbacks
 
     def _auth(self) -> list[Any]:
@@ -137,6 +142,36 @@ class HostConn:
             return 0
 
         return [[lv.VIR_CRED_AUTHNAME, lv.VIR_CRED_PASSPHRASE], answer, None]
+
+    @property
+    def facts(self) -> HostFacts:
+        """The host's UUID and CPU, from its capabilities: read once, on first use (see the
+        module docstring); :class:`ConnectionFailed` if the host cannot be asked."""
+        with self._facts_lock:
+            if self._facts is None:
+                conn = self.ensure()
+                try:
+                    caps = conn.getCapabilities()
+                except self.lv.libvirtError as exc:
+                    raise ConnectionFailed(f"{redact(self.uri)}: {exc}") from None
+                self._facts = host_facts(caps)
+            return self._facts
+
+    @property
+    def hypervisor_version(self) -> str:
+        """The release of the driver's default QEMU (read once; "" if it cannot be read)."""
+        if self._hypervisor_version is None:
+            try:
+                self._hypervisor_version = _version(self.ensure().getVersion())
+            except (self.lv.libvirtError, ConnectionFailed) as exc:
+                log.debug("no QEMU release from %s: %s", redact(self.uri), exc)
+                return ""
+        return self._hypervisor_version
+
+    @property
+    def known_facts(self) -> HostFacts | None:
+        """The facts if they were read already (never asks the host)."""
+        return self._facts
 
     def alive(self) -> bool:
         try:

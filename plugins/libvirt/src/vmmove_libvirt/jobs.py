@@ -1,6 +1,7 @@
-"""Migration jobs. Each runs its blocking libvirt calls in a worker thread; domain events and
-``jobStats()`` samples tell it where the migration stands, and :meth:`status` maps that onto
-vmmove's phases.
+"""Migration jobs. Every blocking libvirt call of a job runs in the job's own threads, never in
+the caller's: ``poll`` answers from the latest sample at once (``jobStats()`` blocks for about
+two seconds while QEMU switches over). Domain events and ``jobStats()`` samples tell a job
+where the migration stands, and :meth:`status` maps that onto vmmove's phases.
 
 Live (``migrateToURI3``, peer-to-peer)::
 
@@ -12,8 +13,14 @@ Live (``migrateToURI3``, peer-to-peer)::
     completing      the destination runs (RESUMED_MIGRATED) or the source stopped
                     (STOPPED_MIGRATED): libvirt's Finish/Confirm cleans up the source
     completed       the call returned; figures from the JOB_COMPLETED event
-    failed          the call raised; before the commit point the source still runs
+    failed          the call raised; before the commit point the source still runs. Or
+                    post-copy broke (source paused POSTCOPY_FAILED, destination gone): then the
+                    call may never return, and the job's monitor says so itself
     cancelled       the call raised after abortJob() and before the commit point
+
+A live job has two threads: the *worker* makes the call (``migrateToURI3`` blocks until the
+migration ends), the *monitor* samples ``jobStats()``, sends aborts and policy steps, watches
+post-copy, and reconnects to a source whose libvirtd went away.
 
 Cold (stop, move the definition, start)::
 
@@ -27,13 +34,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from vmmove.backend import JobStatus
 from vmmove.errors import ConnectionFailed
 from vmmove.machine import Phase
 from vmmove.model import Figures, MiB, MigrationMode
+from vmmove_libvirt.config import redact
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
 from vmmove_libvirt.stats import JOB_ACTIVE, Sample, figures, sample
 
@@ -43,6 +53,23 @@ log = logging.getLogger("vmmove.libvirt")
 
 #: Seconds between polls while a pass has far to go, and near anything worth seeing soon.
 SLOW_POLL, FAST_POLL = 0.5, 0.1
+#: Seconds between the monitor's samples: the engine's fastest poll, so an answer is never
+#: older than one poll interval (a jobStats() call costs a millisecond or two).
+SAMPLE_EVERY = FAST_POLL
+#: Seconds between attempts to reach a source whose libvirtd went away.
+RECONNECT_EVERY = 0.5
+#: A sample call unanswered this long means the host is not answering (``jobStats()`` blocks
+#: for about 2 s during switch-over: that is an answer on its way, not an outage).
+STALE_AFTER = 15.0
+#: Seconds a post-copy failure signalled by an event waits for the monitor to describe both
+#: sides before poll reports it from the event alone.
+ALARM_GRACE = 1.0
+#: Seconds to wait for JOB_COMPLETED (the final figures) once the call returned, and once an
+#: attached job found the VM on its target.
+FINAL_EVENT_WAIT, SETTLE_EVENT_WAIT = 2.0, 1.0
+#: Seconds ``tune`` waits for libvirt to take a policy step before it returns (the step is then
+#: still applied, by the monitor, in order).
+TUNE_WAIT = 0.5
 #: Seconds of libvirt's dirty-rate sampling started with each live job (see LiveJob). QEMU
 #: hashes a few hundred random pages per GiB at both ends of the window, so a short window
 #: counts few changed pages: with 1 s, a guest dirtying 32 MiB/s read anywhere from 22 to
@@ -51,6 +78,7 @@ SLOW_POLL, FAST_POLL = 0.5, 0.1
 #: big enough to need the figure.
 DIRTY_CALC_SECONDS = 3
 _DIRTYRATE_MEASURED = 2  # virDomainDirtyRateStatus
+_JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 
 
 class MigrationJob:
@@ -75,6 +103,7 @@ class MigrationJob:
         self.native = "starting"
         self.abort_requested = False
         self.worker: threading.Thread | None = None
+        self.request_id = ""
 
     def start(self) -> None:
         self.worker = threading.Thread(
@@ -99,9 +128,6 @@ class MigrationJob:
     def done(self) -> bool:
         return self.outcome is not None
 
-    def refresh(self) -> None:
-        """Take a fresh sample (called by ``poll``, outside the lock)."""
-
     def on_event(self, host: str, kind: str, payload: Any) -> None:
         """A domain event for this job's VM, from ``host`` (on the event loop's thread)."""
 
@@ -114,20 +140,34 @@ class MigrationJob:
     def poll_interval(self) -> float:
         return FAST_POLL
 
+    def stop(self) -> None:
+        """The engine is done with the job: stop watching it (a worker blocked in libvirt stays
+        until libvirt returns)."""
+
     def _error_text(self, exc: BaseException) -> str:
         return str(exc) or type(exc).__name__
 
 
+class _Command:
+    """A libvirt call the monitor makes for the caller (a policy step)."""
+
+    def __init__(self, call: Callable[[], object], what: str) -> None:
+        self.call = call
+        self.what = what
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+
 class LiveJob(MigrationJob):
-    """``migrateToURI3(PEER2PEER | LIVE | PERSIST_DEST | UNDEFINE_SOURCE [| AUTO_CONVERGE]
-    [| POSTCOPY] [| NON_SHARED_*])`` in a worker.
+    """``migrateToURI3(PEER2PEER | LIVE [| PERSIST_DEST] [| UNDEFINE_SOURCE]
+    [| AUTO_CONVERGE] [| POSTCOPY] [| NON_SHARED_*])`` in a worker, watched by a monitor.
 
     The dirty rate: QEMU measures it at the end of each pass, so the first figure
     (``memory_iteration`` 2) averages the whole first pass, which sends all of memory; a working
     set rewritten faster than that saturates and reads as if the guest were slower. The job
-    therefore also starts libvirt's own sampling (``virDomainStartDirtyRateCalc``, one second,
-    started just before the migration) and reports the larger of the two until the first pass is
-    over; from the second pass on, QEMU's per-pass figure alone.
+    therefore also starts libvirt's own sampling (``virDomainStartDirtyRateCalc``, started just
+    before the migration) and reports the larger of the two until the first pass is over; from
+    the second pass on, QEMU's per-pass figure alone.
     """
 
     mode = MigrationMode.LIVE
@@ -141,6 +181,10 @@ class LiveJob(MigrationJob):
         postcopy_enabled: bool,
         auto_converge: bool,
         attached: bool = False,
+        name: str = "",
+        request_id: str = "",
+        prepare: Callable[[LiveJob], None] | None = None,
+        locate: Callable[[str], str | None] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -150,6 +194,10 @@ class LiveJob(MigrationJob):
         self.postcopy_enabled = postcopy_enabled
         self.auto_converge = auto_converge
         self.attached = attached
+        self.name = name or vm_name(self.dom) or self.vm
+        self.request_id = request_id
+        self._prepare = prepare  # calls made in the worker just before migrateToURI3
+        self._locate = locate  # the backend's locate, for a migration that ended unwatched
         self.call_started = attached
         self.last: Sample | None = None
         self.final: dict[str, Any] | None = None
@@ -159,6 +207,7 @@ class LiveJob(MigrationJob):
         self.transferring = False
         self.switchover = False
         self.postcopy = False
+        self.postcopy_requested = False
         self.committed = False
         self.source_stopped = False
         self.abort_sent_at: float | None = None
@@ -167,6 +216,33 @@ class LiveJob(MigrationJob):
         self.dirty_calc_epoch = 0.0
         self.unwatched_end = False  # an attached job found its migration over
         self.source_lost_at: float | None = None  # the call failed because libvirtd went away
+        self.unreachable: str | None = None  # why the monitor could not ask the source now
+        self.asking_since: float | None = None  # a sample call in flight since
+        self.alarm: tuple[float, str] | None = None  # an event said post-copy broke
+        self.vm_host: str | None = None  # where the job itself says the VM is, once it ended
+        self._kick = threading.Event()
+        self._stopped = threading.Event()
+        self._commands: deque[_Command] = deque()
+        self.monitor: threading.Thread | None = None
+
+    # ---- threads ---------------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.watch()
+
+    def watch(self) -> None:
+        """Start the monitor (alone, for a job found again by attach)."""
+        self.monitor = threading.Thread(
+            target=self._monitor_loop, name=f"vmmove-libvirt-{self.id}-monitor", daemon=True
+        )
+        self.monitor.start()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._kick.set()
 
     # ---- worker ----------------------------------------------------------------------------
     def start_dirty_rate_calc(self) -> None:
@@ -178,40 +254,81 @@ class LiveJob(MigrationJob):
             log.debug("no dirty-rate sampling for %s: %s", self.vm, exc)
 
     def run(self) -> None:
+        if self._prepare is not None and not self.abort_requested:
+            self._prepare(self)
         with self.lock:
             if self.abort_requested:
                 self.ended = time.monotonic()
                 self.outcome, self.native = Phase.CANCELLED, "cancelled before it started"
+                self.vm_host = self.source.id
                 return
             self.call_started = True
             self.native = "begin/prepare"
+        self._kick.set()
         error: BaseException | None = None
         try:
             self.dom.migrateToURI3(self.dest_uri, self.params, self.flags)
         except self.lv.libvirtError as exc:
             error = exc
         returned = time.monotonic()
-        if error is None and not self.final_event.wait(2.0):
+        if error is None and not self.final_event.wait(FINAL_EVENT_WAIT):
             # The event is queued when the job ends and the call returns at about the same time;
             # without it, ask libvirt for the completed job's statistics (kept on both sides).
             self._completed_stats()
         lost = error is not None and not self.source.alive()
+        if error is not None and not lost and (self.postcopy or self.postcopy_requested):
+            # libvirt 9.0 returns from the call when the destination dies in post-copy (QEMU
+            # 10: "qemu unexpectedly closed the monitor"), but the source stays paused and
+            # keeps its job: the same broken post-copy the monitor watches for.
+            try:
+                state, reason = self.dom.state()[:2]
+            except self.lv.libvirtError:
+                state, reason = -1, -1
+            if state == self.lv.VIR_DOMAIN_PAUSED and reason in (
+                _const(self.lv, "VIR_DOMAIN_PAUSED_POSTCOPY", 12),
+                _const(self.lv, "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED", 13),
+            ):
+                why = f"the migration call failed ({self._error_text(error)})"
+                self._postcopy_failed(why, source_paused=True, dest=self._target_state())
+                self._kick.set()
+                return
+        runs_on_source = False
+        if error is not None and not lost:
+            # The job's own word on where the VM is: libvirt resumes the source when a
+            # migration fails before the switch; check that it did (one cheap call).
+            runs_on_source = self._source_runs()
         with self.lock:
+            if self.outcome is not None:
+                return  # the monitor ended it (post-copy broke); the call returned only now
             self.ended = returned
+            if lost:
+                self.unreachable = f"{self.source.id}'s libvirtd went away mid-migration"
             if error is None:
                 self.outcome, self.native = Phase.COMPLETED, "completed"
+                self.vm_host = self.target.id
             elif lost:
                 # The source's libvirtd went away: the outcome is whatever it finds (or did)
-                # when it comes back. The backend reconnects and then watches the VM.
+                # when it comes back. The monitor reconnects and then watches the VM.
+                self.ended = None
                 self.source_lost_at = returned
                 self.native = f"lost {self.source.id}'s libvirtd; waiting for it"
                 self.error = f"{self.source.id}'s libvirtd went away mid-migration ({error})"
-            elif self.abort_requested and not (self.committed or self.postcopy):
-                self.outcome, self.native = Phase.CANCELLED, "cancelled"
-                self.error = self._error_text(error)
             else:
-                self.outcome, self.native = Phase.FAILED, "failed"
+                if self.abort_requested and not (self.committed or self.postcopy):
+                    self.outcome, self.native = Phase.CANCELLED, "cancelled"
+                else:
+                    self.outcome, self.native = Phase.FAILED, "failed"
                 self.error = self._error_text(error)
+                if not (self.committed or self.postcopy) and runs_on_source:
+                    self.vm_host = self.source.id
+        self._kick.set()
+
+    def _source_runs(self) -> bool:
+        try:
+            state, reason = self.dom.state()[:2]
+        except self.lv.libvirtError:
+            return False
+        return runs(self.lv, state, reason)
 
     def _completed_stats(self) -> None:
         lv = self.lv
@@ -227,7 +344,7 @@ class LiveJob(MigrationJob):
                     self.final = self.final or stats
                 return
 
-    # ---- events and samples ------------------------------------------------------------------
+    # ---- events (the event loop's thread: no libvirt calls here) ---------------------------
     def on_event(self, host: str, kind: str, payload: Any) -> None:
         lv = self.lv
         with self.lock:
@@ -251,45 +368,70 @@ class LiveJob(MigrationJob):
                         self.switchover = True
                     elif detail == lv.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY:
                         self.postcopy = True
+                    elif detail == _const(lv, "VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED", 8):
+                        self.postcopy = True
+                        self._raise_alarm(f"{self.source.id} paused the VM: post-copy failed")
                 elif event == lv.VIR_DOMAIN_EVENT_STOPPED and (
                     detail == lv.VIR_DOMAIN_EVENT_STOPPED_MIGRATED
                 ):
                     self.source_stopped = self.committed = True
-            elif host == self.target.id and event == lv.VIR_DOMAIN_EVENT_RESUMED:
-                if detail == lv.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
-                    self.committed = True
-                elif detail == lv.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY:
-                    self.postcopy = True
+            elif host == self.target.id:
+                if event == lv.VIR_DOMAIN_EVENT_RESUMED:
+                    if detail == lv.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
+                        self.committed = True
+                    elif detail == lv.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY:
+                        self.postcopy = True
+                    elif detail == _const(lv, "VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED", 4):
+                        self._raise_alarm(f"post-copy failed on {self.target.id}")
+                elif event == lv.VIR_DOMAIN_EVENT_STOPPED and self.postcopy:
+                    self._raise_alarm(f"the VM's copy on {self.target.id} stopped")
+        if self.alarm is not None:
+            self._kick.set()
 
-    def refresh(self) -> None:
+    def _raise_alarm(self, why: str) -> None:
+        if self.alarm is None and self.outcome is None:
+            self.alarm = (time.monotonic(), why)
+
+    # ---- monitor ---------------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        while not self._stopped.is_set():
+            self._run_commands()
+            if self.done:
+                break
+            try:
+                self._tick()
+            except Exception:  # the monitor must outlive any one bad round
+                log.exception("watching libvirt job %s failed", self.id)
+            self._kick.wait(RECONNECT_EVERY if self.source_lost_at else SAMPLE_EVERY)
+            self._kick.clear()
+        self._run_commands()  # whatever was queued as the job ended: too late to matter
+
+    def _tick(self) -> None:
         if self.source_lost_at is not None:
-            return  # the backend reconnects first
-        if self.done or not self.call_started or self.dom is None:
-            if self.attached and self.dom is None and not self.done:
-                self.unwatched_end = True
+            self._reconnect_source()
             return
-        lv = self.lv
-        try:
-            stats = self.dom.jobStats()
-        except lv.libvirtError:
-            if self.attached:
-                self.unwatched_end = True  # the source no longer knows the domain
+        if not self.call_started:
             return
-        active = stats.get("type") in JOB_ACTIVE
-        if active:
-            s = sample(stats)
-            with self.lock:
-                self.last = s
-                if s.started:
-                    self.transferring = True
-        elif self.attached:
-            self.unwatched_end = True
+        if self.dom is None:  # attached to a migration whose source no longer has the VM
+            self._settle_unwatched()
+            return
+        if self.postcopy or self.postcopy_requested or self.alarm or self.attached:
+            self._watch_postcopy()
+            if self.done:
+                return
+        self._sample()
+        self._run_commands()  # steps given while the sample blocked go before an abort
+        if self.unwatched_end and not self.done:
+            self._settle_unwatched()
+            return
         now = time.monotonic()
         if (
             self.abort_requested
-            and not self.attached
+            and not self.done
             and not (self.switchover or self.postcopy or self.committed)
-            and (self.abort_sent_at is None or now - self.abort_sent_at > 0.5)
+            and (
+                self.abort_sent_at is None or (not self.attached and now - self.abort_sent_at > 0.5)
+            )
         ):
             # Until the call returns: libvirt may not have created its job when we first asked.
             self._send_abort()
@@ -300,13 +442,219 @@ class LiveJob(MigrationJob):
         ):
             self._read_dirty_rate()
 
+    def _sample(self) -> None:
+        lv = self.lv
+        self.asking_since = time.monotonic()
+        try:
+            stats = self.dom.jobStats()
+            s = sample(stats) if stats.get("type") in JOB_ACTIVE else None
+        except lv.libvirtError as exc:
+            if not self.source.alive():
+                with self.lock:
+                    self.unreachable = f"{self.source.id} does not answer: {exc}"
+            elif self.attached:
+                self.unwatched_end = True  # the source no longer knows the domain
+            return
+        except (ConnectionFailed, AttributeError) as exc:  # an answer that makes no sense
+            with self.lock:
+                self.unreachable = f"{self.source.id} sent unreadable job statistics: {exc}"
+            return
+        finally:
+            self.asking_since = None
+        with self.lock:
+            self.unreachable = None
+            if s is not None:
+                self.last = s
+                if s.started:
+                    self.transferring = True
+            elif self.attached:
+                self.unwatched_end = True
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            cmd = self._commands.popleft()
+            if not self.done:
+                try:
+                    cmd.call()
+                except self.lv.libvirtError as exc:
+                    cmd.error = exc
+                    log.warning("libvirt refused %s on %s: %s", cmd.what, self.name, exc)
+            cmd.finished.set()
+
+    def submit(self, call: Callable[[], object], what: str, wait: float = TUNE_WAIT) -> None:
+        """Have the monitor make ``call`` (in order with everything else it does to the job);
+        wait up to ``wait`` seconds and raise what libvirt raised, if it answered by then."""
+        cmd = _Command(call, what)
+        self._commands.append(cmd)
+        self._kick.set()
+        if self.monitor is None or not self.monitor.is_alive():
+            self._run_commands()
+        if cmd.finished.wait(wait) and cmd.error is not None:
+            raise cmd.error
+
+    def _reconnect_source(self) -> None:
+        """The source's libvirtd went away during the call. While it does not answer, say so
+        (the engine keeps polling for its grace period, and records that it lost contact); once
+        it answers again (it recovers or cancels the migration as it restarts), watch the VM as
+        an attached job does."""
+        try:
+            self.source.ensure()
+            dom = self.source.domain(self.vm)
+        except (self.lv.libvirtError, ConnectionFailed) as exc:
+            with self.lock:
+                self.unreachable = f"{self.source.id}: {exc}"
+            return
+        with self.lock:
+            self.dom, self.attached, self.source_lost_at = dom, True, None
+            self.unreachable = None
+
+    def _settle_unwatched(self) -> None:
+        """An attached job whose migration ended while nobody watched: judge by where the VM is
+        (the job's own report is gone with the job)."""
+        if self._locate is None:
+            return
+        try:
+            where = self._locate(self.vm)
+        except ConnectionFailed as exc:
+            with self.lock:
+                self.unreachable = str(exc)
+            return
+        if where == self.target.id:
+            # JOB_COMPLETED, with the figures, may still be on its way
+            self.final_event.wait(SETTLE_EVENT_WAIT)
+        with self.lock:
+            if self.done:
+                return
+            self.unreachable = None
+            self.ended = time.monotonic()
+            elapsed = (self.final or {}).get("time_elapsed")
+            if isinstance(elapsed, int):  # the platform's own duration of the whole job
+                self.started = self.ended - elapsed / 1000
+            self.vm_host = where
+            if where == self.target.id:
+                self.outcome, self.native = Phase.COMPLETED, "completed (while detached)"
+                self.error = None
+            else:
+                self.outcome, self.native = Phase.FAILED, "ended while detached"
+                why = self.error or "the migration ended while no client watched it"
+                self.error = f"{why}; the VM {'runs on ' + where if where else 'runs nowhere'}"
+
+    # ---- post-copy watchdog ------------------------------------------------------------------
+    def _watch_postcopy(self) -> None:
+        """Post-copy that broke never ends by itself: the source QEMU waits, paused, for a
+        recovery (``postcopy-paused``), libvirt keeps its job and ``migrateToURI3`` does not
+        return. Seen from here: the source paused with reason POSTCOPY_FAILED, or paused in
+        post-copy while the destination's copy is gone or failed too."""
+        lv = self.lv
+        try:
+            state, reason = self.dom.state()[:2]
+        except lv.libvirtError as exc:
+            if not self.source.alive():
+                with self.lock:
+                    self.unreachable = f"{self.source.id} does not answer: {exc}"
+            return
+        paused = state == lv.VIR_DOMAIN_PAUSED
+        failed_here = paused and reason == _const(lv, "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED", 13)
+        in_postcopy = paused and reason == _const(lv, "VIR_DOMAIN_PAUSED_POSTCOPY", 12)
+        if in_postcopy or failed_here:
+            with self.lock:
+                self.postcopy = True
+        if not (in_postcopy or failed_here or self.alarm):
+            return
+        dest = self._target_state()
+        dest_failed = dest in ("gone", "stopped", "failed")
+        if not (failed_here or dest_failed or self.alarm):
+            return
+        if failed_here:
+            why = f"{self.source.id} paused the VM: post-copy failed"
+        elif dest_failed:
+            why = {
+                "gone": f"the VM's copy on {self.target.id} is gone",
+                "stopped": f"the VM's copy on {self.target.id} stopped",
+                "failed": f"post-copy failed on {self.target.id}",
+            }[dest]
+        else:
+            why = self.alarm[1] if self.alarm else "post-copy failed"
+        self._postcopy_failed(why, source_paused=paused, dest=dest)
+
+    def _target_state(self) -> str:
+        """``running``, ``paused``, ``failed`` (post-copy failed there), ``stopped``, ``gone``,
+        or ``unknown`` (the target could not be asked)."""
+        lv = self.lv
+        try:
+            dom = self.target.domain(self.vm)
+            if dom is None:
+                return "gone"
+            state, reason = dom.state()[:2]
+        except ConnectionFailed:
+            return "unknown"
+        except lv.libvirtError as exc:
+            return "gone" if libvirt_error_code(exc) == lv.VIR_ERR_NO_DOMAIN else "unknown"
+        if reason == _const(lv, "VIR_DOMAIN_RUNNING_POSTCOPY_FAILED", 11) and (
+            state == lv.VIR_DOMAIN_RUNNING
+        ):
+            return "failed"
+        if state == lv.VIR_DOMAIN_PAUSED and reason == _const(
+            lv, "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED", 13
+        ):
+            return "failed"
+        if state in (lv.VIR_DOMAIN_RUNNING, lv.VIR_DOMAIN_BLOCKED):
+            return "running"
+        if state == lv.VIR_DOMAIN_PAUSED:
+            return "paused"
+        return "stopped"
+
+    def _postcopy_failed(self, why: str, *, source_paused: bool, dest: str) -> None:
+        with self.lock:
+            if self.outcome is not None:
+                return
+            self.ended = time.monotonic()
+            self.postcopy = True
+            self.outcome, self.native = Phase.FAILED, "post-copy failed"
+            self.error = self._postcopy_advice(why, source_paused=source_paused, dest=dest)
+            self.vm_host = None  # neither copy holds all of the memory: the VM runs nowhere
+        log.error("libvirt job %s: %s", self.id, self.error)
+
+    def _postcopy_advice(self, why: str, *, source_paused: bool, dest: str) -> str:
+        src, name = redact(self.source.uri), self.name
+        persistent = bool(self.flags & self.lv.VIR_MIGRATE_UNDEFINE_SOURCE)
+        text = (
+            f"post-copy failed: {why}. The guest's memory is split between {self.source.id} "
+            f"and {self.target.id}, and the migration cannot finish by itself "
+            "(libvirt keeps its job waiting for a post-copy recovery). "
+        )
+        if source_paused:
+            text += (
+                f"The copy on {self.source.id} is paused (post-copy failed) and lacks the pages "
+                "the guest changed after the switch: never resume it. "
+            )
+        if dest in ("running", "paused", "failed"):
+            text += (
+                f"The copy on {self.target.id} still exists ({dest}). If its QEMU and the "
+                "migration link are healthy, recover the migration from the source: "
+                f"virsh -c {src} migrate --live --p2p --postcopy --postcopy-resume {name} "
+                f"{redact(self.dest_uri)}. Otherwise destroy both copies "
+                f"(virsh -c {src} destroy {name}; the same on {self.target.id}) and start the VM "
+                "again: its state since the switch is lost."
+            )
+        else:
+            where = "" if dest == "unknown" else f" ({dest})"
+            text += (
+                f"The copy on {self.target.id} is lost{where}, and with it the guest's state "
+                f"since the switch. Destroy the paused copy (virsh -c {src} destroy {name}) and "
+                "start the VM again"
+                + (f" from its definition on {self.source.id}." if persistent else ".")
+            )
+        return text
+
+    # ---- control -----------------------------------------------------------------------------
     def _read_dirty_rate(self) -> None:
         lv = self.lv
         try:
             [(_, stats)] = self.source.ensure().domainListGetStats(
                 [self.dom], lv.VIR_DOMAIN_STATS_DIRTYRATE
             )
-        except (lv.libvirtError, ValueError):
+        except (lv.libvirtError, ConnectionFailed, ValueError):
             self.dirty_calc_at = None
             return
         if stats.get("dirtyrate.calc_status") != _DIRTYRATE_MEASURED:
@@ -319,13 +667,11 @@ class LiveJob(MigrationJob):
             self.sampled_dirty = float(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB
         self.dirty_calc_at = None
 
-    # ---- control -----------------------------------------------------------------------------
     def abort(self) -> None:
+        """Ask for the abort; the monitor sends it (``abortJob`` can block in switch-over)."""
         with self.lock:
             self.abort_requested = True
-            if not self.call_started or self.done:
-                return  # the worker sees the request before it calls libvirt
-        self._send_abort()
+        self._kick.set()
 
     def _send_abort(self) -> None:
         self.abort_sent_at = time.monotonic()
@@ -333,7 +679,7 @@ class LiveJob(MigrationJob):
             self.dom.abortJob()
         except self.lv.libvirtError as exc:
             # "no job is active": the job is still in Begin (libvirt has not started it) or
-            # just ended. refresh() asks again while the migration runs; the outcome decides.
+            # just ended. The monitor asks again while the migration runs; the outcome decides.
             log.debug("abortJob on %s: %s (code %s)", self.vm, exc, libvirt_error_code(exc))
 
     # ---- mapping -----------------------------------------------------------------------------
@@ -351,7 +697,26 @@ class LiveJob(MigrationJob):
         return Phase.REQUESTING
 
     def status(self) -> JobStatus:
+        """The job as last seen; never calls libvirt. :class:`ConnectionFailed` while the
+        source cannot be asked (a stale answer would look like a migration standing still)."""
+        now = time.monotonic()
         with self.lock:
+            if self.outcome is None and self.alarm and now - self.alarm[0] > ALARM_GRACE:
+                # The monitor is stuck in a call: report the break from the event alone.
+                self.ended = now
+                self.outcome, self.native = Phase.FAILED, "post-copy failed"
+                self.postcopy = True
+                self.error = self._postcopy_advice(
+                    self.alarm[1], source_paused=True, dest="unknown"
+                )
+            if self.outcome is None:
+                if self.unreachable is not None:
+                    raise ConnectionFailed(self.unreachable)
+                asking = self.asking_since
+                if asking is not None and now - asking > STALE_AFTER:
+                    raise ConnectionFailed(
+                        f"{self.source.id} has not answered for {now - asking:.0f} s"
+                    )
             phase = self.phase()
             s = self.last or Sample()
             iteration = max(s.iteration or 0, self.iteration_seen) or None
@@ -369,13 +734,18 @@ class LiveJob(MigrationJob):
                 native = "destination running; cleaning up the source"
             figs: Figures | None = None
             if phase.terminal:
-                end = self.ended or time.monotonic()
+                end = self.ended or now
+                completed = phase is Phase.COMPLETED
                 figs = figures(
-                    self.final or self.final_target,
+                    # the destination's incoming job counts only for a move that happened
+                    self.final or (self.final_target if completed else None),
                     self.last,
                     end - self.started,
-                    completed=phase is Phase.COMPLETED,
+                    completed=completed,
                 )
+                if s.data_processed is not None and (figs.data_sent or 0) < s.data_processed:
+                    # an aborted job's JOB_COMPLETED may count nothing: what was seen stands
+                    figs = replace(figs, data_sent=s.data_processed)
             return JobStatus(
                 phase=phase,
                 native=native,
@@ -386,6 +756,7 @@ class LiveJob(MigrationJob):
                 dirty_rate=dirty,
                 iteration=figs.iterations if figs and figs.iterations else iteration,
                 expected_downtime_ms=s.expected_downtime_ms,
+                vm_host=self.vm_host if phase.terminal else None,
                 error=self.error,
                 figures=figs,
                 postcopy=self.postcopy,
@@ -404,6 +775,27 @@ class LiveJob(MigrationJob):
         if s.data_remaining is not None and s.transfer_rate:
             return SLOW_POLL if s.data_remaining / s.transfer_rate > 2.0 else FAST_POLL
         return SLOW_POLL
+
+
+def runs(lv: Any, state: int, reason: int) -> bool:
+    """Whether a domain in ``state``/``reason`` is the VM running: running, blocked or shutting
+    down. Paused is not running, and neither is a destination left RUNNING with reason
+    POSTCOPY_FAILED (its vCPUs wait for pages a dead source will never send)."""
+    if state == lv.VIR_DOMAIN_RUNNING:
+        return bool(reason != _const(lv, "VIR_DOMAIN_RUNNING_POSTCOPY_FAILED", 11))
+    return bool(state in (lv.VIR_DOMAIN_BLOCKED, lv.VIR_DOMAIN_SHUTDOWN))
+
+
+def vm_name(dom: Any) -> str:
+    try:
+        return str(dom.name()) if dom is not None else ""
+    except Exception:  # a stand-in: the name only labels messages
+        return ""
+
+
+def _const(lv: Any, name: str, default: int) -> int:
+    """A libvirt constant that older bindings may lack."""
+    return int(getattr(lv, name, default))
 
 
 class ColdJob(MigrationJob):

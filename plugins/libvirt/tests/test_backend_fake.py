@@ -1,0 +1,636 @@
+"""The libvirt backend against a fake libvirt: what the two real hosts cannot be made to do on
+cue (a ``jobStats()`` that blocks, a daemon that is down at the moment of a question, a
+post-copy that broke), and what needs no daemon at all (option checks, lazy capabilities).
+
+The fake has libvirt-python's constants and exception class, and hosts, connections and
+domains that answer the calls the backend makes, each from a plain attribute a test sets.
+"""
+
+# ruff: noqa: N802 (the fakes answer libvirt-python's camelCase calls)
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from vmmove.errors import ConnectionFailed, InvalidInput, NotFound
+from vmmove.machine import Phase
+from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+
+from vmmove_libvirt import backend as backend_mod  # noqa: E402
+from vmmove_libvirt import connection as connection_mod  # noqa: E402
+from vmmove_libvirt import jobs as jobs_mod  # noqa: E402
+from vmmove_libvirt.backend import LibvirtBackend, Marker  # noqa: E402
+from vmmove_libvirt.config import parse  # noqa: E402
+
+RUNNING, PAUSED, SHUTOFF = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED, 5
+UUID = "6f1c2c1e-8d7b-4f7a-9a55-1d1f0f0c0a01"
+DOMAIN_XML = f"""<domain type='qemu'><name>web-1</name><uuid>{UUID}</uuid>
+  <memory unit='KiB'>262144</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>"""
+
+
+class FakeError(libvirt.libvirtError):
+    def __init__(self, message: str, code: int = libvirt.VIR_ERR_INTERNAL_ERROR) -> None:
+        Exception.__init__(self, message)
+        self.code = code
+
+    def get_error_code(self) -> int:
+        return self.code
+
+
+class FakeHost:
+    def __init__(self, name: str, uuid: str) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.up = True
+        self.doms: dict[str, FakeDom] = {}
+        self.capability_calls = 0
+        self.list_calls = 0
+
+    def check(self) -> None:
+        if not self.up:
+            raise FakeError("Cannot write data: Broken pipe", libvirt.VIR_ERR_SYSTEM_ERROR)
+
+
+class FakeDom:
+    def __init__(self, host: FakeHost, *, state: int = RUNNING, reason: int = 1) -> None:
+        self.host = host
+        self.st, self.reason = state, reason
+        self.persistent = True
+        self.stats: dict[str, Any] = {"type": 0}
+        self.stats_gate: threading.Event | None = None  # jobStats waits for it
+        self.in_stats = threading.Event()
+        self.marker: str | None = None
+        self.migrated = threading.Event()  # migrateToURI3 returns when set
+        self.migrate_error: Exception | None = None
+        self.calls: list[tuple[Any, ...]] = []
+        host.doms[UUID] = self
+
+    def UUIDString(self) -> str:
+        return UUID
+
+    def name(self) -> str:
+        return "web-1"
+
+    def state(self) -> list[int]:
+        self.host.check()
+        return [self.st, self.reason]
+
+    def isActive(self) -> bool:
+        self.host.check()
+        return self.st != SHUTOFF
+
+    def isPersistent(self) -> bool:
+        return self.persistent
+
+    def info(self) -> list[int]:
+        return [self.st, 262144, 262144, 1, 0]
+
+    def XMLDesc(self, _flags: int = 0) -> str:
+        return DOMAIN_XML
+
+    def jobStats(self, _flags: int = 0) -> dict[str, Any]:
+        self.host.check()
+        self.in_stats.set()
+        if self.stats_gate is not None:
+            self.stats_gate.wait(10)
+        self.host.check()
+        return dict(self.stats)
+
+    def metadata(self, _kind: int, _uri: str, _flags: int) -> str:
+        self.host.check()
+        if self.marker is None:
+            raise FakeError("no metadata", libvirt.VIR_ERR_NO_DOMAIN_METADATA)
+        return self.marker
+
+    def setMetadata(self, _kind: int, xml: str, _key: str, _uri: str, _flags: int) -> None:
+        self.marker = xml
+
+    def migrateToURI3(self, uri: str, params: dict[str, Any], flags: int) -> None:
+        self.calls.append(("migrate", uri, dict(params), flags))
+        self.stats = {"type": 2, "operation": 5, "data_total": 256 * MiB, "memory_iteration": 1}
+        self.migrated.wait(10)
+        self.stats = {"type": 0}
+        if self.migrate_error is not None:
+            raise self.migrate_error
+
+    def migrateSetMaxDowntime(self, ms: int, _flags: int) -> None:
+        self.calls.append(("downtime", ms))
+
+    def migrateStartPostCopy(self, _flags: int) -> None:
+        self.calls.append(("postcopy",))
+
+    def startDirtyRateCalc(self, seconds: int, _flags: int) -> None:
+        self.calls.append(("dirtyrate", seconds))
+
+    def abortJob(self) -> None:
+        self.calls.append(("abort",))
+
+
+class FakeConn:
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+        self.open = True
+
+    def isAlive(self) -> bool:
+        return self.open and self.host.up
+
+    def getHostname(self) -> str:
+        return self.host.name
+
+    def getLibVersion(self) -> int:
+        return 9_000_000
+
+    def getVersion(self) -> int:
+        self.host.capability_calls += 1  # the QEMU driver builds its capabilities for it
+        return 10_000_002
+
+    def getCapabilities(self) -> str:
+        self.host.check()
+        self.host.capability_calls += 1
+        return (
+            f"<capabilities><host><uuid>{self.host.uuid}</uuid><cpu><arch>x86_64</arch>"
+            "<model>qemu64</model></cpu></host></capabilities>"
+        )
+
+    def getDomainCapabilities(self, *_args: Any) -> str:
+        return "<domainCapabilities><machine>pc-i440fx-10.0</machine></domainCapabilities>"
+
+    def getInfo(self) -> list[Any]:
+        self.host.check()
+        return ["x86_64", 4096, 2, 0, 1, 1, 2, 1]
+
+    def getFreeMemory(self) -> int:
+        return 2048 * MiB
+
+    def listAllDomains(self, _flags: int = 0) -> list[FakeDom]:
+        self.host.check()
+        self.host.list_calls += 1
+        return list(self.host.doms.values())
+
+    def lookupByName(self, name: str) -> FakeDom:
+        self.host.check()
+        for dom in self.host.doms.values():
+            if dom.name() == name:
+                return dom
+        raise FakeError("no domain", libvirt.VIR_ERR_NO_DOMAIN)
+
+    def domainEventRegisterAny(self, *_args: Any) -> int:
+        return 1
+
+    def domainEventDeregisterAny(self, _cb: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.open = False
+
+    def lookupByUUIDString(self, uuid: str) -> FakeDom:
+        self.host.check()
+        try:
+            return self.host.doms[uuid]
+        except KeyError:
+            raise FakeError("no domain", libvirt.VIR_ERR_NO_DOMAIN) from None
+
+
+class Fake:
+    """A cluster of fake hosts behind a libvirt-like module; ``fake.lv`` goes to the backend."""
+
+    def __init__(self, *hosts: FakeHost) -> None:
+        self.hosts = {f"qemu+tcp://{h.name}/system": h for h in hosts}
+        constants = {k: v for k, v in vars(libvirt).items() if k.startswith("VIR_")}
+        self.lv = types.SimpleNamespace(
+            **constants, libvirtError=libvirt.libvirtError, open=self.open
+        )
+
+    def open(self, uri: str) -> FakeConn:
+        host = self.hosts[uri]
+        if not host.up:
+            raise FakeError("unable to connect", libvirt.VIR_ERR_SYSTEM_ERROR)
+        return FakeConn(host)
+
+
+@pytest.fixture
+def no_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake has no event loop; the real one must not be registered for it either. And
+    no name is looked up in DNS: every fake host's name resolves, unless a test says not."""
+    monkeypatch.setattr(connection_mod, "ensure_loop", lambda _lv: None)
+    monkeypatch.setattr(backend_mod, "resolves", lambda _name: True)
+    # The fake sends no JOB_COMPLETED event: don't wait for it.
+    monkeypatch.setattr(jobs_mod, "FINAL_EVENT_WAIT", 0.0)
+    monkeypatch.setattr(jobs_mod, "SETTLE_EVENT_WAIT", 0.0)
+
+
+@pytest.fixture
+def cluster(no_event_loop: None) -> Iterator[Callable[..., tuple[LibvirtBackend, Fake]]]:
+    made: list[LibvirtBackend] = []
+
+    def make(*hosts: FakeHost, **options: Any) -> tuple[LibvirtBackend, Fake]:
+        hosts = hosts or (FakeHost("a", "uuid-a"), FakeHost("b", "uuid-b"))
+        fake = Fake(*hosts)
+        uri = "qemu+tcp://" + ",".join(h.name for h in hosts) + "/system"
+        backend = LibvirtBackend(parse(uri, options), lv=fake.lv)
+        made.append(backend)
+        return backend, fake
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def vm_on(host: str) -> VMInfo:
+    return VMInfo(
+        id=UUID, name="web-1", host=host, power=PowerState.RUNNING, memory=256 * MiB, vcpus=1
+    )
+
+
+def host_info(host: str) -> HostInfo:
+    return HostInfo(id=host, name=host, capacity=Capacity(cpus=2, memory=4096 * MiB))
+
+
+def start(backend: LibvirtBackend, request_id: str = "req-1", **spec: Any) -> Any:
+    return backend.start(
+        vm_on("a"),
+        host_info("b"),
+        MigrationSpec(vm=UUID, **spec),
+        MigrationMode.LIVE,
+        needs=frozenset({"postcopy"}),
+        reservation=None,
+        request_id=request_id,
+    )
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+# ---- poll never calls libvirt --------------------------------------------------------------
+
+
+def test_poll_answers_at_once_while_jobstats_blocks(cluster: Any) -> None:
+    """QEMU's switch-over holds jobStats() for about 2 s; poll answers from the last sample
+    meanwhile, and the next sample shows up once the call returns."""
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+
+    dom.stats_gate = threading.Event()
+    dom.in_stats.clear()
+    assert dom.in_stats.wait(5)  # the monitor is now stuck inside jobStats()
+    dom.stats = {"type": 2, "operation": 5, "data_total": 256 * MiB, "memory_iteration": 3}
+    slowest = 0.0
+    for _ in range(20):
+        t0 = time.monotonic()
+        status = backend.poll(job)
+        slowest = max(slowest, time.monotonic() - t0)
+        assert status.phase is Phase.TRANSFERRING
+        assert status.iteration == 1  # the sample from before the block
+    assert slowest < 0.05, f"poll took {slowest:.3f} s while jobStats() blocked"
+
+    dom.stats_gate.set()
+    wait_for(lambda: backend.poll(job).iteration == 3)
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)
+    status = backend.poll(job)
+    assert (status.phase, status.vm_host) == (Phase.COMPLETED, "b")
+    backend.finish(job)
+
+
+def test_tune_returns_within_its_bound_while_the_monitor_is_blocked(cluster: Any) -> None:
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+    dom.stats_gate = threading.Event()
+    dom.in_stats.clear()
+    assert dom.in_stats.wait(5)
+    from vmmove.policy import SetDowntime
+
+    t0 = time.monotonic()
+    backend.tune(job, SetDowntime(ms=900))
+    assert time.monotonic() - t0 < jobs_mod.TUNE_WAIT + 0.2
+    backend.abort(job)  # asks only: the monitor sends abortJob once it is free
+    assert ("downtime", 900) not in dom.calls
+    dom.stats_gate.set()
+    wait_for(lambda: ("downtime", 900) in dom.calls and ("abort",) in dom.calls)
+    # policy steps and aborts reach libvirt in the order they were given
+    assert dom.calls.index(("downtime", 900)) < dom.calls.index(("abort",))
+    dom.migrate_error = FakeError("operation aborted: migration out job: canceled by client")
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)
+    status = backend.poll(job)
+    assert (status.phase, status.vm_host) == (Phase.CANCELLED, "a")
+
+
+def test_poll_raises_connection_failed_while_the_source_is_down(cluster: Any) -> None:
+    backend, fake = cluster()
+    host_a = fake.hosts["qemu+tcp://a/system"]
+    dom = FakeDom(host_a)
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+    host_a.up = False
+
+    def refused() -> bool:
+        try:
+            backend.poll(job)
+        except ConnectionFailed:
+            return True
+        return False
+
+    wait_for(refused)
+    host_a.up = True
+    wait_for(lambda: not refused())
+    assert backend.poll(job).phase is Phase.TRANSFERRING
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase is Phase.COMPLETED)
+
+
+# ---- post-copy that broke --------------------------------------------------------------------
+
+
+def test_a_broken_postcopy_is_failed_at_once_though_the_call_never_returns(cluster: Any) -> None:
+    backend, fake = cluster()
+    host_a, host_b = fake.hosts["qemu+tcp://a/system"], fake.hosts["qemu+tcp://b/system"]
+    src = FakeDom(host_a)
+    FakeDom(host_b, state=RUNNING, reason=libvirt.VIR_DOMAIN_RUNNING_POSTCOPY)
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+    from vmmove.policy import PostCopy
+
+    backend.tune(job, PostCopy())
+    src.st, src.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY
+    wait_for(lambda: backend.poll(job).phase is Phase.POSTCOPY)
+    assert backend.locate(UUID) == "b"  # in post-copy the destination runs the VM
+
+    del host_b.doms[UUID]  # the destination QEMU died; migrateToURI3 stays blocked
+    src.reason = libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED
+    t0 = time.monotonic()
+    wait_for(lambda: backend.poll(job).phase.terminal, timeout=2)
+    took = time.monotonic() - t0
+    status = backend.poll(job)
+    assert status.phase is Phase.FAILED
+    assert status.postcopy
+    assert status.vm_host is None
+    assert took < 5 * jobs_mod.FAST_POLL + 0.5
+    assert status.error is not None
+    assert "paused" in status.error
+    assert "virsh -c qemu+tcp://a/system destroy web-1" in status.error
+    assert backend.locate(UUID) is None  # the paused source is not where the VM runs
+    assert not src.migrated.is_set()  # still "in" the call: the job did not wait for it
+    backend.finish(job)
+    src.migrated.set()
+
+
+def test_a_destination_left_running_with_postcopy_failed_is_not_running(cluster: Any) -> None:
+    backend, fake = cluster()
+    FakeDom(fake.hosts["qemu+tcp://a/system"], state=PAUSED, reason=13)
+    FakeDom(
+        fake.hosts["qemu+tcp://b/system"],
+        state=RUNNING,
+        reason=libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED,
+    )
+    assert backend.locate(UUID) is None
+
+
+# ---- locate ------------------------------------------------------------------------------------
+
+
+def test_locate_is_where_the_vm_runs_or_connection_failed(cluster: Any) -> None:
+    backend, fake = cluster()
+    host_a, host_b = fake.hosts["qemu+tcp://a/system"], fake.hosts["qemu+tcp://b/system"]
+    assert backend.locate(UUID) is None  # nowhere
+    paused = FakeDom(host_a, state=PAUSED, reason=libvirt.VIR_DOMAIN_PAUSED_USER)
+    assert backend.locate(UUID) is None  # a paused VM is not running
+    paused.st = RUNNING
+    assert backend.locate(UUID) == "a"
+    host_b.up = False
+    assert backend.locate(UUID) == "a"  # b is down, but a runs it: that settles it
+    paused.st = PAUSED
+    with pytest.raises(ConnectionFailed, match="could not be asked"):
+        backend.locate(UUID)  # not on a, and b cannot say
+    del host_a.doms[UUID]
+    with pytest.raises(ConnectionFailed):
+        backend.locate(UUID)
+    host_b.up = True
+    assert backend.locate(UUID) is None
+
+
+def test_a_stopped_vm_is_where_its_one_definition_is(cluster: Any) -> None:
+    backend, fake = cluster()
+    host_a, host_b = fake.hosts["qemu+tcp://a/system"], fake.hosts["qemu+tcp://b/system"]
+    FakeDom(host_a, state=SHUTOFF)
+    assert backend.locate(UUID) == "a"
+    FakeDom(host_b, state=SHUTOFF)  # an offline move half done: neither is the VM
+    assert backend.locate(UUID) is None
+    FakeDom(host_b, state=PAUSED, reason=libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+    assert backend.locate(UUID) is None  # a copy mid-migration, paused
+
+
+def test_locate_lists_nothing(cluster: Any) -> None:
+    """One UUID lookup and one state per host: no inventory listing."""
+    backend, fake = cluster()
+    FakeDom(fake.hosts["qemu+tcp://b/system"])
+    assert backend.locate(UUID) == "b"
+    assert [h.list_calls for h in fake.hosts.values()] == [0, 0]
+
+
+# ---- a lost answer to start ------------------------------------------------------------------
+
+
+def intent(request_id: str = "req-1") -> dict[str, str]:
+    return {"intent": "start", "vm": UUID, "target": "b", "mode": "live", "request_id": request_id}
+
+
+def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    first = start(backend)
+    wait_for(lambda: dom.marker is not None)
+    assert Marker(request="req-1", job=first.id, source="a", target="b").xml() == dom.marker
+
+    other, _ = cluster(*fake.hosts.values())  # another client: knows nothing of the job
+    with pytest.raises(NotFound):
+        other.attach(intent("req-2"))  # a different request
+    job = other.attach(intent())
+    assert (job.id, job.source, job.target, job.ref["request_id"]) == (first.id, "a", "b", "req-1")
+    assert other.poll(job).phase is Phase.TRANSFERRING
+    FakeDom(fake.hosts["qemu+tcp://b/system"]).marker = dom.marker  # it lands ...
+    del fake.hosts["qemu+tcp://a/system"].doms[UUID]  # ... and the source goes (UNDEFINE_SOURCE)
+    dom.migrated.set()
+    wait_for(lambda: other.poll(job).phase.terminal)
+    assert (other.poll(job).phase, other.poll(job).vm_host) == (Phase.COMPLETED, "b")
+    # The same process finds its own job at once, even after the answer to start was lost.
+    assert backend.attach(intent()).id == first.id
+
+
+def test_attach_finds_a_request_that_already_landed(cluster: Any) -> None:
+    backend, fake = cluster()
+    landed = FakeDom(fake.hosts["qemu+tcp://b/system"])
+    landed.marker = Marker(request="req-1", job="j1", source="a", target="b").xml()
+    job = backend.attach(intent())
+    assert (job.id, job.source) == ("j1", "a")
+    wait_for(lambda: backend.poll(job).phase.terminal)
+    status = backend.poll(job)
+    assert (status.phase, status.vm_host) == (Phase.COMPLETED, "b")
+
+
+def test_attach_to_a_request_is_not_found_or_connection_failed(cluster: Any) -> None:
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    with pytest.raises(NotFound):
+        backend.attach(intent())  # no marker anywhere: nothing started
+    dom.marker = Marker(request="req-1", job="j1", source="a", target="b").xml()
+    with pytest.raises(NotFound):
+        backend.attach(intent())  # marked, but no migration job runs
+    dom.stats = {"type": 2, "operation": 2}  # a save, not a migration
+    with pytest.raises(NotFound):
+        backend.attach(intent())
+    fake.hosts["qemu+tcp://a/system"].up = False
+    with pytest.raises(ConnectionFailed, match="req-1"):
+        backend.attach(intent())
+
+
+def test_a_cold_intent_is_not_found_elsewhere(cluster: Any) -> None:
+    backend, _ = cluster()
+    with pytest.raises(NotFound, match="cold"):
+        backend.attach({**intent(), "mode": "cold"})
+
+
+# ---- hosts, options, pre-checks ------------------------------------------------------------
+
+
+def test_connect_does_not_probe_capabilities(cluster: Any) -> None:
+    backend, fake = cluster()
+    assert [h.capability_calls for h in fake.hosts.values()] == [0, 0]
+    backend.hosts()
+    backend.hosts()
+    # capabilities and the default QEMU's release, each read once and kept
+    assert [h.capability_calls for h in fake.hosts.values()] == [2, 2]
+
+
+def test_one_host_under_two_names_is_refused_at_precheck(no_event_loop: None) -> None:
+    """A second URI of a host that has a name already is known by its URI, and the pre-check
+    refuses a move between two URIs of one libvirt host (one host UUID)."""
+    a = FakeHost("a", "uuid-a")
+    fake = Fake(a, FakeHost("b", "uuid-b"))
+    fake.hosts["qemu+tcp://localhost/system"] = a  # the same daemon, reached another way
+    uris = ["qemu+tcp://a/system", "qemu+tcp://b/system", "qemu+tcp://localhost/system"]
+    backend = LibvirtBackend(parse("libvirt://lab", {"hosts": uris}), lv=fake.lv)
+    try:
+        assert sorted(backend._hosts) == ["a", "b", "qemu+tcp://localhost/system"]
+        FakeDom(a)
+        target = backend.host("qemu+tcp://localhost/system")
+        spec = MigrationSpec(vm=UUID, mode="live")
+        problems = backend.check(vm_on("a"), target, spec)
+        same = [p for p in problems if p.code == "same-host"]
+        assert len(same) == 1, problems
+        assert "uuid-a" in same[0].message
+        assert same[0].severity == "error"
+        assert not [
+            p for p in backend.check(vm_on("a"), host_info("b"), spec) if p.severity == "error"
+        ]
+    finally:
+        backend.close()
+
+
+def test_two_hosts_with_one_uuid_are_refused_at_precheck(cluster: Any) -> None:
+    backend, fake = cluster(FakeHost("a", "same"), FakeHost("b", "same"))
+    FakeDom(fake.hosts["qemu+tcp://a/system"])
+    problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    assert [p.code for p in problems if p.severity == "error"] == ["same-host"], problems
+    assert "host_uuid" in problems[0].message
+
+
+def test_no_migration_address_is_refused_with_the_fix(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ssh alias resolves only in ssh's config: QEMU on the source could not reach it."""
+    monkeypatch.setattr(backend_mod, "resolves", lambda name: name != "b")
+    backend, fake = cluster()
+    FakeDom(fake.hosts["qemu+tcp://a/system"])
+    problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    refused = [p for p in problems if p.code == "migration-address"]
+    assert len(refused) == 1, problems
+    assert "does not resolve" in refused[0].message
+    assert "migration_address={'b': 'ADDRESS'}" in refused[0].message
+    # cold moves send no migration stream
+    cold = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="cold"))
+    assert not [p for p in cold if p.code == "migration-address"]
+
+    given, _ = cluster(*fake.hosts.values(), migration_address={"b": "fd00::2"})
+    ok = given.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    assert not [p for p in ok if p.code == "migration-address"], ok
+    dom = fake.hosts["qemu+tcp://a/system"].doms[UUID]
+    job = start(given, request_id="")
+    wait_for(lambda: bool(dom.calls) and dom.calls[-1][0] == "migrate")
+    _, _, params, _ = dom.calls[-1]
+    assert params["migrate_uri"] == "tcp://[fd00::2]"
+    assert params["listen_address"] == "fd00::2"
+    dom.migrated.set()
+    wait_for(lambda: given.poll(job).phase.terminal)
+
+
+def test_a_local_socket_names_no_migration_address(no_event_loop: None) -> None:
+    host = FakeHost("b", "uuid-b")
+    fake = Fake(FakeHost("a", "uuid-a"), host)
+    socket_uri = "qemu+unix:///system?socket=/run/b/libvirt-sock"
+    fake.hosts[socket_uri] = host
+    backend = LibvirtBackend(
+        parse("libvirt://lab", {"hosts": ["qemu+tcp://a/system", socket_uri]}), lv=fake.lv
+    )
+    try:
+        FakeDom(fake.hosts["qemu+tcp://a/system"])
+        problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+        (refused,) = [p for p in problems if p.code == "migration-address"]
+        assert "local socket" in refused.message
+        assert "'b'" in refused.message  # libvirt's fallback: the host's name
+    finally:
+        backend.close()
+
+
+def test_migration_address_option(no_event_loop: None) -> None:
+    for bad in ("10.0.0.2", {"b": "tcp://10.0.0.2"}, {"b": "10.0.0.2:49152/x"}, {"b": ""}):
+        with pytest.raises(InvalidInput, match="migration_address"):
+            parse("qemu+tcp://a,b/system", {"migration_address": bad})
+    cfg = parse("qemu+tcp://a,b/system", {"migration_address": {"b": "[fd00::2]"}})
+    assert cfg.migration_addresses == {"b": "fd00::2"}
+    fake = Fake(FakeHost("a", "uuid-a"), FakeHost("b", "uuid-b"))
+    with pytest.raises(InvalidInput, match="none of the cluster's hosts"):
+        LibvirtBackend(parse("qemu+tcp://a,b/system", {"migration_address": {"c": "x"}}), fake.lv)
+    by_uri = parse("qemu+tcp://a,b/system", {"migration_address": {"qemu+tcp://b/system": "m"}})
+    backend = LibvirtBackend(by_uri, fake.lv)
+    assert backend._addresses == {"b": "m"}
+    backend.close()
+    with pytest.raises(InvalidInput, match="persist_transient"):
+        parse("qemu+tcp://a,b/system", {"persist_transient": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("persistent", "persist_transient", "persist", "undefine"),
+    [(True, False, True, True), (False, False, False, False), (False, True, True, False)],
+)
+def test_a_transient_guest_stays_transient_unless_asked(
+    cluster: Any, persistent: bool, persist_transient: bool, persist: bool, undefine: bool
+) -> None:
+    backend, fake = cluster(
+        FakeHost("a", "uuid-a"), FakeHost("b", "uuid-b"), persist_transient=persist_transient
+    )
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    dom.persistent = persistent
+    job = start(backend)
+    wait_for(lambda: bool(dom.calls) and dom.calls[-1][0] == "migrate")
+    flags = dom.calls[-1][3]
+    assert bool(flags & libvirt.VIR_MIGRATE_PERSIST_DEST) is persist
+    assert bool(flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE) is undefine
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)
