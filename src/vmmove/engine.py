@@ -295,7 +295,9 @@ class _Run:
             percent = prev.percent  # a failed or cancelled migration keeps where it got to
         else:
             percent = _PHASE_PERCENT.get(phase, prev.percent)
-            if status is not None and phase in (Phase.TRANSFERRING, Phase.POSTCOPY):
+            if self.abort_sent and phase.cancellable:
+                percent = prev.percent  # an aborting job's figures say nothing of progress
+            elif status is not None and phase in (Phase.TRANSFERRING, Phase.POSTCOPY):
                 lo, hi = _TRANSFER_SPAN if phase is Phase.TRANSFERRING else _POSTCOPY_SPAN
                 share: float | None = None
                 if status.data_total and status.data_remaining is not None:
@@ -1365,9 +1367,25 @@ class Connection:
         """
         with self._sup.cond:
             if record_id in self._runs:
-                return Migration(self._runs[record_id], self._sup)
+                known = self._runs[record_id]
+                if known.phase.terminal and known.record.located_at is None:
+                    self._settle_location(known)
+                return Migration(known, self._sup)
         record = self.store.get(record_id)
-        vm = self.backend.vm(record.vm)
+        try:
+            vm = self.backend.vm(record.vm)
+        except NotFound:
+            if not record.phase.terminal:
+                raise
+            # An ended record outlives its VM: the record alone answers for it.
+            vm = VMInfo(
+                id=record.vm,
+                name=record.vm_name,
+                host=record.vm_host or record.source,
+                power=PowerState.STOPPED,
+                memory=0,
+                vcpus=0,
+            )
         try:
             policy = resolve(record.policy, self.plugins.policies)
         except InvalidInput:

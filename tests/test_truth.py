@@ -1,0 +1,236 @@
+"""The record is the truth: regressions for every way a record once lied, on the simulator.
+
+Each test makes the platform's answers go wrong in one way (a lost answer, an unreachable
+inventory, a backend that raises after the commit point...) and checks that the record
+names where the VM really runs, with a history the state machine allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import pytest
+
+import vmmove
+from vmmove import MigrationRecord, Phase
+from vmmove.backend import Job, JobStatus
+from vmmove.machine import TRANSITIONS
+from vmmove.outcomes import ExitCode, error_of, exit_code
+from vmmove.sim import Fault, parse
+
+
+def estate(**kwargs: Any) -> vmmove.Connection:
+    inventory = parse(
+        {
+            "link_mib_s": 200,
+            "host": [{"name": "a"}, {"name": "b"}],
+            "vm": [
+                {"name": n, "host": "a", "memory_mib": 2048, "resident_mib": 1024,
+                 "working_set_mib": 256, "dirty_mib_s": 50}
+                for n in ("v", "w")
+            ],
+        }
+    )  # fmt: skip
+    return vmmove.connect("sim://", inventory=inventory, **kwargs)
+
+
+def legal(record: MigrationRecord) -> None:
+    phases = [t.phase for t in record.history]
+    assert phases[0] is Phase.PENDING
+    for a, b in itertools.pairwise(phases):
+        assert b in TRANSITIONS[a], f"illegal {a} -> {b} in {phases}"
+    assert record.phase.terminal
+
+
+def test_finish_raising_after_the_commit_completes_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = estate()
+
+    def broken_finish(job: Job) -> None:
+        raise RuntimeError("the platform's cleanup call blew up")
+
+    monkeypatch.setattr(conn.backend, "finish", broken_finish)
+    record = conn.migrate("v", to="b").wait()
+    legal(record)
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "b" == conn.backend.locate("v")
+    assert any("cleanup failed" in w and "blew up" in w for w in record.warnings)
+
+
+def test_a_failure_is_the_same_error_live_and_after_attach() -> None:
+    with estate() as conn:
+        conn.backend.inject(Fault(kind="target-fails", vm="v", phase=Phase.TRANSFERRING))  # type: ignore[attr-defined]
+        m = conn.migrate("v", to="b")
+        with pytest.raises(vmmove.VMMoveError) as live:
+            m.wait()
+        record = m.record
+    again = vmmove.attach(record.id, uri="sim://", inventory=conn.backend.inventory)  # type: ignore[attr-defined]
+    with pytest.raises(vmmove.VMMoveError) as attached:
+        again.wait()
+    assert type(live.value) is type(attached.value) is vmmove.MigrationFailed
+    assert exit_code(live.value) == exit_code(attached.value) == ExitCode.FAILED
+    assert type(error_of(record)) is vmmove.MigrationFailed
+
+
+def test_a_refusal_keeps_its_class_and_problems_after_attach() -> None:
+    inventory = parse(
+        {"host": [{"name": "a"}, {"name": "b", "state": "maintenance"}],
+         "vm": [{"name": "v", "host": "a"}]}
+    )  # fmt: skip
+    with vmmove.connect("sim://", inventory=inventory) as conn:
+        m = conn.migrate("v", to="b")
+        with pytest.raises(vmmove.PrecheckFailed) as live:
+            m.wait()
+        record = m.record
+    rebuilt = error_of(record)
+    assert isinstance(rebuilt, vmmove.PrecheckFailed)
+    assert rebuilt.problems == live.value.problems != ()
+    assert exit_code(rebuilt) is exit_code(live.value) is ExitCode.REFUSED
+    again = vmmove.attach(record.id, uri="sim://")
+    with pytest.raises(vmmove.PrecheckFailed) as attached:
+        again.wait()
+    assert attached.value.problems == live.value.problems
+
+
+def test_a_start_the_platform_never_received_fails_with_the_vm_on_its_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = estate()
+    conn.poll_grace = 20.0
+
+    def lost(*args: Any, **kwargs: Any) -> Job:
+        raise vmmove.ConnectionFailed("connection reset before the request was sent")
+
+    monkeypatch.setattr(conn.backend, "start", lost)
+    m = conn.migrate("v", to="b")
+    with pytest.raises(vmmove.MigrationFailed, match="start request was lost"):
+        m.wait()
+    legal(m.record)
+    assert m.record.vm_host == "a" == conn.backend.locate("v")
+    assert m.record.located_at is not None
+    # It asked for the whole grace before concluding: the platform might have acted late.
+    assert m.record.updated_at - m.record.created_at >= 20.0
+
+
+def test_a_start_applied_late_is_found_and_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = estate()
+    backend = conn.backend
+    real_start, real_attach = backend.start, backend.attach
+    pending: list[tuple[Any, Any]] = []
+    asked = itertools.count()
+
+    def start(*args: Any, **kwargs: Any) -> Job:
+        pending.append((args, kwargs))  # the platform queues it; the answer never comes
+        raise vmmove.ConnectionFailed("read timed out")
+
+    def attach(ref: Any) -> Job:
+        if pending and next(asked) == 3:  # the platform acts on it a few seconds later
+            args, kwargs = pending.pop()
+            real_start(*args, **kwargs)
+        return real_attach(ref)
+
+    monkeypatch.setattr(backend, "start", start)
+    monkeypatch.setattr(backend, "attach", attach)
+    record = conn.migrate("v", to="b").wait()
+    legal(record)
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "b" == backend.locate("v")
+    assert any("had acted on the start request" in w for w in record.warnings)
+
+
+def test_location_unknown_only_while_the_inventory_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch, journal_path: Any
+) -> None:
+    conn = estate()
+    conn.poll_grace = 10.0
+    backend = conn.backend
+    real_locate = backend.locate
+    down = [True]
+
+    def locate(vm_id: str) -> str | None:
+        if down[0]:
+            raise vmmove.ConnectionFailed("inventory service unavailable")
+        return real_locate(vm_id)
+
+    monkeypatch.setattr(backend, "locate", locate)
+    record = conn.migrate("v", to="b").wait()
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host is None
+    assert record.located_at is None
+    assert any("location unknown" in w for w in record.warnings)
+    down[0] = False
+    settled = conn.attach(record.id).record
+    assert settled.vm_host == "b" == real_locate("v")
+    assert settled.located_at is not None
+    assert any("verified later" in w for w in settled.warnings)
+
+
+def test_progress_going_down_is_recorded_against_the_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = estate()
+    real = conn.backend.poll
+    polls = itertools.count()
+
+    def shaky(job: Job) -> JobStatus:
+        status = real(job)
+        if status.data_processed and next(polls) == 4:
+            return dataclasses.replace(status, data_processed=status.data_processed // 2)
+        return status
+
+    monkeypatch.setattr(conn.backend, "poll", shaky)
+    m = conn.migrate("v", to="b")
+    events = list(m.events())
+    percents = [e.progress.percent for e in events if e.progress is not None]
+    assert percents == sorted(percents), "users still see progress that never goes back"
+    warnings = [w for w in m.record.warnings if "going down" in w]
+    assert len(warnings) == 1
+    assert "backend sim" in warnings[0]
+
+
+def test_a_cancelled_migration_keeps_its_last_percentage() -> None:
+    conn = estate()
+    m = conn.migrate("v", to="b")
+    seen = []
+    for event in m.events():
+        seen.append(event.progress.percent if event.progress else 0.0)
+        if event.phase is Phase.TRANSFERRING and event.progress and event.progress.percent > 20:
+            m.cancel()
+    with pytest.raises(vmmove.MigrationCancelled):
+        m.wait()
+    assert m.progress.percent == max(seen[:-1]) < 91
+
+
+def test_same_host_is_refused_at_migrate_without_a_record() -> None:
+    conn = estate()
+    with pytest.raises(vmmove.PrecheckFailed, match="already runs on"):
+        conn.migrate("v", to="a")
+    assert conn.migrations() == []
+    assert conn.store.list() == []
+
+
+def test_misspelt_and_mistyped_migrate_arguments_are_invalid_input() -> None:
+    conn = estate()
+    with pytest.raises(vmmove.InvalidInput, match="polcy"):
+        conn.migrate("v", to="b", polcy="balanced")  # type: ignore[call-arg]
+    with pytest.raises(vmmove.InvalidInput, match="max_downtime"):
+        conn.migrate("v", to="b", max_downtime="500")  # type: ignore[arg-type]
+    assert conn.store.list() == []
+
+
+def test_connection_events_follow_every_migration_in_one_stream() -> None:
+    conn = estate()
+    first = conn.migrate("v", to="b")
+    second = conn.migrate("w", to="b")
+    events = list(conn.events())
+    assert {e.migration for e in events} == {first.id, second.id}
+    for m in (first, second):
+        mine = [e for e in events if e.migration == m.id]
+        assert mine == list(m.events()), "the same events, in the same order"
+    assert first.done
+    assert second.done
+    ats = [e.at for e in events]
+    assert ats == sorted(ats)
