@@ -17,6 +17,7 @@ Exit codes:
 5     the migration was cancelled (the VM runs on its source)
 6     not found: the VM, host or migration named does not exist
 7     connection or authentication failure
+8     ``--wait`` ran out (``WaitTimeout``): the migration goes on
 130   interrupted (a second Ctrl-C during ``migrate``: the migration goes on unwatched)
 ====  ==================================================================================
 
@@ -40,29 +41,20 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+# The exit codes come from the one outcome classifier.
+from vmmove.outcomes import ExitCode, exit_code, outcome_of
+
 if TYPE_CHECKING:
     from types import FrameType
 
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from vmmove import Connection, Migration, MigrationEvent, MigrationRecord, VMMoveError
+    from vmmove import Connection, Migration, MigrationEvent, MigrationRecord
 
 __all__ = ["ExitCode", "cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    REFUSED = 3
-    FAILED = 4
-    CANCELLED = 5
-    NOT_FOUND = 6
-    CONNECTION = 7
-    INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = """\b
@@ -75,6 +67,7 @@ Exit codes:
   5    migration cancelled
   6    VM, host or migration not found
   7    connection or authentication failure
+  8    wait timed out; the migration goes on
   130  interrupted"""
 
 DEMO_VM, DEMO_TARGET, DEMO_SPEED = "app-1", "edge-2", 5.0
@@ -92,25 +85,6 @@ class _UserError(Exception):
 def _leave(message: str, code: int) -> NoReturn:
     click.echo(f"vmmove: error: {message}", err=True)
     raise click.exceptions.Exit(code)
-
-
-def _exit_code(exc: VMMoveError) -> ExitCode:
-    from vmmove import errors as e  # noqa: PLC0415 (only on the error path)
-
-    # Most specific first: MigrationCancelled is a MigrationError, AuthenticationFailed
-    # a ConnectionFailed.
-    table: list[tuple[type[Exception] | tuple[type[Exception], ...], ExitCode]] = [
-        (e.MigrationCancelled, ExitCode.CANCELLED),
-        ((e.MigrationError, e.WaitTimeout), ExitCode.FAILED),
-        ((e.PrecheckFailed, e.ReservationRefused, e.Conflict, e.NotSupported), ExitCode.REFUSED),
-        (e.NotFound, ExitCode.NOT_FOUND),
-        (e.ConnectionFailed, ExitCode.CONNECTION),
-        ((e.InvalidInput, e.BackendNotFound), ExitCode.USAGE),
-    ]
-    for kinds, code in table:
-        if isinstance(exc, kinds):
-            return code
-    return ExitCode.INTERNAL  # BackendProtocolError and the unknown: a bug somewhere
 
 
 def _usage_error(exc: click.UsageError) -> NoReturn:
@@ -147,7 +121,7 @@ class _CLI(click.Group):
         except click.ClickException as exc:
             _leave(exc.format_message(), exc.exit_code)
         except VMMoveError as exc:
-            _leave(str(exc), _exit_code(exc))
+            _leave(str(exc), exit_code(exc))
         except KeyboardInterrupt:
             _leave("interrupted", ExitCode.INTERRUPTED)
         except Exception as exc:
@@ -677,7 +651,7 @@ def _follow(migration: Migration, console: Console) -> MigrationRecord:
 
 
 def _summary(console: Console, record: MigrationRecord) -> None:
-    if record.error_type in ("PrecheckFailed", "ReservationRefused"):
+    if record.error_type and outcome_of(record.error_type).exit_code is ExitCode.REFUSED:
         return  # nothing moved; the error line says why
     phase = record.phase.value
     mark = {"completed": "[green]✓[/]", "cancelled": "[yellow]■[/]"}.get(phase, "[red]✗[/]")
@@ -803,12 +777,25 @@ def history(limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("migration_id", metavar="ID")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="For an ended record whose VM location is unknown, ask the platform now.",
+)
 @_json_option
-def show(migration_id: str, as_json: bool) -> None:
+@click.pass_context
+def show(ctx: click.Context, migration_id: str, refresh: bool, as_json: bool) -> None:
     """One migration's record: phases with times, policy steps, figures, where the VM is."""
     from vmmove.journal import Journal  # noqa: PLC0415
 
-    record = Journal().get(migration_id)
+    journal = Journal()
+    record = journal.get(migration_id)
+    if refresh and record.phase.terminal and record.located_at is None:
+        settings: _Settings = ctx.find_object(_Settings) or _Settings(None, False, None, False)
+        if settings.uri is None:
+            ctx.obj = replace(settings, uri=journal.estate_of(migration_id))
+        with _connect(ctx) as conn:
+            record = conn.attach(migration_id).record
     if as_json:
         _print_json(record)
         return
@@ -1076,14 +1063,16 @@ def _fleet_run(
         _report_text(console, report)
     if interrupts.count:
         ctx.exit(ExitCode.CANCELLED)
-    refusals = ("PrecheckFailed", "ReservationRefused")
     failed = [
         o
         for o in report.outcomes
         if o.status == "lost"
         or (
             o.status != "moved"
-            and any(a.migration and a.error_type not in refusals for a in o.attempts)
+            and any(
+                a.migration and outcome_of(a.error_type or "").exit_code is not ExitCode.REFUSED
+                for a in o.attempts
+            )
         )
     ]
     if failed:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmmove import errors as e
 from vmmove.machine import Phase
-from vmmove.model import MigrationRecord
+
+if TYPE_CHECKING:  # not at import: the CLI reads this module on every start
+    from vmmove.model import MigrationRecord
 
 __all__ = ["OUTCOMES", "ExitCode", "Outcome", "error_of", "exit_code", "outcome_of"]
 
