@@ -440,3 +440,33 @@ def test_locate_reports_only_where_the_vm_runs(kube: FakeKube, connect: Any) -> 
 
     kube.store.mutate(kube.store.kind(VMI), "default", "web-1", pause)
     assert backend.locate("web-1") is None  # paused: not running anywhere
+
+
+# ---- figures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "low", "high"),
+    [
+        ("2026-01-01T00:00:10Z", "2026-01-01T00:00:10Z", 1.4, 1.6),  # stamps: 0 s
+        ("2026-01-01T00:00:10Z", "2026-01-01T00:00:13Z", 1.4, 1.6),  # stamps: 3 s
+        ("2026-01-01T00:00:10Z", "2026-01-01T00:00:11Z", 1.4, 1.6),  # stamps: 1 s
+        (None, None, 1.4, 1.6),  # no stamps: vmmove's clock alone
+    ],
+)
+def test_total_time_is_held_within_what_vmmoves_clock_saw(
+    start: str | None, end: str | None, low: float, high: float
+) -> None:
+    from types import SimpleNamespace
+
+    from vmmove_kubevirt.backend import _Live
+
+    state = {"migrationUid": "u", "startTimestamp": start, "endTimestamp": end}
+    vmi = {"status": {"phase": "Running", "nodeName": "n", "migrationState": state}}
+    job = Job(id="m", vm="vm", source="a", target="b", mode=MigrationMode.LIVE)
+    # Seen transferring from t=100.0 to t=101.4, seen over at t=101.5 (polls every 0.1 s).
+    st = _Live(job=job, name="m", uid="u", vmi="vm", run_first=100.0, run_last=101.4, over_at=101.5)
+    figures = KubeVirtBackend._figures(SimpleNamespace(poll_interval=0.1), vmi, st)  # type: ignore[arg-type]
+    assert figures is not None
+    assert figures.total_time is not None
+    assert low <= figures.total_time <= high
