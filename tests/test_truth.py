@@ -234,3 +234,11 @@ def test_connection_events_follow_every_migration_in_one_stream() -> None:
     assert second.done
     ats = [e.at for e in events]
     assert ats == sorted(ats)
+
+
+def test_poll_grace_is_a_connect_option() -> None:
+    with vmmove.connect("sim://", poll_grace=5) as conn:
+        assert conn.poll_grace == 5.0
+    for bad in ("5", -1, float("nan"), True):
+        with pytest.raises(vmmove.InvalidInput, match="poll_grace"):
+            vmmove.connect("sim://", poll_grace=bad)

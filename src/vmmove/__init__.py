@@ -164,13 +164,16 @@ def connect(
     *,
     store: RecordStore | None = None,
     max_concurrent: int | None = None,
+    poll_grace: float | None = None,
     **options: Any,
 ) -> Connection:
     """Connect to the estate behind ``uri`` through the backend plugin for its scheme.
 
     ``uri`` ``None`` means ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
     ``store`` keeps the records (default: the journal); ``max_concurrent`` (a positive
-    int) caps how many migrations run at once. ``options`` go to the backend, which
+    int) caps how many migrations run at once; ``poll_grace`` (seconds, default 120) is how
+    long the platform may stay unreachable, or a lost answer unexplained, before a
+    migration is judged by the inventory alone. ``options`` go to the backend, which
     refuses any it does not know (credentials as :class:`Secret`, TLS settings...).
 
     Anything malformed raises :class:`InvalidInput` before a backend, a journal file or a
@@ -189,6 +192,12 @@ def connect(
         )
     if max_concurrent is not None and max_concurrent < 1:
         raise InvalidInput(f"max_concurrent must be at least 1, not {max_concurrent}")
+    if poll_grace is not None and (
+        isinstance(poll_grace, bool)
+        or not isinstance(poll_grace, int | float)
+        or not 0 <= poll_grace < float("inf")
+    ):
+        raise InvalidInput(f"poll_grace is a number of seconds >= 0, not {poll_grace!r}")
     try:
         scheme = urlsplit(uri).scheme
     except ValueError as exc:
@@ -213,6 +222,7 @@ def connect(
             plugins=plugins,
             store=_store_for(estate, store),
             max_concurrent=max_concurrent,
+            **({} if poll_grace is None else {"poll_grace": float(poll_grace)}),
         )
     except BaseException:
         backend.close()  # nothing may stay open behind a refused connect
@@ -250,7 +260,7 @@ def attach(
 
 
 # The keyword arguments connect() itself takes; every other one is the backend's.
-_CORE_OPTIONS = ("store", "max_concurrent")
+_CORE_OPTIONS = ("store", "max_concurrent", "poll_grace")
 
 
 def _check_uri(uri: object) -> str:

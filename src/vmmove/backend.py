@@ -133,8 +133,9 @@ class Backend(abc.ABC):
 
         The engine calls it at every terminal state and at attach, and believes it over the
         job: it must raise :class:`ConnectionFailed` when the platform cannot be asked,
-        never answer ``None`` for "I could not tell". A VM that is defined but paused or
-        stopped mid-migration is not running: return where it *runs*, or ``None``."""
+        never answer ``None`` for "I could not tell". A running VM is where it runs; a
+        stopped one is where it is registered (defined once); a copy paused by a migration
+        that cannot resume it there (a broken post-copy) runs nowhere: ``None``."""
         try:
             return self.vm(vm_id).host
         except NotFound:
@@ -168,7 +169,8 @@ class Backend(abc.ABC):
         capabilities the policy may use later, for platforms that must enable them at start.
 
         ``request_id`` is unique to this start attempt and is also in the intent reference
-        the engine saves before calling (``{"intent": "start", "request_id": ...}``). Put it
+        the engine saves before calling (``{"intent": "start", "request_id": ..., "at":
+        <the connection clock's time, as text>, "vm", "target", "mode"}``). Put it
         on the platform request where the platform can carry it (an annotation, a request-id
         header, a task description): when the answer to ``start`` is lost, the engine hands
         that reference to :meth:`attach` to learn whether the platform acted on it."""

@@ -450,6 +450,9 @@ class _Run:
                 "target": self.target.id,
                 "mode": self.mode.value,
                 "request_id": request_id,
+                # When it was sent (this clock): platforms that cannot carry the id match
+                # the first job queued at or after it.
+                "at": repr(self.clock.time()),
             }
         )
         try:
