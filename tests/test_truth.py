@@ -242,3 +242,37 @@ def test_poll_grace_is_a_connect_option() -> None:
     for bad in ("5", -1, float("nan"), True):
         with pytest.raises(vmmove.InvalidInput, match="poll_grace"):
             vmmove.connect("sim://", poll_grace=bad)
+
+
+NAMED = """
+[[host]]
+id = "host-0001"
+name = "rack1-a"
+memory_gib = 24
+[[host]]
+id = "host-0002"
+name = "rack1-b"
+[[vm]]
+name = "web"
+host = "host-0001"
+"""
+
+
+def test_records_keep_ids_and_names_and_the_cli_prints_names(tmp_path: Any) -> None:
+    inventory_file = tmp_path / "named.toml"
+    inventory_file.write_text(NAMED)
+    uri = f"sim://{inventory_file}"
+    with vmmove.connect(uri) as conn:
+        record = conn.migrate("web", to="rack1-b").wait()  # by name: the record holds ids
+    assert (record.source, record.source_name) == ("host-0001", "rack1-a")
+    assert (record.target, record.target_name) == ("host-0002", "rack1-b")
+    assert (record.vm_host, record.vm_host_name) == ("host-0002", "rack1-b")
+    from click.testing import CliRunner
+
+    from vmmove import cli
+
+    out = CliRunner().invoke(cli.cli, ["history"], catch_exceptions=False).output
+    assert "rack1-b" in out
+    assert "host-0002" not in out
+    hosts = CliRunner().invoke(cli.cli, ["--uri", uri, "hosts"], catch_exceptions=False).output
+    assert "24.0" in hosts  # memory in GiB with one decimal, never 1.09671/23.54

@@ -300,7 +300,12 @@ def _size(n: float | None) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / (1 << 30):g}"
+    return f"{n / (1 << 30):.1f}"
+
+
+def _where(record: MigrationRecord) -> str:
+    """Where the VM runs, by name (the id is in --json)."""
+    return record.vm_host_name or record.vm_host or "unknown host"
 
 
 def _rate(n: float | None) -> str:
@@ -617,7 +622,9 @@ class _Display:
     def _phase_text(ev: MigrationEvent, record: MigrationRecord) -> str:
         phase = ev.phase.value
         if phase == "requesting" and record.target:
-            return f"[bold]{phase}[/] to {record.target} ({record.mode.value})"
+            return (
+                f"[bold]{phase}[/] to {record.target_name or record.target} ({record.mode.value})"
+            )
         if ev.phase.terminal:
             color = {"completed": "green", "cancelled": "yellow"}.get(phase, "red")
             return f"[bold {color}]{phase}[/]"  # the summary says why
@@ -643,7 +650,7 @@ def _follow(migration: Migration, console: Console) -> MigrationRecord:
         rec = migration.record
         click.echo(
             f"vmmove: warning: stopped watching migration {rec.id} of {rec.vm_name}; "
-            f"it goes on ({rec.phase.value}, VM on {rec.vm_host or 'unknown host'})",
+            f"it goes on ({rec.phase.value}, VM on {_where(rec)})",
             err=True,
         )
         raise _UserError("interrupted", ExitCode.INTERRUPTED) from None
@@ -655,7 +662,7 @@ def _summary(console: Console, record: MigrationRecord) -> None:
         return  # nothing moved; the error line says why
     phase = record.phase.value
     mark = {"completed": "[green]✓[/]", "cancelled": "[yellow]■[/]"}.get(phase, "[red]✗[/]")
-    where = record.vm_host or "[red]unknown host[/]"
+    where = _where(record) if record.vm_host else "[red]unknown host[/]"
     console.print()
     console.print(f"{mark} migration {record.id} {phase}: {record.vm_name} runs on {where}")
     f = record.figures
@@ -725,8 +732,8 @@ def migrate(
         migration = conn.migrate(vm, to, **kwargs)
         rec = migration.record
         header = (
-            f"Migration [bold]{rec.id}[/]: {rec.vm_name} from {rec.source} "
-            f"to {rec.target or 'the host placement chooses'} (Ctrl-C cancels)"
+            f"Migration [bold]{rec.id}[/]: {rec.vm_name} from {rec.source_name or rec.source} "
+            f"to {rec.target_name or rec.target or 'the host placement chooses'} (Ctrl-C cancels)"
         )
         _run(migration, as_json, header)
 
@@ -744,7 +751,7 @@ def cancel(ctx: click.Context, migration_id: str) -> None:
     if not record.phase.cancellable:
         raise _UserError(
             f"migration {record.id} cannot be cancelled now ({record.phase.value}; "
-            f"VM on {record.vm_host})",
+            f"VM on {_where(record)})",
             ExitCode.REFUSED,
         )
     # The process that supervises it reads the request on its next loop.
@@ -770,7 +777,13 @@ def history(limit: int, as_json: bool) -> None:
     for r in records:
         when = datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            r.id, r.vm_name, r.source, r.target or "-", r.phase.value, r.vm_host or "?", when
+            r.id,
+            r.vm_name,
+            r.source_name or r.source,
+            r.target_name or r.target or "-",
+            r.phase.value,
+            _where(r) if r.vm_host else "?",
+            when,
         )
     _console().print(table)
 

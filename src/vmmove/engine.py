@@ -216,11 +216,14 @@ class _Run:
             vm=vm.id,
             vm_name=vm.name,
             source=vm.host,
+            source_name=conn._host_name(vm.host),
             target=spec.target,
+            target_name=None if spec.target is None else conn._host_name(spec.target),
             mode=spec.mode,
             policy=policy.name,
             phase=Phase.PENDING,
             vm_host=vm.host,
+            vm_host_name=conn._host_name(vm.host),
             history=(Transition(phase=Phase.PENDING, at=now),),
             created_at=now,
             updated_at=now,
@@ -234,6 +237,9 @@ class _Run:
         return self.record.phase
 
     def _save(self, **changes: Any) -> None:
+        if "vm_host" in changes:
+            host = changes["vm_host"]
+            changes["vm_host_name"] = None if host is None else self.conn._host_name(host)
         self.record = replace(self.record, updated_at=self.clock.time(), **changes)
         self.conn.store.save(self.record)
 
@@ -429,7 +435,14 @@ class _Run:
         self.mode = mode
         self.target = target
         self.conn._claim(self)
-        self._enter(Phase.REQUESTING, target=target.id, mode=mode, source=self.vm.host)
+        self._enter(
+            Phase.REQUESTING,
+            target=target.id,
+            target_name=target.name,
+            mode=mode,
+            source=self.vm.host,
+            source_name=self.conn._host_name(self.vm.host),
+        )
 
     def _start(self, now: float) -> None:
         assert self.target is not None
@@ -701,7 +714,10 @@ class _Run:
             elif self.cancel_requested:
                 # Keep the platform's own word on the abort (KubeVirt's abortStatus, say).
                 kind = MigrationCancelled
-                message = "cancelled" if error in (None, "", "cancelled") else f"cancelled: {error}"
+                # The platform's own word, without saying "cancelled" twice.
+                said = (error or "").strip()
+                message = said if said.lower().startswith("cancel") else f"cancelled: {said}"
+                message = message.rstrip(": ")
             else:
                 kind, message, new = (
                     MigrationFailed,
@@ -1139,9 +1155,21 @@ class Connection:
         self._reserved: dict[str, int] = {}
         self._inflight: dict[str, int] = {}
         self._events = _EventLog()  # every migration's, in the order they happened
+        self._host_names: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<vmmove.Connection {self.uri}>"
+
+    def _host_name(self, host_id: str) -> str:
+        """A host's name for records (its id when the platform cannot say)."""
+        name = self._host_names.get(host_id)
+        if name is None:
+            try:
+                name = self.backend.host(host_id).name
+            except VMMoveError:
+                return host_id  # not cached: ask again next time
+            self._host_names[host_id] = name
+        return name
 
     def __enter__(self) -> Connection:
         return self
@@ -1341,6 +1369,7 @@ class Connection:
         spec = self._spec(vm, to, spec, options)
         resolved = resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
+        target: HostInfo | None = None
         if spec.target is not None:
             target = self.backend.host(spec.target)  # NotFound now, not later
             if target.id == info.host and spec.datastore is None:
@@ -1348,7 +1377,8 @@ class Connection:
                     code="same-host", message=f"{info.name} already runs on {target.name}"
                 )
                 raise PrecheckFailed(f"cannot migrate {info.name}", [problem])
-        spec = replace(spec, vm=info.id)
+        # The record holds ids from the start, whatever the caller typed (names beside them).
+        spec = replace(spec, vm=info.id, target=None if target is None else target.id)
         policy = resolved
         run = _Run(self, spec, info, policy)
         with self._sup.cond:

@@ -124,6 +124,9 @@ def record_to_json(record: MigrationRecord) -> str:
             "created_at": r.created_at,
             "updated_at": r.updated_at,
             "located_at": r.located_at,
+            "source_name": r.source_name,
+            "target_name": r.target_name,
+            "vm_host_name": r.vm_host_name,
             "problems": [
                 {"code": p.code, "message": p.message, "severity": p.severity} for p in r.problems
             ],

@@ -258,6 +258,11 @@ class MigrationRecord:
     located_at: float | None = None
     #: the pre-check findings that refused the migration
     problems: tuple[Problem, ...] = ()
+    #: the hosts' names beside their ids (ids are what the platform answers to; names are
+    #: what people read): where it started, where it was asked to go, where it runs now
+    source_name: str = ""
+    target_name: str | None = None
+    vm_host_name: str | None = None
 
     @property
     def done(self) -> bool:
