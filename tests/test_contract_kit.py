@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 
 import pytest
 
@@ -57,6 +58,18 @@ class AbortIgnored(SimBackend):
         pass
 
 
+class SlowPoll(SimBackend):
+    """One poll blocks well past the poll interval (a platform call made inline)."""
+
+    poll_interval = 0.02
+    polls = itertools.count()
+
+    def poll(self, job):
+        if next(self.polls) == 3:
+            time.sleep(0.2)  # the behaviour under test, not a wait for anything
+        return super().poll(job)
+
+
 class Honest(SimBackend):
     pass
 
@@ -85,6 +98,12 @@ class TestAbortIgnored(BackendContract):
         yield _setup(AbortIgnored)
 
 
+class TestSlowPoll(BackendContract):
+    @pytest.fixture
+    def contract_setup(self):
+        yield _setup(SlowPoll)
+
+
 class TestHonest(BackendContract):
     @pytest.fixture
     def contract_setup(self):
@@ -94,6 +113,7 @@ class TestHonest(BackendContract):
 CASES = [
     ("TestPhasesBackwards", "test_live_migration", "phases never go backwards"),
     ("TestProgressDown", "test_live_migration", "the backend's own progress never falls"),
+    ("TestSlowPoll", "test_live_migration", "poll answers at once"),
     (
         "TestAbortIgnored",
         "test_cancel_before_commit_leaves_vm_on_source",

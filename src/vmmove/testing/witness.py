@@ -10,6 +10,7 @@ instance, records the raw stream, and :meth:`Witness.check` fails with the rule 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,16 @@ class Witness:
         return self.traces.setdefault(job.id, _Trace(job=job))
 
     def _poll(self, job: Job) -> JobStatus:
+        began = time.monotonic()
         status: JobStatus = self._real["poll"](job)
+        took = time.monotonic() - began
+        # One supervisor loop polls every migration: a poll that blocks delays them all.
+        if took > self.backend.poll_interval:
+            self.violations.append(
+                f"poll answers at once (from the latest sample): one poll took {took:.2f} s, "
+                f"more than the poll interval ({self.backend.poll_interval:g} s), delaying "
+                "every other migration of the connection"
+            )
         self._trace(job).statuses.append((self.backend.clock.now(), status))
         return status
 
