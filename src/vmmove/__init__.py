@@ -209,7 +209,7 @@ def connect(
     plugins = plugin_manager()
     estate = _redact(uri)
     try:
-        backend = plugins.backends.get(scheme).factory(uri, options)
+        backend = plugins.backends.get(scheme).build(uri, options)
     except InvalidInput as exc:
         hint = _core_hint(options)
         if hint:

@@ -22,6 +22,7 @@ from vmmove.errors import BackendNotFound, InvalidInput
 
 if TYPE_CHECKING:
     from vmmove.backend import Backend, Capabilities
+    from vmmove.options import Option
     from vmmove.placement import PlacementRegistry
     from vmmove.policy import Policy
 
@@ -29,8 +30,10 @@ __all__ = ["BackendFactory", "BackendRegistry", "BackendSpec", "plugin_manager"]
 
 log = logging.getLogger(__name__)
 
-#: ``factory(uri, options) -> Backend``; ``options`` come from the config file and the
-#: environment (secrets arrive as :class:`vmmove.secrets.Secret`).
+#: ``factory(uri, options) -> Backend``. A backend that declares its options (``options=``
+#: in :meth:`BackendRegistry.add`) gets them parsed by :func:`vmmove.options.parse`: every
+#: value converted to its declared kind, secrets as :class:`vmmove.secrets.Secret`, unknown
+#: names refused. One that declares none gets the raw keyword arguments.
 BackendFactory = Callable[[str, Mapping[str, Any]], "Backend"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -53,6 +56,21 @@ class BackendSpec:
     description: str
     capabilities: Capabilities | None
     plugin: str
+    #: the options the backend accepts (``None``: it parses its own, the older way)
+    options: tuple[Option, ...] | None = None
+    #: URI query keys that belong to the platform's own URI (libvirt's ``socket``)
+    passthrough: tuple[str, ...] = ()
+
+    def build(self, uri: str, kwargs: Mapping[str, Any]) -> Backend:
+        """Parse the options as declared, then call the factory."""
+        if self.options is None:
+            return self.factory(uri, kwargs)
+        from vmmove.options import parse  # noqa: PLC0415 (not on the import path of --help)
+
+        parsed = parse(
+            self.options, uri=uri, kwargs=kwargs, scheme=self.scheme, passthrough=self.passthrough
+        )
+        return self.factory(uri, parsed)
 
 
 class BackendRegistry:
@@ -69,6 +87,8 @@ class BackendRegistry:
         *,
         description: str = "",
         capabilities: Capabilities | None = None,
+        options: tuple[Option, ...] | None = None,
+        passthrough: tuple[str, ...] = (),
     ) -> None:
         if not _SCHEME.match(scheme):
             raise InvalidInput(f"invalid URI scheme {scheme!r}")
@@ -83,6 +103,8 @@ class BackendRegistry:
             description=description,
             capabilities=capabilities,
             plugin=self._current_plugin,
+            options=options,
+            passthrough=passthrough,
         )
 
     def get(self, scheme: str) -> BackendSpec:
