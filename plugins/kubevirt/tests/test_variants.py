@@ -470,3 +470,14 @@ def test_total_time_is_held_within_what_vmmoves_clock_saw(
     assert figures is not None
     assert figures.total_time is not None
     assert low <= figures.total_time <= high
+
+
+def test_a_cold_start_with_a_lost_answer_has_nothing_to_be_found(
+    kube: FakeKube, connect: Any
+) -> None:
+    from vmmove import NotSupported
+
+    backend = backend_of(connect(kube))
+    intent = {"intent": "start", "vm": "web-1", "target": "node-b", "mode": "cold"}
+    with pytest.raises(NotSupported, match="no platform object"):
+        backend.attach({**intent, "request_id": "req-cold"})

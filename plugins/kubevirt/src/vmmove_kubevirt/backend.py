@@ -1048,8 +1048,12 @@ class KubeVirtBackend(Backend):
                 for cold in self._cold.values():
                     if request and cold.request_id == request:
                         return cold.job
-            # start() changes nothing on the platform for a cold move before it returns.
-            raise NotFound(f"no cold move of {vm} was started by request {request or '?'}")
+            # start() changes nothing on the platform for a cold move before it returns, so
+            # there is nothing to find later either: NotSupported ends the search at once.
+            raise NotSupported(
+                f"no cold move of {vm} was started by request {request or '?'}: a cold move "
+                "has no platform object to find"
+            )
         self._ensure_watching()
         if request:
             obj = self._find_request(request)
