@@ -500,9 +500,11 @@ def test_attach_to_a_request_is_not_found_or_connection_failed(cluster: Any) -> 
         backend.attach(intent())
 
 
-def test_a_cold_intent_is_not_found_elsewhere(cluster: Any) -> None:
+def test_a_cold_intent_has_no_platform_job_to_find(cluster: Any) -> None:
+    from vmmove.errors import NotSupported
+
     backend, _ = cluster()
-    with pytest.raises(NotFound, match="cold"):
+    with pytest.raises(NotSupported, match="no libvirt job"):
         backend.attach({**intent(), "mode": "cold"})
 
 

@@ -86,6 +86,8 @@ def test_the_source_libvirtd_restarts_mid_transfer(
     assert record.vm_host == HOST_A
     assert record.error is not None
     assert "libvirtd went away" in record.error
+    # While it was down, poll said so (ConnectionFailed) rather than repeat its last sample.
+    assert any("lost contact" in w for w in record.warnings), record.warnings
     running = [host for host, active in guests.where("vt-restart") if active]
     assert running == [record.vm_host], (record.phase, record.error, running)
     assert conn.vm("vt-restart").host == record.vm_host
@@ -307,7 +309,7 @@ def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_
         started = first.start(
             vm,
             first.host(HOST_B),
-            MigrationSpec(vm=vm.id, bandwidth=16),  # ~8 s: time to look
+            MigrationSpec(vm=vm.id, bandwidth=32),  # ~4 s: time to look
             MigrationMode.LIVE,
             needs=frozenset(),
             reservation=None,

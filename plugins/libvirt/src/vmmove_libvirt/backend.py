@@ -919,8 +919,13 @@ class LibvirtBackend(Backend):
         mode = MigrationMode(ref.get("mode", MigrationMode.LIVE.value))
         if intent and request_id:
             if mode is not MigrationMode.LIVE:
-                # This client drives a cold move itself: nothing of it runs without the client.
-                raise NotFound(f"no cold migration of VM {vm_id} for request {request_id}")
+                # A cold move is driven by the client that started it (stop, move the
+                # definition, start): no platform job outlives it, so none is to be found
+                # later either, and NotSupported ends the engine's search at once.
+                raise NotSupported(
+                    f"no cold migration of VM {vm_id} was started by request {request_id} in "
+                    "this client: a cold move has no libvirt job to find"
+                )
             source, dom, job_id = self._find_request(vm_id, dest, request_id)
         else:
             source, dom, job_id = self._find_running(vm_id, dest, ref)
