@@ -391,6 +391,43 @@ def test_a_broken_postcopy_is_failed_at_once_though_the_call_never_returns(clust
     src.migrated.set()
 
 
+def test_a_source_left_paused_for_the_switch_with_its_destination_gone(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination dies as the source pauses to switch to post-copy, and libvirt leaves
+    the source paused (reason MIGRATION) with the call hanging: failed after a short grace,
+    with both ways out, since vmmove cannot tell whether the destination ever ran the guest.
+    A source libvirt resumes within the grace is not touched."""
+    monkeypatch.setattr(jobs_mod, "SWITCH_GRACE", 0.3)
+    backend, fake = cluster()
+    host_a, host_b = fake.hosts["qemu+tcp://a/system"], fake.hosts["qemu+tcp://b/system"]
+    src = FakeDom(host_a)
+    FakeDom(host_b, state=PAUSED, reason=libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+    from vmmove.policy import PostCopy
+
+    backend.tune(job, PostCopy())
+    watched = backend._jobs[job.id]
+    src.st, src.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+    del host_b.doms[UUID]
+    wait_for(lambda: watched.switch_broken_at is not None)  # the monitor saw it
+    src.st, src.reason = RUNNING, 1  # within the grace, libvirt resumes the source
+    wait_for(lambda: watched.switch_broken_at is None)
+    time.sleep(jobs_mod.SWITCH_GRACE + 0.2)  # the grace runs out: still nothing to conclude
+    assert not backend.poll(job).phase.terminal
+
+    src.st, src.reason = PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION  # and now it stays
+    wait_for(lambda: backend.poll(job).phase.terminal, timeout=3)
+    status = backend.poll(job)
+    assert (status.phase, status.postcopy, status.vm_host) == (Phase.FAILED, True, None)
+    assert status.error is not None
+    assert "did not see post-copy begin" in status.error
+    assert "virsh -c qemu+tcp://a/system resume web-1" in status.error
+    backend.finish(job)
+    src.migrated.set()
+
+
 def test_a_destination_left_running_with_postcopy_failed_is_not_running(cluster: Any) -> None:
     backend, fake = cluster()
     FakeDom(fake.hosts["qemu+tcp://a/system"], state=PAUSED, reason=13)

@@ -67,6 +67,9 @@ ALARM_GRACE = 1.0
 #: Seconds to wait for JOB_COMPLETED (the final figures) once the call returned, and once an
 #: attached job found the VM on its target.
 FINAL_EVENT_WAIT, SETTLE_EVENT_WAIT = 2.0, 1.0
+#: Seconds a source may stay paused for the switch to post-copy after its destination's copy is
+#: gone, before the job is called broken (libvirt resumes a source whose switch failed at once).
+SWITCH_GRACE = 3.0
 #: Seconds ``tune`` waits for libvirt to take a policy step before it returns (the step is then
 #: still applied, by the monitor, in order).
 TUNE_WAIT = 0.5
@@ -219,6 +222,7 @@ class LiveJob(MigrationJob):
         self.unreachable: str | None = None  # why the monitor could not ask the source now
         self.asking_since: float | None = None  # a sample call in flight since
         self.alarm: tuple[float, str] | None = None  # an event said post-copy broke
+        self.switch_broken_at: float | None = None  # paused for the switch, destination gone
         self.vm_host: str | None = None  # where the job itself says the VM is, once it ended
         self._kick = threading.Event()
         self._stopped = threading.Event()
@@ -556,13 +560,34 @@ class LiveJob(MigrationJob):
         paused = state == lv.VIR_DOMAIN_PAUSED
         failed_here = paused and reason == _const(lv, "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED", 13)
         in_postcopy = paused and reason == _const(lv, "VIR_DOMAIN_PAUSED_POSTCOPY", 12)
+        # Paused for the switch to post-copy, not yet in it: where a tester's source stayed
+        # for 11 minutes once the destination died under it.
+        switching = paused and reason == lv.VIR_DOMAIN_PAUSED_MIGRATION and self.postcopy_requested
         if in_postcopy or failed_here:
             with self.lock:
                 self.postcopy = True
-        if not (in_postcopy or failed_here or self.alarm):
+        if not (in_postcopy or failed_here or switching or self.alarm):
+            self.switch_broken_at = None
             return
         dest = self._target_state()
         dest_failed = dest in ("gone", "stopped", "failed")
+        if switching and not (in_postcopy or failed_here or self.alarm):
+            # libvirt resumes a source whose pre-copy switch failed: give it that long before
+            # calling a source that stays paused, with its destination gone, broken.
+            now = time.monotonic()
+            if not dest_failed:
+                self.switch_broken_at = None
+                return
+            if self.switch_broken_at is None:
+                self.switch_broken_at = now
+            if now - self.switch_broken_at < SWITCH_GRACE:
+                return
+            why = (
+                f"the VM's copy on {self.target.id} is {dest} while {self.source.id} stays "
+                "paused for the switch to post-copy"
+            )
+            self._postcopy_failed(why, source_paused=True, dest=dest)
+            return
         if not (failed_here or dest_failed or self.alarm):
             return
         if failed_here:
@@ -609,13 +634,17 @@ class LiveJob(MigrationJob):
             if self.outcome is not None:
                 return
             self.ended = time.monotonic()
-            self.postcopy = True
+            began, self.postcopy = self.postcopy, True
             self.outcome, self.native = Phase.FAILED, "post-copy failed"
-            self.error = self._postcopy_advice(why, source_paused=source_paused, dest=dest)
+            self.error = self._postcopy_advice(
+                why, source_paused=source_paused, dest=dest, began=began
+            )
             self.vm_host = None  # neither copy holds all of the memory: the VM runs nowhere
         log.error("libvirt job %s: %s", self.id, self.error)
 
-    def _postcopy_advice(self, why: str, *, source_paused: bool, dest: str) -> str:
+    def _postcopy_advice(
+        self, why: str, *, source_paused: bool, dest: str, began: bool = True
+    ) -> str:
         src, name = redact(self.source.uri), self.name
         persistent = bool(self.flags & self.lv.VIR_MIGRATE_UNDEFINE_SOURCE)
         text = (
@@ -623,6 +652,14 @@ class LiveJob(MigrationJob):
             f"and {self.target.id}, and the migration cannot finish by itself "
             "(libvirt keeps its job waiting for a post-copy recovery). "
         )
+        if source_paused and not began:
+            return (
+                f"post-copy failed: {why}. vmmove did not see post-copy begin: if the "
+                f"destination never ran the guest, the paused copy on {self.source.id} is whole "
+                f"and virsh -c {src} resume {name} brings the VM back; if it did run there, "
+                "that copy lacks the guest's later writes: destroy it "
+                f"(virsh -c {src} destroy {name}) and start the VM again."
+            )
         if source_paused:
             text += (
                 f"The copy on {self.source.id} is paused (post-copy failed) and lacks the pages "
