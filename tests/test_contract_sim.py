@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import vmmove
+from vmmove.machine import Phase
 from vmmove.sim import Fault
 from vmmove.testing.contract import BackendContract, ContractSetup
 
@@ -27,6 +28,13 @@ class TestSimulatorContract(BackendContract):
                 stopped_vm="batch-1",
                 slow_vm="db-1",
                 refuse_reservation=refuse,
+                fail_cold_step=lambda vm, step: backend.inject(  # type: ignore[attr-defined]
+                    Fault(
+                        kind="target-fails",
+                        vm=vm,
+                        phase=Phase.TRANSFERRING if step == "move" else Phase.SWITCHING_OVER,
+                    )
+                ),
                 reconnect=lambda store: vmmove.Connection(
                     backend, uri="sim://", plugins=conn.plugins, store=store
                 ),

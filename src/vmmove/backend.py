@@ -43,6 +43,9 @@ class Capabilities:
     reserve: bool = False  # the target reserves resources before the transfer starts
     storage_move: bool = False
     choose_target: bool = True  # the caller may name the target host
+    #: the backend supplies power_off/relocate/power_on and the core orchestrates cold
+    #: migration (vmmove.cold); without it a cold move is one start(mode=COLD) job
+    relocate_stopped: bool = False
 
     def has(self, name: str) -> bool:
         return bool(getattr(self, name, False))
@@ -185,6 +188,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def abort(self, job: Job) -> None:
         """Ask the platform to abort the job. The outcome is observed through ``poll``."""
+
+    # ---- cold migration primitives (``Capabilities.relocate_stopped``) ----------------
+    def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        """Ask the platform to stop the VM: a guest shutdown (ACPI), or a hard power-off
+        when ``force``. Return at once; the engine watches the power state in ``vm()``."""
+        raise NotSupported(f"{type(self).__name__} cannot power VMs off")
+
+    def power_on(self, vm: VMInfo) -> None:
+        """Ask the platform to start the stopped VM where it is registered. Return at once."""
+        raise NotSupported(f"{type(self).__name__} cannot power VMs on")
+
+    def relocate(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
+    ) -> Job:
+        """Start moving the stopped VM (its registration, and disks where they move) to
+        ``target``: a job polled with :meth:`poll` like any other (``COMPLETED`` once the
+        VM is registered on the target). ``request_id`` as for :meth:`start`."""
+        raise NotSupported(f"{type(self).__name__} cannot move stopped VMs")
 
     def finish(self, job: Job) -> None:
         """Release whatever the backend holds for a job that reached a terminal phase."""

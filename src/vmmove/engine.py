@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
 from vmmove.clock import Clock, VirtualClock
+from vmmove.cold import ColdMove
 from vmmove.errors import (
     AuthenticationFailed,
     BackendProtocolError,
@@ -208,6 +209,7 @@ class _Run:
         self.warned: set[str] = set()
         self.commit_sample: tuple[object, ...] = ()
         self.commit_since = 0.0
+        self.cold: ColdMove | None = None  # a cold move the core orchestrates
         self.events = _EventLog()
         now = self.clock.time()
         self.record = record or MigrationRecord(
@@ -386,7 +388,7 @@ class _Run:
                 return now + self.backend.poll_interval
             self._enter(Phase.PREPARING)
             self._prepare()
-        if self.phase is Phase.REQUESTING and self.job is None:
+        if self.phase is Phase.REQUESTING and self.job is None and self.cold is None:
             if self.lost_start_since is not None:
                 return self._find_lost_start(now)
             if self.cancel_requested:
@@ -397,6 +399,8 @@ class _Run:
             self._start(now)
             if self.lost_start_since is not None:
                 return now + self.backend.poll_interval
+        if self.cold is not None:
+            return self.cold.advance(now)
         if self.job is None:
             return self._due(now)
         if self.cancel_requested and not self.abort_sent:
@@ -454,6 +458,9 @@ class _Run:
         needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
         request_id = f"{self.record.id}-{uuid.uuid4().hex[:8]}"
         self.request_sent = True
+        if self.mode is MigrationMode.COLD and caps.relocate_stopped:
+            self.cold = ColdMove.begin(self, now, request_id)
+            return
         # Written first: a client that dies inside start(), or a start whose answer is lost,
         # leaves a record that says what was asked, for attach() to find the job by.
         self._save(
@@ -493,6 +500,7 @@ class _Run:
     def _started(self, job: Job) -> None:
         self.job = job
         self.finished = False
+        self.raw = _RawReport()  # a new job counts from zero
         self.started_at = self.clock.now()
         self._save(job_ref=dict(job.ref))
 
@@ -853,9 +861,13 @@ class _Run:
         changes: dict[str, Any] = {
             "vm_host": vm_host,
             "located_at": self.clock.time() if located else None,
+            "vm_power": self._power_now() if located else None,
         }
-        if ending.figures is not None:
-            changes["figures"] = ending.figures
+        figures = ending.figures or self.record.figures
+        if self.started_at is not None and figures.total_time is None:
+            # A platform that reports no time: what vmmove itself saw go by.
+            figures = replace(figures, total_time=self.clock.now() - self.started_at)
+        changes["figures"] = figures
         if kind is not None:
             changes.update(error=message, error_type=kind.__name__)
         if isinstance(ending.cause, PrecheckFailed):
@@ -863,6 +875,12 @@ class _Run:
         self._enter(phase, message, evidence=evidence, **changes)
         self.error = error_of(self.record)
         self.conn._release(self)
+
+    def _power_now(self) -> PowerState | None:
+        try:
+            return self.backend.vm(self.vm.id).power
+        except VMMoveError:
+            return None
 
     def _cleanup(self, release: bool = True) -> None:
         """Let the backend close the job; trouble here is a warning, never a new outcome."""
@@ -888,6 +906,9 @@ class _Run:
         if self.ending is not None:  # verifying already: the error only adds a warning
             self._warn(f"while verifying the outcome: {exc}")
             return self._conclude(now)
+        if self.cold is not None:  # the cold move puts the VM back where it can
+            self.cold._failed(exc, now)
+            return self._conclude(now) if self.ending is not None else self._due(now)
         caps = self.backend.capabilities
         if self.job is not None and self.phase.cancellable and not self.abort_sent and caps.cancel:
             try:
@@ -1473,6 +1494,10 @@ class Connection:
                 ),
                 now,
             )
+            return
+        if ref.get("intent") == "cold":
+            run.request_sent = True
+            run.cold = ColdMove.resume(run, ref, now)
             return
         try:
             job = self.backend.attach(ref)

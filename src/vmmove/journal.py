@@ -38,6 +38,7 @@ from vmmove.model import (
     Figures,
     MigrationMode,
     MigrationRecord,
+    PowerState,
     Problem,
     StepRecord,
     Transition,
@@ -127,6 +128,7 @@ def record_to_json(record: MigrationRecord) -> str:
             "source_name": r.source_name,
             "target_name": r.target_name,
             "vm_host_name": r.vm_host_name,
+            "vm_power": None if r.vm_power is None else r.vm_power.value,
             "problems": [
                 {"code": p.code, "message": p.message, "severity": p.severity} for p in r.problems
             ],
@@ -150,6 +152,7 @@ def record_from_json(text: str) -> MigrationRecord:
                 "figures": Figures(**body["figures"]),
                 # Records written before these fields existed have neither key.
                 "problems": tuple(Problem(**p) for p in body.get("problems", ())),
+                "vm_power": None if body.get("vm_power") is None else PowerState(body["vm_power"]),
             }
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -263,6 +263,9 @@ class MigrationRecord:
     source_name: str = ""
     target_name: str | None = None
     vm_host_name: str | None = None
+    #: the VM's power state when the record ended, from the inventory (a cold move that
+    #: could not start the VM again says ``stopped`` here; ``None``: not read)
+    vm_power: PowerState | None = None
 
     @property
     def done(self) -> bool:

@@ -171,13 +171,23 @@ class Policy:
     steps: tuple[Step, ...] = ()
     completion_budget_per_gib: float = 150.0
     stall_timeout: float = 150.0
+    #: cold moves: how long a guest may take to shut down before it is powered off, and to
+    #: start on the target before the record says it did not
+    shutdown_timeout: float = 120.0
+    boot_timeout: float = 300.0
     description: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise InvalidInput("a policy needs a name")
-        if not self.completion_budget_per_gib > 0 or not self.stall_timeout > 0:
-            raise InvalidInput("policy budgets must be positive")
+        limits = (
+            self.completion_budget_per_gib,
+            self.stall_timeout,
+            self.shutdown_timeout,
+            self.boot_timeout,
+        )
+        if not all(limit > 0 for limit in limits):
+            raise InvalidInput("policy budgets and timeouts must be positive")
         for step in self.steps:
             if not isinstance(step, Step):
                 raise InvalidInput(f"policy steps must be Step, not {type(step).__name__}")

@@ -29,11 +29,11 @@ from vmmove.model import (
 )
 from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
 from vmmove.sim import inventory as inv
-from vmmove.sim.physics import DEFAULT_DOWNTIME_MS, Link, SimJob
+from vmmove.sim.physics import BOOT_S, DEFAULT_DOWNTIME_MS, SHUTDOWN_S, Link, SimJob
 
 __all__ = ["Fault", "SimBackend"]
 
-FAULT_KINDS = ("target-fails", "link-drop", "reserve-refused")
+FAULT_KINDS = ("target-fails", "link-drop", "reserve-refused", "shutdown-ignored")
 
 # Native job states -> shared phases. Cold jobs reuse the same machine.
 _PHASES = {
@@ -53,7 +53,7 @@ _PHASES = {
 }
 _FAULT_STATES = {
     Phase.REQUESTING: ("setup", "setup"),
-    Phase.TRANSFERRING: ("precopy", "shutdown"),
+    Phase.TRANSFERRING: ("precopy", "copy"),
     Phase.SWITCHING_OVER: ("stopcopy", "boot"),
     Phase.POSTCOPY: ("postcopy", "postcopy"),
     Phase.COMPLETING: ("cleanup", "cleanup"),
@@ -65,7 +65,9 @@ class Fault:
     """An injected fault: the next migration of ``vm`` (or to ``host``) meets it.
 
     ``kind``: ``target-fails`` or ``link-drop`` (the job fails ``after`` seconds into
-    ``phase``), or ``reserve-refused`` (the target refuses the reservation).
+    ``phase``; for a cold move in ``switching_over``, the VM does not start on the target),
+    ``reserve-refused`` (the target refuses the reservation), or ``shutdown-ignored`` (the
+    guest ignores the next guest shutdown; a forced power-off still works).
     """
 
     kind: str
@@ -99,6 +101,7 @@ class SimBackend(Backend):
         progress_bytes=True,
         reserve=True,
         storage_move=True,
+        relocate_stopped=True,
     )
     poll_interval = 0.5
 
@@ -118,6 +121,7 @@ class SimBackend(Backend):
         self._ids = itertools.count(1)
         self._lost: set[str] = set()
         self._requests: dict[str, str] = {}  # start request id -> job id
+        self._power_ops: dict[str, tuple[float, PowerState]] = {}  # VM -> (when, new state)
         self._synced_at = -1.0
         self._used: dict[str, list[int]] | None = None
 
@@ -173,6 +177,10 @@ class SimBackend(Backend):
         """Bring the world to the clock's now: every link, or only ``source``'s (links are
         independent, so a poll needs only its own; on a real clock that is most of the cost)."""
         now = self._clock.now()
+        for vm_id, (due, state) in list(self._power_ops.items()):
+            if due <= now:  # a guest shutdown or boot has finished
+                del self._power_ops[vm_id]
+                self.inventory.vms[vm_id].power = state
         if now == self._synced_at:
             return  # every job is already at this instant
         links = self._links.values() if source is None else (self._links[source],)
@@ -233,8 +241,20 @@ class SimBackend(Backend):
         hosts = self.inventory.hosts
         return hosts[ref] if ref in hosts else lookup(hosts.values(), ref, "host")
 
-    def _take_fault(self, vm: str, host: str, kinds: tuple[str, ...]) -> Fault | None:
+    def _take_fault(
+        self,
+        vm: str,
+        host: str,
+        kinds: tuple[str, ...],
+        *,
+        only: Phase | None = None,
+        skip: Phase | None = None,
+    ) -> Fault | None:
         for fault in self._faults:
+            if only is not None and fault.phase is not only:
+                continue
+            if skip is not None and fault.phase is skip:
+                continue
             if fault.kind in kinds and (fault.vm in (None, vm)) and (fault.host in (None, host)):
                 self._faults.remove(fault)
                 return fault
@@ -378,6 +398,29 @@ class SimBackend(Backend):
         reservation: Reservation | None,
         request_id: str = "",
     ) -> Job:
+        return self._begin(
+            vm,
+            target,
+            spec,
+            mode,
+            needs=needs,
+            reservation=reservation,
+            request_id=request_id,
+            skip_faults=None,
+        )
+
+    def _begin(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        mode: MigrationMode,
+        *,
+        needs: frozenset[str],
+        reservation: Reservation | None,
+        request_id: str,
+        skip_faults: Phase | None,
+    ) -> Job:
         with self._lock:
             self._sync()
             svm = self._vm(vm.id)
@@ -402,7 +445,12 @@ class SimBackend(Backend):
                 auto_converge_allowed="auto_converge" in needs,
                 postcopy_allowed="postcopy" in needs,
             )
-            fault = self._take_fault(svm.id, target.id, ("target-fails", "link-drop"))
+            fault = self._take_fault(
+                svm.id,
+                target.id,
+                ("target-fails", "link-drop"),
+                skip=skip_faults,
+            )
             if fault is not None:
                 state = _FAULT_STATES[fault.phase][0 if live else 1]
                 job.fault = (fault.kind, state, fault.after)
@@ -421,6 +469,50 @@ class SimBackend(Backend):
                 mode=mode,
                 ref={"job": job.id},
             )
+
+    # ---- cold moves: the core orchestrates these primitives ---------------------------------
+    def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        with self._lock:
+            self._sync()
+            svm = self._vm(vm.id)
+            if svm.power is PowerState.STOPPED:
+                return
+            if not force and self._take_fault(svm.id, svm.host, ("shutdown-ignored",)):
+                return  # the guest never answers the shutdown request
+            self._power_ops[svm.id] = (
+                self._clock.now() + (0.0 if force else SHUTDOWN_S),
+                PowerState.STOPPED,
+            )
+
+    def power_on(self, vm: VMInfo) -> None:
+        with self._lock:
+            self._sync()
+            svm = self._vm(vm.id)
+            if svm.power is PowerState.RUNNING or svm.migrating:
+                return
+            kinds = ("target-fails", "link-drop")
+            if self._take_fault(svm.id, svm.host, kinds, only=Phase.SWITCHING_OVER):
+                return  # the host accepts the request and the VM never comes up
+            self._power_ops[svm.id] = (self._clock.now() + BOOT_S, PowerState.RUNNING)
+
+    def relocate(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
+    ) -> Job:
+        with self._lock:
+            self._sync()
+            if self._vm(vm.id).power is not PowerState.STOPPED:
+                raise Conflict(f"{vm.name} must be stopped before it is moved")
+        return self._begin(
+            vm,
+            target,
+            spec,
+            MigrationMode.COLD,
+            needs=frozenset(),
+            reservation=None,
+            request_id=request_id,
+            # A cold move the core orchestrates meets a switch-over fault at power-on.
+            skip_faults=Phase.SWITCHING_OVER,
+        )
 
     def _job(self, job: Job) -> SimJob:
         try:

@@ -31,6 +31,7 @@ ABORT_S = 0.1
 SWITCH_OVERHEAD_S = 0.02  # pause cost beyond the bytes: device state, resume on target
 POSTCOPY_PAUSE_S = 0.005
 SHUTDOWN_S = 2.0
+REGISTER_S = 0.5  # a cold move re-registers the VM on the target, whatever it copies
 BOOT_S = 3.0
 DEFAULT_DOWNTIME_MS = 300  # QEMU's downtime-limit
 THROTTLE_FIRST, THROTTLE_STEP, THROTTLE_MAX = 0.20, 0.10, 0.99
@@ -106,6 +107,8 @@ class SimJob:
         else:
             due = float("inf")
         if self.transferring:
+            if self.pass_left <= _EPS and self.timer > _EPS:
+                return min(due, self.timer)  # copied; the state's own timer still runs
             if self.rate <= 0:
                 return due
             return min(due, self.pass_left / self.rate)
@@ -170,6 +173,8 @@ def _flow(job: SimJob, dt: float) -> None:
         if job.state == "precopy":
             job.pass_time += dt
             job.dirtied = min(float(job.working_set), job.dirtied + job.effective_dirty_rate * dt)
+        if job.state == "copy":
+            job.timer -= dt  # re-registering on the target runs beside the copy
     else:
         job.timer -= dt
 
@@ -245,9 +250,9 @@ def _events(job: SimJob, link: Link, on_end: _EndHook) -> None:
     ):
         _enter(job, "cleanup", CLEANUP_S)
     elif state == "shutdown" and job.timer <= _EPS:
-        _enter(job, "copy")
+        _enter(job, "copy", REGISTER_S)
         _new_pass(job, float(job.disk) + MiB)  # the definition, and the disks if local
-    elif state == "copy" and job.pass_left <= _EPS:
+    elif state == "copy" and job.pass_left <= _EPS and job.timer <= _EPS:
         _enter(job, "boot", BOOT_S if job.was_running else 0.0)
     elif state == "boot" and job.timer <= _EPS:
         _enter(job, "cleanup", CLEANUP_S)

@@ -82,6 +82,10 @@ class ContractSetup:
     #: a new connection to the same estate over ``store`` (a client that starts again after
     #: the first one died); ``None`` skips the attach test
     reconnect: Callable[[RecordStore], Connection] | None = None
+    #: ``fail_cold_step(vm, step)``: make the next cold move of ``vm`` fail at ``step``
+    #: (``"move"``: moving the stopped VM fails; ``"start"``: it will not start on the
+    #: target); ``None`` skips those tests
+    fail_cold_step: Callable[[str, str], None] | None = None
     #: set by the kit: the witness of the backend's raw reports
     witness: Witness = field(init=False, repr=False)
 
@@ -294,6 +298,52 @@ class BackendContract:
         assert record.vm_host == target
         after = conn.vm(vm.id)
         assert (after.host, after.power) == (target, PowerState.STOPPED)
+
+    def test_cold_migration_of_a_running_vm(self, setup: ContractSetup) -> None:
+        conn = setup.connection
+        if not conn.capabilities.cold:
+            pytest.skip("backend declares no cold migration")
+        vm = conn.vm(setup.running_vm)
+        target = conn.host(setup.target)
+        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.COLD)
+        events = _collect(m, setup.timeout)
+        setup.witness.check()
+        check_events(events)
+        record = m.wait(0)
+        assert record.phase is Phase.COMPLETED
+        assert [t.phase for t in record.history][2:] == [
+            Phase.REQUESTING,  # the guest is shut down on its source
+            Phase.TRANSFERRING,  # the stopped VM is moved
+            Phase.SWITCHING_OVER,  # it is started on the target
+            Phase.COMPLETING,
+            Phase.COMPLETED,
+        ]
+        after = conn.vm(vm.id)
+        assert (after.host, after.power) == (target.id, PowerState.RUNNING)
+        assert (record.vm_host, record.vm_power) == (target.id, PowerState.RUNNING)
+        assert record.figures.total_time is not None
+        assert record.figures.total_time >= record.history[-1].at - record.history[3].at
+
+    @pytest.mark.parametrize("step", ["move", "start"])
+    def test_cold_failure_at_a_step_leaves_a_true_record(
+        self, setup: ContractSetup, step: str
+    ) -> None:
+        if setup.fail_cold_step is None:
+            pytest.skip("this setup cannot make a cold move fail (fail_cold_step)")
+        conn = setup.connection
+        vm = conn.vm(setup.running_vm)
+        setup.fail_cold_step(vm.id, step)
+        m = conn.migrate(vm.id, to=setup.target, mode=MigrationMode.COLD)
+        events = _collect(m, setup.timeout)
+        setup.witness.check()
+        check_events(events)
+        with pytest.raises(MigrationFailed):
+            m.wait(0)
+        after = conn.vm(vm.id)
+        # Running on its source again, or the record says exactly where and how it is.
+        assert (m.record.vm_host, m.record.vm_power) == (after.host, after.power)
+        if (after.host, after.power) != (vm.host, PowerState.RUNNING):
+            assert any(after.power.value in w for w in m.record.warnings), m.record.warnings
 
     def test_cold_fallback_where_declared(self, setup: ContractSetup) -> None:
         conn = setup.connection
