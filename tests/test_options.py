@@ -104,3 +104,27 @@ def test_the_docs_table_lists_every_option() -> None:
 def test_parse_answers_or_refuses_with_invalid_input(kwargs: dict[str, Any]) -> None:
     with contextlib.suppress(InvalidInput):  # anything else escaping is the failure
         parse(DECLARED, kwargs=kwargs)
+
+
+def test_the_cli_hands_the_secret_to_the_option_the_backend_declares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vmmove import cli
+    from vmmove.plugins import BackendSpec, plugin_manager
+
+    def spec(options: tuple[Option, ...] | None) -> BackendSpec:
+        return BackendSpec(
+            scheme="x", factory=lambda u, o: None, description="", capabilities=None,  # type: ignore[arg-type, return-value]
+            plugin="test", options=options,
+        )  # fmt: skip
+
+    backends = plugin_manager().backends
+    token = (Option(name="token", kind="secret", doc="bearer token", in_uri=False),)
+    for declared, expected in [
+        (None, "password"),  # parses its own options: the name it always had
+        (token, "token"),
+        (DECLARED, "password"),
+        ((Option(name="insecure", kind="bool", doc="x"),), None),  # takes no secret at all
+    ]:
+        monkeypatch.setattr(backends, "get", lambda scheme, d=declared: spec(d))
+        assert cli._secret_option("x://host") == expected

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -220,13 +221,32 @@ def _connect(ctx: click.Context) -> Connection:
     else:
         password = os.environ.get("VMMOVE_PASSWORD") or config.password or _keyring(uri)
     if password:
-        options["password"] = vmmove.Secret(password)
+        name = _secret_option(uri)
+        if name is not None:
+            options[name] = vmmove.Secret(password)
     if uri is None and sys.stderr.isatty():
         click.echo(
             "vmmove: no --uri, VMMOVE_URI or config file: using the built-in simulator",
             err=True,
         )
     return vmmove.connect(uri, **options)
+
+
+def _secret_option(uri: str | None) -> str | None:
+    """The option the backend takes the secret as: ``password``, or its one declared secret
+    (KubeVirt's ``token``); ``None`` when it declares options and no secret among them."""
+    import vmmove  # noqa: PLC0415
+    from vmmove.plugins import plugin_manager  # noqa: PLC0415
+
+    scheme = urlsplit(uri or os.environ.get("VMMOVE_URI") or vmmove.DEFAULT_URI).scheme
+    try:
+        spec = plugin_manager().backends.get(scheme)
+    except vmmove.VMMoveError:
+        return "password"  # connect() says what is wrong with the scheme
+    if spec.options is None:
+        return "password"  # a backend that parses its own options
+    secrets = [o.name for o in spec.options if o.secret]
+    return "password" if "password" in secrets else next(iter(secrets), None)
 
 
 def _keyring(uri: str | None) -> str | None:
