@@ -276,3 +276,22 @@ def test_records_keep_ids_and_names_and_the_cli_prints_names(tmp_path: Any) -> N
     assert "host-0002" not in out
     hosts = CliRunner().invoke(cli.cli, ["--uri", uri, "hosts"], catch_exceptions=False).output
     assert "24.0" in hosts  # memory in GiB with one decimal, never 1.09671/23.54
+
+
+def test_steps_the_platform_decides_count_as_skipped_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmmove.engine import PLATFORM_DECIDES
+
+    conn = estate()
+    real_check = conn.backend.check
+
+    def check(vm: Any, target: Any, spec: Any) -> list[vmmove.Problem]:
+        note = vmmove.Problem(
+            code=PLATFORM_DECIDES, message="'postcopy' is the cluster's call", severity="warning"
+        )
+        return [*real_check(vm, target, spec), note]
+
+    monkeypatch.setattr(conn.backend, "check", check)
+    record = conn.migrate("v", to="b", policy="none").wait()
+    skipped = [s for s in record.steps if not s.applied]
+    assert [s.step for s in skipped] == ["'postcopy' is the cluster's call"]
+    assert skipped[0].reason == "decided by the platform"

@@ -91,7 +91,12 @@ from vmmove.store import MemoryStore, RecordStore
 if TYPE_CHECKING:
     from vmmove.plugins import Plugins
 
-__all__ = ["Connection", "Migration"]
+__all__ = ["PLATFORM_DECIDES", "Connection", "Migration"]
+
+#: The code of a pre-check warning that says a policy step is the platform's call, not
+#: vmmove's (KubeVirt without a MigrationPolicy API, Hyper-V's fixed switch-over): the
+#: record lists it among the skipped steps.
+PLATFORM_DECIDES = "platform-decides"
 
 log = logging.getLogger("vmmove.engine")
 
@@ -434,6 +439,15 @@ class _Run:
         warnings = [p.message for p in problems if p.severity == "warning"]
         if warnings:
             self._save(warnings=(*self.record.warnings, *warnings))
+        # Policy steps the platform decides itself count as skipped steps, not only warnings.
+        decided = [p.message for p in problems if p.code == PLATFORM_DECIDES]
+        if decided:
+            at = self.clock.time()
+            notes = tuple(
+                StepRecord(step=m, at=at, applied=False, reason="decided by the platform")
+                for m in decided
+            )
+            self._save(steps=(*self.record.steps, *notes))
         if errors or target is None:
             raise PrecheckFailed(f"cannot migrate {self.vm.name}", errors)
         self.mode = mode
