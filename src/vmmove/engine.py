@@ -344,23 +344,20 @@ class _Run:
 
     def _judge_report(self, status: JobStatus) -> None:
         """The smoothing hides a backend's own slips from users; the record names them."""
-        name = self.conn.backend_name
         raw = self.raw
-        if status.percent is not None:
-            if raw.percent is not None and status.percent < raw.percent:
+        for key, what, before, now, unit in (
+            ("percent-down", "progress", raw.percent, status.percent, "%"),
+            ("bytes-down", "bytes sent", raw.processed, status.data_processed, ""),
+        ):
+            if before is not None and now is not None and now < before:
                 self._warn_once(
-                    "percent-down",
-                    f"backend {name} reported progress going down "
-                    f"({raw.percent:g}% -> {status.percent:g}%)",
+                    key,
+                    f"backend {self.conn.backend_name} reported {what} going down "
+                    f"({before:g}{unit} -> {now:g}{unit})",
                 )
+        if status.percent is not None:
             raw.percent = status.percent
         if status.data_processed is not None:
-            if raw.processed is not None and status.data_processed < raw.processed:
-                self._warn_once(
-                    "bytes-down",
-                    f"backend {name} reported bytes sent going down "
-                    f"({raw.processed} -> {status.data_processed})",
-                )
             raw.processed = status.data_processed
 
     # ---- the state machine -------------------------------------------------------------
