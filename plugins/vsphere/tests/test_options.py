@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +19,25 @@ from vmmove.errors import (
     PrecheckFailed,
     ReservationRefused,
 )
+from vmmove.options import markdown_table
+from vmmove.options import parse as parse_options
 from vmmove.plugins import plugin_manager
 from vmmove_vsphere import faults
-from vmmove_vsphere.options import parse
+from vmmove_vsphere.options import OPTIONS, Settings, settings
 
 PW = vmmove.Secret("s3cret-Pa55")
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "backends" / "vsphere.md"
+
+
+def parse(uri: str, options: dict[str, Any]) -> Settings:
+    """What a connect makes of ``uri`` and ``options``, up to the network: the core parses the
+    options as the plugin registered them, then the backend reads the URI."""
+    spec = plugin_manager().backends.get("vsphere")
+    assert spec.options is not None
+    parsed = parse_options(
+        spec.options, uri=uri, kwargs=options, scheme=spec.scheme, passthrough=spec.passthrough
+    )
+    return settings(uri, parsed)
 
 
 def test_uri_and_defaults() -> None:
@@ -66,10 +83,14 @@ def test_password_from_option_or_environment(monkeypatch: pytest.MonkeyPatch) ->
     [
         ("vsphere:///DC0", {}, "names the vCenter"),
         ("vsphere://vc/DC0", {}, "names the user"),
-        ("vsphere://u@vc/DC0?colour=red", {}, "unknown vsphere:// URI parameter"),
+        ("vsphere://u@vc/DC0?colour=red", {}, r"unknown vsphere:// option.*\(URI query\)"),
         ("vsphere://u@vc/DC0", {"colour": "red"}, "unknown vsphere:// option"),
+        ("vsphere://u@vc/DC0", {"clock": object()}, "unknown vsphere:// option.*clock"),
+        ("vsphere://u@vc/DC0", {"inventory": "x.toml"}, "unknown vsphere:// option.*inventory"),
+        ("vsphere://u@vc/DC0?password=x", {}, "cannot be given in the URI"),
         ("vsphere://u@vc/DC0?insecure=maybe", {}, "true or false"),
-        ("vsphere://u@vc/DC0?timeout=-1", {}, "positive number"),
+        ("vsphere://u@vc/DC0?timeout=-1", {}, "wants a duration"),
+        ("vsphere://u@vc/DC0?poll_interval=0", {}, "more than 0"),
         ("vsphere://u@vc/DC0?priority=urgent", {}, "priority"),
         ("vsphere://u@vc/DC0?thumbprint=abc", {}, "SHA-1, SHA-256 or SHA-512"),
         ("vsphere://u@vc/DC0", {"ca_file": "/no/such/ca.pem"}, "not a readable file"),
@@ -90,11 +111,28 @@ def test_options_from_the_query_and_thumbprint_forms() -> None:
     assert s.thumbprint == "ab" * 20
     assert (s.timeout, s.priority, s.poll_interval) == (5.0, "highPriority", 0.2)
     assert parse("vsphere://u@vc?insecure=yes", {"password": PW}).insecure
+    # durations in the core's one dialect, from the query or natively
+    assert parse("vsphere://u@vc?check_timeout=2m", {"password": PW}).check_timeout == 120.0
+    assert parse("vsphere://u@vc", {"password": PW, "timeout": 1.5}).timeout == 1.5
+
+
+def test_docs_options_table_is_the_declaration() -> None:
+    text = DOCS.read_text()
+    found = re.search(r"<!-- options-table -->\n(.*?)\n<!-- /options-table -->", text, re.S)
+    assert found is not None, f"{DOCS} has no options-table block"
+    assert found.group(1) == markdown_table(OPTIONS)
+
+
+def test_secret_option_never_shows_its_value() -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse("vsphere://u@vc/DC0", {"password": 12345678})
+    assert "12345678" not in str(info.value)
 
 
 def test_plugin_is_registered_through_its_entry_point() -> None:
     spec = plugin_manager(reload=True).backends.get("vsphere")
     assert spec.plugin == "vsphere"
+    assert spec.options == OPTIONS
     from vmmove_vsphere.backend import VSphereBackend
 
     assert spec.capabilities == VSphereBackend.capabilities

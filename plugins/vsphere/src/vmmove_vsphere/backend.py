@@ -63,7 +63,7 @@ from vmmove_vsphere.inventory import (
     vm_info,
     vm_usage,
 )
-from vmmove_vsphere.options import Settings, parse
+from vmmove_vsphere.options import Settings, settings
 from vmmove_vsphere.plugin import CAPABILITIES
 from vmmove_vsphere.session import Session
 
@@ -153,7 +153,8 @@ class VSphereBackend(Backend):
 
     @classmethod
     def from_uri(cls, uri: str, options: Mapping[str, Any]) -> VSphereBackend:
-        return cls(parse(uri, options))
+        """``options`` as the core parsed them from :data:`vmmove_vsphere.options.OPTIONS`."""
+        return cls(settings(uri, options))
 
     def __repr__(self) -> str:
         return f"<VSphereBackend {self.settings.display()}>"

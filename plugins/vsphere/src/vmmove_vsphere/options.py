@@ -2,10 +2,11 @@
 
 ``vsphere://user@vcenter.example[:port]/Datacenter`` names the vCenter (or ESXi host), the
 user and, optionally, the inventory path of one datacenter that scopes every inventory call.
-Non-secret options may also be given as query parameters
-(``vsphere://user@vc/DC0?ca_file=/etc/ssl/vc.pem``). The password never travels in the URI:
-it comes from the ``password`` option (a :class:`vmmove.Secret`, as the CLI and the config
-file pass it) or from ``$VMMOVE_PASSWORD``.
+The options are declared as data (:data:`OPTIONS`); the core parses them (URI query, keyword
+arguments, config file) and refuses unknown ones, the same way for every backend. What is
+left here is what only vSphere knows: the URI itself, the password's fallback to
+``$VMMOVE_PASSWORD``, thumbprint forms, and options that contradict each other. The
+password never travels in the URI.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from vmmove.errors import InvalidInput
+from vmmove.options import Option
 from vmmove.secrets import Secret
 
-__all__ = ["PRIORITIES", "Settings", "parse"]
+__all__ = ["OPTIONS", "PRIORITIES", "Settings", "settings"]
 
 DEFAULT_PORT = 443
 #: ``RelocateVM_Task`` priorities (``vim.VirtualMachine.MovePriority``), by their short names.
@@ -29,13 +31,68 @@ PRIORITIES = {
     "high": "highPriority",
     "low": "lowPriority",
 }
-_QUERY_KEYS = frozenset(
-    {"ca_file", "thumbprint", "insecure", "timeout", "check_timeout", "poll_interval", "priority"}
-)
-_OPTION_KEYS = _QUERY_KEYS | {"password", "username", "datastore"}
 _THUMBPRINT = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$|^[0-9a-f]{128}$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+
+#: Every option ``vsphere://`` accepts; the docs page's options table is made from this.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="password",
+        kind="secret",
+        in_uri=False,
+        doc="the user's password; without it, `$VMMOVE_PASSWORD`",
+    ),
+    Option(name="username", kind="str", doc="overrides the URI's user"),
+    Option(
+        name="ca_file",
+        kind="path",
+        doc="PEM file of the CA(s) to trust instead of the system's",
+    ),
+    Option(
+        name="thumbprint",
+        kind="str",
+        doc="pin the server certificate: its SHA-1, SHA-256 or SHA-512 hex digest (colons "
+        "allowed). Alone, it replaces chain verification (a self-signed vCenter); with "
+        "`ca_file`, both must hold",
+    ),
+    Option(
+        name="insecure",
+        kind="bool",
+        default=False,
+        doc="no certificate verification at all. Warns (`InsecureConnectionWarning` and a log "
+        "line) on every connect; refused together with `ca_file`/`thumbprint`",
+    ),
+    Option(
+        name="timeout",
+        kind="duration",
+        default=60.0,
+        doc="for one SOAP request, and for reaching the port (more than 0)",
+    ),
+    Option(
+        name="check_timeout",
+        kind="duration",
+        default=60.0,
+        doc="what the pre-check tasks may take before they count as a warning (more than 0)",
+    ),
+    Option(
+        name="poll_interval",
+        kind="duration",
+        default=0.5,
+        doc="between polls of a running task (more than 0)",
+    ),
+    Option(
+        name="priority",
+        kind="choice",
+        choices=tuple(PRIORITIES),
+        default="default",
+        doc="`RelocateVM_Task` priority",
+    ),
+    Option(
+        name="datastore",
+        kind="str",
+        doc="default target datastore (name or id) for every move: a storage move with each "
+        "migration",
+    ),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,27 +122,6 @@ class Settings:
         return f"vsphere://{self.username}@{host}{port}{path}"
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidInput(f"vsphere:// option {name} must be true or false, not {value!r}")
-
-
-def _seconds(name: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not seconds > 0 or isinstance(value, bool):
-        raise InvalidInput(f"vsphere:// option {name} must be a positive number of seconds")
-    return seconds
-
-
 def normalize_thumbprint(value: Any) -> str:
     """``AB:CD:...`` or ``abcd...`` (SHA-1, SHA-256 or SHA-512 of the DER certificate) ->
     lower-case hex without separators."""
@@ -98,8 +134,9 @@ def normalize_thumbprint(value: Any) -> str:
     return text
 
 
-def parse(uri: str, options: Mapping[str, Any]) -> Settings:
-    """Check ``uri`` and ``options``; raise :class:`InvalidInput` (never naming a secret)."""
+def settings(uri: str, options: Mapping[str, Any]) -> Settings:
+    """Check ``uri`` and the options as the core parsed them (:data:`OPTIONS`: every value
+    already of its kind); raise :class:`InvalidInput` (never naming a secret)."""
     try:
         parts = urlsplit(uri)
         port = parts.port
@@ -117,62 +154,40 @@ def parse(uri: str, options: Mapping[str, Any]) -> Settings:
     if parts.fragment:
         raise InvalidInput("a vsphere:// URI has no #fragment")
 
-    query: dict[str, str] = {}
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if key not in _QUERY_KEYS:
-            known = ", ".join(sorted(_QUERY_KEYS))
-            raise InvalidInput(f"unknown vsphere:// URI parameter {key!r} (known: {known})")
-        query[key] = values[-1]
-    unknown = set(options) - _OPTION_KEYS
-    if unknown:
-        known = ", ".join(sorted(_OPTION_KEYS))
-        raise InvalidInput(
-            f"unknown vsphere:// option(s) {', '.join(sorted(unknown))} (known: {known})"
-        )
-    merged: dict[str, Any] = {**query, **{k: v for k, v in options.items() if v is not None}}
-
-    username = merged.pop("username", None) or unquote(parts.username or "")
+    username = options.get("username") or unquote(parts.username or "")
     if not username:
         raise InvalidInput("a vsphere:// URI names the user: vsphere://user@vcenter/Datacenter")
-    raw_password = merged.pop("password", None)
-    if raw_password is None:
-        raw_password = os.environ.get("VMMOVE_PASSWORD")
-    if raw_password is None:
+    password = options.get("password")
+    if password is None and (env := os.environ.get("VMMOVE_PASSWORD")) is not None:
+        password = Secret(env)
+    if password is None:
         raise InvalidInput(
             f"no password for {username}: pass password=vmmove.Secret(...), "
             "or set VMMOVE_PASSWORD or the config file's password"
         )
-    if not isinstance(raw_password, str | Secret):
-        raise InvalidInput("the vsphere:// password must be a string or a vmmove.Secret")
-    password = raw_password if isinstance(raw_password, Secret) else Secret(raw_password)
 
-    ca_file = merged.pop("ca_file", None)
+    ca_file = options.get("ca_file")
     if ca_file is not None:
         ca_file = os.fspath(ca_file)
         if not os.path.isfile(ca_file):
             raise InvalidInput(f"vsphere:// ca_file {ca_file!r} is not a readable file")
-    thumbprint = merged.pop("thumbprint", None)
+    thumbprint = options.get("thumbprint")
     if thumbprint is not None:
         thumbprint = normalize_thumbprint(thumbprint)
-    insecure = _flag("insecure", merged.pop("insecure", False))
+    insecure = bool(options.get("insecure", False))
     if insecure and (ca_file or thumbprint):
         raise InvalidInput("vsphere:// insecure=true contradicts ca_file/thumbprint: choose one")
-
-    priority_name = str(merged.pop("priority", "default"))
-    priority = PRIORITIES.get(priority_name.removesuffix("Priority").lower())
-    if priority is None:
-        raise InvalidInput(
-            f"vsphere:// priority must be one of {', '.join(PRIORITIES)}, not {priority_name!r}"
-        )
-    datastore = merged.pop("datastore", None)
-    if datastore is not None and (not isinstance(datastore, str) or not datastore):
+    datastore = options.get("datastore")
+    if datastore == "":
         raise InvalidInput("vsphere:// datastore must be a datastore name or id")
-
+    # A zero timeout or poll interval would never wait at all (the core refuses < 0).
     seconds = {
-        key: _seconds(key, merged.pop(key))
-        for key in ("timeout", "check_timeout", "poll_interval")
-        if key in merged
+        k: float(options.get(k, d))
+        for k, d in (("timeout", 60.0), ("check_timeout", 60.0), ("poll_interval", 0.5))
     }
+    for key, value in seconds.items():
+        if value <= 0:
+            raise InvalidInput(f"vsphere:// option {key} must be more than 0 s")
     return Settings(
         host=parts.hostname,
         port=port or DEFAULT_PORT,
@@ -182,7 +197,7 @@ def parse(uri: str, options: Mapping[str, Any]) -> Settings:
         ca_file=ca_file,
         thumbprint=thumbprint,
         insecure=insecure,
-        priority=priority,
+        priority=PRIORITIES[options.get("priority", "default")],
         datastore=datastore,
         **seconds,
     )

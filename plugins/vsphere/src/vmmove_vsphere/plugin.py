@@ -1,5 +1,6 @@
 """Registers ``vsphere://`` through the ``vmmove_add_backends`` hook (entry point group
-``vmmove``, name ``vsphere``). Importing this module imports neither pyVmomi nor the backend."""
+``vmmove``, name ``vsphere``) with its options as data (:data:`vmmove_vsphere.options.OPTIONS`).
+Importing this module imports neither pyVmomi nor the backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from vmmove.backend import Backend, Capabilities
 from vmmove.hookspecs import hookimpl
 from vmmove.plugins import BackendRegistry
+from vmmove_vsphere.options import OPTIONS
 
 __all__ = ["CAPABILITIES", "vmmove_add_backends"]
 
@@ -30,6 +32,7 @@ CAPABILITIES = Capabilities(
 
 
 def _factory(uri: str, options: Mapping[str, Any]) -> Backend:
+    """``options``: already parsed by the core from :data:`OPTIONS`."""
     from vmmove_vsphere.backend import VSphereBackend  # noqa: PLC0415 (load on first connect)
 
     return VSphereBackend.from_uri(uri, options)
@@ -42,4 +45,6 @@ def vmmove_add_backends(registry: BackendRegistry) -> None:
         _factory,
         description="VMware vSphere (vCenter) through pyVmomi: vsphere://user@vcenter/Datacenter",
         capabilities=CAPABILITIES,
+        options=OPTIONS,
+        passthrough=(),  # a vsphere:// URI's query holds options only
     )
