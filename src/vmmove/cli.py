@@ -488,6 +488,7 @@ def vms(ctx: click.Context, as_json: bool) -> None:
     """Virtual machines, where they run, and whether they can move live."""
     with _connect(ctx) as conn:
         items = conn.vms()
+        names = {h.id: h.name for h in conn.hosts()} if not as_json else {}
     if as_json:
         _print_json(items)
         return
@@ -496,7 +497,7 @@ def vms(ctx: click.Context, as_json: bool) -> None:
         live = "yes" if v.live_migratable else f"[yellow]no[/]: {v.not_migratable_reason or '?'}"
         table.add_row(
             v.name,
-            v.host,
+            names.get(v.host, v.host),  # the name people know; the id is in --json
             v.power.value,
             _size(v.memory),
             str(v.vcpus),
