@@ -44,7 +44,7 @@ class Capabilities:
     storage_move: bool = False
     choose_target: bool = True  # the caller may name the target host
     #: the backend supplies power_off/relocate/power_on and the core orchestrates cold
-    #: migration (vmmove.cold); without it a cold move is one start(mode=COLD) job
+    #: migration (vmmove.engine.cold); without it a cold move is one start(mode=COLD) job
     relocate_stopped: bool = False
 
     def has(self, name: str) -> bool:

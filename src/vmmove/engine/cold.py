@@ -38,7 +38,8 @@ from vmmove.machine import Phase
 from vmmove.model import Figures, PowerState
 
 if TYPE_CHECKING:
-    from vmmove.engine import _Ending, _Run
+    from vmmove.engine.ending import Ending
+    from vmmove.engine.run import MigrationRun
 
 __all__ = ["ColdMove"]
 
@@ -48,18 +49,18 @@ STEPS = ("stopping", "forcing", "moving", "starting", "returning", "restoring")
 class ColdMove:
     """One cold move, driven by its migration's supervisor (never blocks)."""
 
-    def __init__(self, run: _Run, *, was_running: bool, step: str, since: float) -> None:
+    def __init__(self, run: MigrationRun, *, was_running: bool, step: str, since: float) -> None:
         self.run = run
         self.backend = run.backend
         self.was_running = was_running
         self.step = step
         self.since = since
         self.started = since
-        self.outcome: _Ending | None = None  # what restoring the source ends in
+        self.outcome: Ending | None = None  # what restoring the source ends in
 
     # ---- starting and resuming --------------------------------------------------------
     @classmethod
-    def begin(cls, run: _Run, now: float, request_id: str) -> ColdMove:
+    def begin(cls, run: MigrationRun, now: float, request_id: str) -> ColdMove:
         was_running = run.vm.power is PowerState.RUNNING
         move = cls(run, was_running=was_running, step="", since=now)
         move.request_id = request_id
@@ -71,7 +72,7 @@ class ColdMove:
         return move
 
     @classmethod
-    def resume(cls, run: _Run, ref: dict[str, str], now: float) -> ColdMove:
+    def resume(cls, run: MigrationRun, ref: dict[str, str], now: float) -> ColdMove:
         """Pick a cold move up again from the record (``attach``)."""
         step = ref.get("step", "stopping")
         if step not in STEPS:
@@ -104,7 +105,7 @@ class ColdMove:
         }
         if run.job is not None and step == "moving":
             ref.update({f"job.{k}": v for k, v in run.job.ref.items()})
-        run._save(job_ref=ref)
+        run.save(job_ref=ref)
 
     # ---- the steps ---------------------------------------------------------------------
     def advance(self, now: float) -> float | None:
@@ -122,13 +123,13 @@ class ColdMove:
             }[self.step]
             handler(now)
         except ConnectionFailed as exc:
-            if not run._tolerate(exc, now):
+            if not run.tolerate(exc, now):
                 self._failed(exc, now)
         except VMMoveError as exc:
             self._failed(exc, now)
         if run.ending is not None:
-            return run._conclude(now)
-        return run._due(now)
+            return run.conclude(now)
+        return run.due(now)
 
     def _power(self) -> tuple[str, PowerState]:
         info = self.backend.vm(self.run.vm.id)
@@ -145,11 +146,11 @@ class ColdMove:
         if now - self.since <= limit:
             return
         if self.step == "stopping":
-            run._warn(f"the guest did not shut down within {limit:g} s: powering it off")
+            run.warn(f"the guest did not shut down within {limit:g} s: powering it off")
             self.backend.power_off(run.vm, force=True)
             self._goto("forcing", now)
             return
-        run._end(
+        run.end(
             _ending(Phase.FAILED, MigrationFailed, "the VM could not be stopped on its source"),
             now,
         )
@@ -168,12 +169,12 @@ class ColdMove:
         assert run.job is not None
         assert run.target is not None
         status = self.backend.poll(run.job)
-        run._judge_report(status)
+        run.judge_report(status)
         if not status.phase.terminal:
             # The move itself fills requesting..transferring; switching over is ours.
             if status.phase in (Phase.TRANSFERRING, Phase.SWITCHING_OVER, Phase.COMPLETING):
-                run._walk(Phase.TRANSFERRING)
-            run._update_progress(status)
+                run.walk(Phase.TRANSFERRING)
+            run.update_progress(status)
             return
         self._close_job()
         self.data_sent = (status.figures.data_sent if status.figures else None) or (
@@ -183,12 +184,12 @@ class ColdMove:
             host, _ = self._power()
             if host == run.target.id:
                 if self.was_running:
-                    run._walk(Phase.SWITCHING_OVER)
+                    run.walk(Phase.SWITCHING_OVER)
                     self._goto("starting", now)
                     self.backend.power_on(self.backend.vm(run.vm.id))
                     return
-                run._walk(Phase.TRANSFERRING)
-                run._end(self._done(), now)
+                run.walk(Phase.TRANSFERRING)
+                run.end(self._done(), now)
                 return
             message = f"the move reported success, but the VM is registered on {host}"
         else:
@@ -204,7 +205,7 @@ class ColdMove:
         assert run.target is not None
         host, power = self._power()
         if power is PowerState.RUNNING and host == run.target.id:
-            run._end(self._done(), now)
+            run.end(self._done(), now)
             return
         limit = run.policy.boot_timeout
         if now - self.since > limit:
@@ -227,7 +228,7 @@ class ColdMove:
             return
         run.finished = False
         run.raw = type(run.raw)()
-        run._warn(f"{why}: moving it back to {source.name}")
+        run.warn(f"{why}: moving it back to {source.name}")
         self._goto("returning", now)
 
     def _returning(self, now: float) -> None:
@@ -250,16 +251,16 @@ class ColdMove:
         host, power = self._power()
         if power is PowerState.RUNNING and host == run.record.source:
             outcome, self.outcome = self.outcome, None
-            run._end(outcome, now)
+            run.end(outcome, now)
             return
         if now - self.since > run.policy.boot_timeout:
             outcome, self.outcome = self.outcome, None
-            run._warn(
+            run.warn(
                 f"{run.vm.name} is stopped on its source {run.record.source_name}: it could "
                 "not be started again; start it there"
             )
             outcome.message += "; the VM could not be started again on its source"
-            run._end(outcome, now)
+            run.end(outcome, now)
 
     # ---- the ways out -------------------------------------------------------------------
     def _cancel(self, now: float) -> None:
@@ -272,30 +273,30 @@ class ColdMove:
                 run.abort_reason = "cancel"
                 self.backend.abort(run.job)
             else:
-                run._warn("cancel: the platform cannot abort this move; it goes on")
+                run.warn("cancel: the platform cannot abort this move; it goes on")
                 run.abort_sent = True
 
-    def _restore(self, outcome: _Ending, now: float) -> None:
+    def _restore(self, outcome: Ending, now: float) -> None:
         """Put the VM back as it was on its source before the move began."""
         run = self.run
         self._close_job()
         if not self.was_running:
-            run._end(outcome, now)
+            run.end(outcome, now)
             return
         self.outcome = outcome
         self._goto("restoring", now)
         try:
             self.backend.power_on(self.backend.vm(run.vm.id))
         except VMMoveError as exc:
-            run._warn(f"starting the VM again on its source failed: {exc}")
+            run.warn(f"starting the VM again on its source failed: {exc}")
 
     def _stranded(self, why: str, now: float) -> None:
         run = self.run
-        run._warn(
+        run.warn(
             f"{run.vm.name} is stopped on {run.target.name if run.target else '?'}: {why}; start "
             "it there (attach retries the start)"
         )
-        run._end(_ending(Phase.FAILED, MigrationFailed, why), now)
+        run.end(_ending(Phase.FAILED, MigrationFailed, why), now)
 
     def _failed(self, exc: VMMoveError, now: float) -> None:
         """A primitive raised: restore what can be restored, and say where the VM is."""
@@ -312,7 +313,7 @@ class ColdMove:
             outcome, self.outcome = self.outcome, None
             assert outcome is not None
             outcome.message += f"; starting it again on its source failed: {exc}"
-            run._end(outcome, now)
+            run.end(outcome, now)
         else:
             if self.step == "moving" and run.job is not None and run.backend.capabilities.cancel:
                 with contextlib.suppress(VMMoveError):  # best effort: restoring follows
@@ -327,11 +328,11 @@ class ColdMove:
             try:
                 self.backend.finish(run.job)
             except Exception as exc:
-                run._warn(f"backend cleanup failed: {type(exc).__name__}: {exc}")
+                run.warn(f"backend cleanup failed: {type(exc).__name__}: {exc}")
 
     data_sent: int | None = None
 
-    def _done(self) -> _Ending:
+    def _done(self) -> Ending:
         total = self.run.clock.now() - self.started
         figures = Figures(total_time=total, downtime_ms=None, data_sent=self.data_sent)
         return _ending(Phase.COMPLETED, None, "", figures=figures)
@@ -343,7 +344,7 @@ def _ending(
     message: str,
     *,
     figures: Figures | None = None,
-) -> _Ending:
-    from vmmove.engine import _Ending  # noqa: PLC0415 (the engine imports this module)
+) -> Ending:
+    from vmmove.engine.ending import Ending  # noqa: PLC0415 (the engine imports this module)
 
-    return _Ending(phase, kind, message, figures=figures)
+    return Ending(phase, kind, message, figures=figures)

@@ -1,0 +1,140 @@
+"""Convergence: the policy's steps, the completion budget and the stall timeout while the
+VM is transferred, and the watchdog past the commit point."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from vmmove.backend import JobStatus
+from vmmove.engine.ending import Ending
+from vmmove.errors import (
+    MigrationFailed,
+    NotSupported,
+    PostcopyFailed,
+)
+from vmmove.machine import (
+    Phase,
+)
+from vmmove.policy import (
+    Abort,
+    AtIteration,
+    BudgetShare,
+    ColdFallback,
+    DirtyRateAbove,
+    SetDowntime,
+    Stalled,
+    Step,
+)
+
+if TYPE_CHECKING:
+    from vmmove.engine.run import MigrationRun
+
+log = logging.getLogger("vmmove.engine")
+
+
+def watch_commit(run: MigrationRun, status: JobStatus, now: float) -> None:
+    """After the commit point nothing can be aborted, but nothing may hang either: a job
+    that shows no change for the stall timeout is ended by what the inventory says."""
+    sample = (run.phase, status.native, status.data_processed, status.data_remaining)
+    if sample != run.commit_sample:
+        run.commit_sample, run.commit_since = sample, now
+        return
+    limit = run.spec.stall_timeout or run.policy.stall_timeout
+    if now - run.commit_since > limit:
+        postcopy = status.postcopy or run.phase is Phase.POSTCOPY
+        run.ending = Ending(
+            Phase.FAILED,
+            PostcopyFailed if postcopy else MigrationFailed,
+            f"no progress for {limit:g} s in {run.phase} ({status.native}), past the "
+            "commit point: the destination may be gone"
+            + (
+                "; the source holds the VM paused and cannot resume it: destroy it there, "
+                "or recover post-copy if the destination comes back"
+                if postcopy
+                else ""
+            ),
+            postcopy=postcopy,
+            since=now,
+        )
+
+
+def budget(run: MigrationRun) -> float:
+    per_gib = run.spec.completion_budget_per_gib or run.policy.completion_budget_per_gib
+    return per_gib * max(run.vm.memory / (1 << 30), 2.0)
+
+
+def police(run: MigrationRun, status: JobStatus, now: float) -> None:
+    """Apply the policy schedule, the completion budget and the stall timeout."""
+    remaining = status.data_remaining
+    if remaining is not None and (run.low_remaining is None or remaining < run.low_remaining):
+        run.low_remaining, run.low_at = remaining, now
+    elif run.low_remaining is None:
+        run.low_at = now
+    stalled_for = now - run.low_at if remaining is not None else 0.0
+    elapsed = now - run.started_at if run.started_at is not None else 0.0
+    allowed = budget(run)
+    for index, step in enumerate(run.policy.steps):
+        if index in run.fired:
+            continue
+        trig = step.trigger
+        holds = (
+            (isinstance(trig, AtIteration) and (status.iteration or 0) >= trig.n)
+            or (isinstance(trig, Stalled) and stalled_for >= trig.seconds)
+            or (isinstance(trig, BudgetShare) and elapsed >= trig.share * allowed)
+            or (
+                isinstance(trig, DirtyRateAbove)
+                and (status.iteration or 0) >= trig.from_iteration
+                and status.dirty_rate is not None
+                and bool(status.transfer_rate)
+                and status.dirty_rate >= trig.share * (status.transfer_rate or 0.0)
+            )
+        )
+        if not holds:
+            continue
+        run.fired.add(index)
+        apply_step(run, step)
+        if run.abort_sent:
+            return
+    stall_limit = run.spec.stall_timeout or run.policy.stall_timeout
+    if elapsed > allowed:
+        run.abort("timeout")
+    elif stalled_for > stall_limit:
+        run.abort("stall")
+
+
+def apply_step(run: MigrationRun, step: Step) -> None:
+    action = step.action
+    caps = run.backend.capabilities
+    if not caps.has(action.capability):
+        run.record_step(step, applied=False, reason=f"backend lacks {action.capability}")
+        return
+    assert run.job is not None
+    if isinstance(action, Abort):
+        run.record_step(step, applied=True)
+        run.abort("policy")
+        return
+    if isinstance(action, ColdFallback):
+        if not caps.cancel:
+            run.record_step(step, applied=False, reason="backend cannot abort the live job")
+            return
+        run.record_step(step, applied=True)
+        run.abort("fallback")
+        return
+    note = ""
+    if isinstance(action, SetDowntime):
+        cap = run.spec.max_downtime
+        if cap is not None and action.ms > cap:
+            action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
+        if action.ms <= run.downtime_ms:
+            # Policies raise the limit; a later, smaller step never lowers it.
+            run.record_step(step, applied=False, reason=f"limit is {run.downtime_ms} ms already")
+            return
+    try:
+        run.backend.tune(run.job, action)
+    except NotSupported as exc:
+        run.record_step(step, applied=False, reason=str(exc))
+        return
+    if isinstance(action, SetDowntime):
+        run.downtime_ms = action.ms
+    run.record_step(step, applied=True, reason=note)
