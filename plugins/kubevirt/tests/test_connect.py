@@ -94,13 +94,18 @@ def test_a_token_option_replaces_the_configured_credentials(kube: FakeKube, tmp_
     secret = vmmove.Secret(kube.token or "")
     with vmmove.connect("kubevirt://fake/default", kubeconfig=path, token=secret) as conn:
         assert conn.vm("web-1").host == "node-a"
-    # What the CLI passes from $VMMOVE_PASSWORD or --ask-password works the same way.
-    with vmmove.connect("kubevirt://fake/default", kubeconfig=path, password=secret) as conn:
+    # Plain text works too: the core hands it over as a Secret.
+    with vmmove.connect("kubevirt://fake/default", kubeconfig=path, token=kube.token) as conn:
         assert conn.vm("web-1").host == "node-a"
+    # The CLI passes $VMMOVE_PASSWORD or --ask-password as the one declared secret, token.
+    from vmmove.cli import _secret_option
+
+    assert _secret_option("kubevirt://fake/default") == "token"
     with pytest.raises(vmmove.AuthenticationFailed):
         vmmove.connect("kubevirt://fake/default", kubeconfig=path)
-    with pytest.raises(vmmove.InvalidInput, match="never goes in the URI"):
+    with pytest.raises(vmmove.InvalidInput, match="cannot be given in the URI") as info:
         vmmove.connect(f"kubevirt://fake/default?token={kube.token}", kubeconfig=path)
+    assert str(kube.token) not in str(info.value)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from vmmove.backend import Backend, Job, JobStatus
 from vmmove.errors import (
@@ -47,6 +47,7 @@ from vmmove.policy import Action, Policy, resolve
 from vmmove.secrets import Secret
 from vmmove_kubevirt import objects
 from vmmove_kubevirt.capabilities import CAPABILITIES
+from vmmove_kubevirt.options import OPTIONS
 from vmmove_kubevirt.phases import (
     COLD_PHASES,
     PHASE_RANK,
@@ -87,25 +88,6 @@ LABELLED_AT = "migrations.vmmove.io/labelled-at"
 #: A policy label on a VMI with no active migration, older than this, was left behind.
 STALE_LABEL_SECONDS = 60.0
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=vmmove"
-
-_TRUE = ("1", "true", "yes", "on")
-_OPTIONS = frozenset(
-    {
-        "kubeconfig",
-        "in_cluster",
-        "token",
-        "password",  # what the CLI passes from $VMMOVE_PASSWORD / --ask-password: a token
-        "poll_interval",
-        "migration_policy",
-        "timeout",
-        "watch_seconds",
-        "insecure",
-    }
-)
-
-
-def _flag(value: Any) -> bool:
-    return str(value).strip().lower() in _TRUE if not isinstance(value, bool) else value
 
 
 def _stamp(text: Any) -> float | None:
@@ -157,12 +139,8 @@ class KubeVirtBackend(Backend):
     """``kubevirt://CONTEXT/NAMESPACE`` (context and namespace optional: the kubeconfig's
     current ones; in a pod without a kubeconfig, the service account's).
 
-    Options (``vmmove.connect(uri, **options)`` or ``?name=value``): ``kubeconfig`` (path),
-    ``in_cluster`` (force the pod's service account), ``token`` (a :class:`vmmove.Secret`
-    bearer token instead of the configured credentials; ``password``, as the CLI passes
-    ``$VMMOVE_PASSWORD``, is the same), ``poll_interval`` (seconds, default
-    0.25), ``migration_policy`` (``false``: never write MigrationPolicy objects),
-    ``timeout`` (seconds per API call, default 15), ``watch_seconds`` (default 300).
+    Options: :data:`vmmove_kubevirt.options.OPTIONS`, parsed by the core (the factory
+    hands them over already converted to their kinds; the token as a Secret).
     """
 
     scheme = "kubevirt"
@@ -170,37 +148,25 @@ class KubeVirtBackend(Backend):
     poll_interval = 0.25
 
     def __init__(self, uri: str, options: Mapping[str, Any] | None = None) -> None:
-        opts = dict(options or {})
+        # The declared defaults under what was given (the core passes both already).
+        opts = {o.name: o.default for o in OPTIONS if o.default is not None}
+        opts.update(options or {})
         parts = urlsplit(uri)
         if parts.scheme != "kubevirt":
             raise InvalidInput(f"not a kubevirt:// URI: {uri!r}")
-        for key, values in parse_qs(parts.query).items():
-            if key in ("token", "password"):
-                raise InvalidInput("a token never goes in the URI: pass token=vmmove.Secret(...)")
-            opts.setdefault(key, values[-1])
-        unknown = set(opts) - _OPTIONS - {"clock", "inventory"}
-        if unknown:
-            raise InvalidInput(f"unknown kubevirt:// option(s): {', '.join(sorted(unknown))}")
         context = unquote(parts.netloc) or None
         namespace = unquote(parts.path.strip("/")) or None
         if namespace is not None and "/" in namespace:
             raise InvalidInput("kubevirt://CONTEXT/NAMESPACE: the namespace has no '/'")
-        try:
-            self.poll_interval = float(opts.get("poll_interval", type(self).poll_interval))
-            timeout = float(opts.get("timeout", 15.0))
-            self._watch_seconds = int(float(opts.get("watch_seconds", 300)))
-        except (TypeError, ValueError):
-            raise InvalidInput("poll_interval, timeout and watch_seconds are numbers") from None
+        self.poll_interval = float(opts["poll_interval"])
+        timeout = float(opts["timeout"])
+        self._watch_seconds = int(opts["watch_seconds"])
         if not (self.poll_interval > 0 and timeout > 0 and self._watch_seconds > 0):
             raise InvalidInput("poll_interval, timeout and watch_seconds must be positive")
-        self._use_policies = _flag(opts.get("migration_policy", True))
+        self._use_policies = bool(opts["migration_policy"])
         kubeconfig = opts.get("kubeconfig")
         in_cluster = opts.get("in_cluster")
-        token = opts.get("token") or opts.get("password")
-        if token is not None and not isinstance(token, Secret):
-            if not isinstance(token, str):
-                raise InvalidInput("token must be a string or a vmmove.Secret")
-            token = Secret(token)
+        token: Secret | None = opts.get("token")
 
         from vmmove_kubevirt import kube  # noqa: PLC0415 (kubernetes loads on connect)
 
@@ -209,9 +175,9 @@ class KubeVirtBackend(Backend):
             context,
             namespace,
             str(kubeconfig) if kubeconfig is not None else None,
-            None if in_cluster is None else _flag(in_cluster),
+            None if in_cluster is None else bool(in_cluster),
             token,
-            insecure=_flag(opts.get("insecure", False)),
+            insecure=bool(opts["insecure"]),
         )
         self._kube: Kube = kube.Kube(conn, timeout=timeout)
         self.namespace = conn.namespace
@@ -244,10 +210,6 @@ class KubeVirtBackend(Backend):
         self._ids = itertools.count(1)
         #: VMIs whose stale policy label this connection took off when it was made
         self.swept_labels = self._sweep_labels()
-
-    @classmethod
-    def from_uri(cls, uri: str, options: Mapping[str, Any]) -> KubeVirtBackend:
-        return cls(uri, options)
 
     def __repr__(self) -> str:
         return f"<KubeVirtBackend context={self.context!r} namespace={self.namespace!r}>"

@@ -12,9 +12,11 @@ from vmmove.model import HostInfo, VMInfo
 from vmmove.placement import PlacementContext, PlacementRegistry
 from vmmove.plugins import BackendRegistry
 from vmmove_kubevirt.capabilities import CAPABILITIES
+from vmmove_kubevirt.options import OPTIONS
 
 
 def _factory(uri: str, options: Mapping[str, Any]) -> Backend:
+    """``options``: parsed by the core against :data:`OPTIONS`."""
     from vmmove_kubevirt.backend import KubeVirtBackend  # noqa: PLC0415 (load on connect)
 
     return KubeVirtBackend(uri, options)
@@ -27,6 +29,7 @@ def vmmove_add_backends(registry: BackendRegistry) -> None:
         _factory,
         description="KubeVirt through the Kubernetes API (kubevirt://CONTEXT/NAMESPACE)",
         capabilities=CAPABILITIES,
+        options=OPTIONS,
     )
 
 
