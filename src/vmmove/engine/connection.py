@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -31,9 +30,7 @@ from vmmove.errors import (
     WaitTimeout,
 )
 from vmmove.events import EventKind, MigrationEvent
-from vmmove.machine import (
-    Phase,
-)
+from vmmove.machine import Phase
 from vmmove.model import (
     HostInfo,
     MigrationMode,
@@ -53,7 +50,6 @@ from vmmove.store import MemoryStore, RecordStore
 if TYPE_CHECKING:
     from vmmove.plugins import Plugins
 
-log = logging.getLogger("vmmove.engine")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

@@ -3,7 +3,6 @@ VM is transferred, and the watchdog past the commit point."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from vmmove.backend import JobStatus
@@ -13,9 +12,7 @@ from vmmove.errors import (
     NotSupported,
     PostcopyFailed,
 )
-from vmmove.machine import (
-    Phase,
-)
+from vmmove.machine import Phase
 from vmmove.policy import (
     Abort,
     AtIteration,
@@ -29,8 +26,6 @@ from vmmove.policy import (
 
 if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
-
-log = logging.getLogger("vmmove.engine")
 
 
 def watch_commit(run: MigrationRun, status: JobStatus, now: float) -> None:

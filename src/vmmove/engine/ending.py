@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from vmmove.errors import (
     Conflict,
@@ -16,17 +14,8 @@ from vmmove.errors import (
     ReservationRefused,
     VMMoveError,
 )
-from vmmove.machine import (
-    Phase,
-)
-from vmmove.model import (
-    Figures,
-)
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("vmmove.engine")
+from vmmove.machine import Phase
+from vmmove.model import Figures
 
 # Errors that already say what happened; anything else is wrapped as MigrationFailed.
 KEEP_AS_IS = (

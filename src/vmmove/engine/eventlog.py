@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from vmmove.events import MigrationEvent
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("vmmove.engine")
 
 _MAX_EVENTS = 10_000  # per migration; older events drop off the front
 

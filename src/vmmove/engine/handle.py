@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from vmmove.errors import (
-    WaitTimeout,
-)
+from vmmove.errors import WaitTimeout
 from vmmove.events import MigrationEvent
 from vmmove.model import (
     MigrationRecord,
@@ -19,8 +16,6 @@ if TYPE_CHECKING:
     from vmmove.engine.connection import Connection
     from vmmove.engine.run import MigrationRun
     from vmmove.engine.supervisor import Supervisor
-
-log = logging.getLogger("vmmove.engine")
 
 
 class Migration:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from vmmove.backend import Backend
-from vmmove.model import (
-    VMInfo,
-)
+from vmmove.model import VMInfo
 from vmmove.placement import PlacementContext, groups_of
 
 if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
-
-log = logging.getLogger("vmmove.engine")
 
 
 class Ledger:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-from vmmove.errors import (
-    PrecheckFailed,
-)
+from vmmove.errors import PrecheckFailed
 from vmmove.model import (
     HostInfo,
     MigrationMode,
@@ -21,8 +18,6 @@ from vmmove.placement import choose, explain
 if TYPE_CHECKING:
     from vmmove.engine.connection import Connection
     from vmmove.engine.run import MigrationRun
-
-log = logging.getLogger("vmmove.engine")
 
 
 def precheck(

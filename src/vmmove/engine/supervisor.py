@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,8 +13,6 @@ from vmmove.store import RecordStore
 
 if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
-
-log = logging.getLogger("vmmove.engine")
 
 
 class Supervisor:
