@@ -73,7 +73,6 @@ _PHASE_PERCENT = {
 _TRANSFER_SPAN = (5.0, 91.0)
 _POSTCOPY_SPAN = (93.0, 98.0)
 
-_MAX_EVENTS = 10_000  # per migration; older events drop off the front
 
 
 class MigrationRun:
