@@ -1,0 +1,24 @@
+"""The commands, one module per family; :data:`COMMANDS` lists them for the group."""
+
+from __future__ import annotations
+
+from vmmove.cli.commands.demo import demo
+from vmmove.cli.commands.fleet import consolidate, evacuate, rebalance
+from vmmove.cli.commands.inventory import backends, check, hosts, vms
+from vmmove.cli.commands.migrations import attach, cancel, history, migrate, show
+
+COMMANDS = (
+    backends,
+    hosts,
+    vms,
+    check,
+    migrate,
+    cancel,
+    history,
+    show,
+    attach,
+    evacuate,
+    rebalance,
+    consolidate,
+    demo,
+)

@@ -1,0 +1,151 @@
+"""Commands that read the estate: ``backends``, ``hosts``, ``vms`` and ``check`` (the
+pre-checks, nothing moves)."""
+
+from __future__ import annotations
+
+import click
+
+from vmmove.cli.config import connect
+from vmmove.cli.options import json_option, spec_kwargs, spec_options
+from vmmove.cli.render import (
+    gib_text,
+    new_console,
+    new_table,
+    plain,
+    print_json,
+    rate_text,
+    size_text,
+)
+from vmmove.outcomes import ExitCode
+
+
+@click.command()
+@json_option
+def backends(as_json: bool) -> None:
+    """Installed backends and what they can do."""
+    from vmmove.plugins import plugin_manager  # noqa: PLC0415
+
+    plugins = plugin_manager()
+    specs = plugins.backends.all()
+    if as_json:
+        print_json(
+            {
+                "backends": [
+                    {
+                        "scheme": s.scheme,
+                        "description": s.description,
+                        "plugin": s.plugin,
+                        "capabilities": plain(s.capabilities),
+                    }
+                    for s in specs
+                ],
+                "broken": [{"plugin": k, "error": v} for k, v in sorted(plugins.broken.items())],
+            }
+        )
+        return
+    console = new_console()
+    for s in specs:
+        console.print(f"[bold]{s.scheme}://[/]  {s.description} [dim](plugin {s.plugin})[/]")
+        caps = ", ".join(s.capabilities.names()) if s.capabilities else "[dim]not declared[/]"
+        console.print(f"    capabilities: {caps}")
+    for name, why in sorted(plugins.broken.items()):
+        console.print(f"[red]plugin {name} failed to load:[/] {why}")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool) -> None:
+    """Hosts of the estate, their state and room."""
+    with connect(ctx) as conn:
+        items = conn.hosts()
+    if as_json:
+        print_json(items)
+        return
+    table = new_table("Host", "Cluster", "State", "vCPUs", "Memory GiB", "Free GiB", "CPU", "Extra")
+    for h in items:
+        state = {"up": "green", "maintenance": "yellow"}.get(h.state.value, "red")
+        table.add_row(
+            h.name,
+            h.cluster,
+            f"[{state}]{h.state.value}[/]",
+            f"{h.allocated.cpus}/{h.capacity.cpus}",
+            f"{gib_text(h.allocated.memory)}/{gib_text(h.capacity.memory)}",
+            gib_text(h.free_memory),
+            h.cpu.model or h.cpu.arch,
+            " ".join(f"{k}={v}" for k, v in h.extra.items()),
+        )
+    new_console().print(table)
+
+
+@click.command()
+@json_option
+@click.pass_context
+def vms(ctx: click.Context, as_json: bool) -> None:
+    """Virtual machines, where they run, and whether they can move live."""
+    with connect(ctx) as conn:
+        items = conn.vms()
+        names = {h.id: h.name for h in conn.hosts()} if not as_json else {}
+    if as_json:
+        print_json(items)
+        return
+    table = new_table("VM", "Host", "Power", "Memory", "vCPUs", "Storage", "Dirties", "Live")
+    for v in items:
+        live = "yes" if v.live_migratable else f"[yellow]no[/]: {v.not_migratable_reason or '?'}"
+        table.add_row(
+            v.name,
+            names.get(v.host, v.host),  # the name people know; the id is in --json
+            v.power.value,
+            size_text(v.memory),
+            str(v.vcpus),
+            v.storage.value,
+            rate_text(v.dirty_rate),
+            live,
+        )
+    new_console().print(table)
+
+
+@click.command()
+@click.argument("vm")
+@spec_options
+@json_option
+@click.pass_context
+def check(
+    ctx: click.Context,
+    *,
+    vm: str,
+    to: str | None,
+    live: bool,
+    cold: bool,
+    auto: bool,
+    policy: str,
+    max_downtime: int | None,
+    bandwidth: int | None,
+    as_json: bool,
+) -> None:
+    """Run the pre-checks for moving VM, without moving anything. Exit 3 if refused."""
+    kwargs = spec_kwargs(
+        live=live,
+        cold=cold,
+        auto=auto,
+        policy=policy,
+        max_downtime=max_downtime,
+        bandwidth=bandwidth,
+    )
+    with connect(ctx) as conn:
+        problems = conn.check(vm, to, **kwargs)
+    refused = any(p.severity == "error" for p in problems)
+    if as_json:
+        print_json({"vm": vm, "target": to, "ok": not refused, "problems": problems})
+    else:
+        console = new_console()
+        where = f" to {to}" if to else ""
+        if refused:
+            console.print(f"[red]✗[/] {vm} cannot move{where}:")
+        else:
+            console.print(f"[green]✓[/] {vm} can move{where}")
+        for p in problems:
+            color = "red" if p.severity == "error" else "yellow"
+            console.print(f"  [{color}]{p.severity:<7}[/] {p.code:<16} {p.message}")
+    if refused:
+        ctx.exit(ExitCode.REFUSED)
