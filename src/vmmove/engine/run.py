@@ -74,7 +74,6 @@ _TRANSFER_SPAN = (5.0, 91.0)
 _POSTCOPY_SPAN = (93.0, 98.0)
 
 
-
 class MigrationRun:
     """One migration as the supervisor sees it. Only the supervisor mutates it."""
 
