@@ -30,6 +30,18 @@ class TestKubeVirtContract(BackendContract):
         kubeconfig = str(kube.kubeconfig(tmp_path / "kubeconfig"))
         opened: list[Connection] = []
 
+        def fail_cold_step(vm: str, step: str) -> None:
+            # An admission webhook that refuses, once, the VM's new node pin ("move": the
+            # patch that carries the request id) or its start ("start"); the rest goes through.
+            body = {"move": "vmmove.io/request-id", "start": '"running": ?true'}[step]
+            kube.api_fault(
+                method="PATCH",
+                path=f"virtualmachines/{vm}$",
+                body=body,
+                status=403,
+                message=f"admission webhook denied the request (injected: {step})",
+            )
+
         def reconnect(store: RecordStore) -> Connection:
             again = vmmove.connect(
                 "kubevirt://fake/default", kubeconfig=kubeconfig, store=store, poll_interval=0.1
@@ -48,6 +60,7 @@ class TestKubeVirtContract(BackendContract):
                 slow_vm="db-1",
                 timeout=60,
                 reconnect=reconnect,
+                fail_cold_step=fail_cold_step,
             )
         for again in opened:
             again.close()

@@ -472,12 +472,24 @@ def test_total_time_is_held_within_what_vmmoves_clock_saw(
     assert low <= figures.total_time <= high
 
 
-def test_a_cold_start_with_a_lost_answer_has_nothing_to_be_found(
+def test_a_cold_move_whose_answer_was_lost_is_found_by_its_request_id(
     kube: FakeKube, connect: Any
 ) -> None:
-    from vmmove import NotSupported
+    from vmmove import ConnectionFailed, NotFound
+    from vmmove.model import MigrationSpec
 
-    backend = backend_of(connect(kube))
-    intent = {"intent": "start", "vm": "web-1", "target": "node-b", "mode": "cold"}
-    with pytest.raises(NotSupported, match="no platform object"):
+    conn = connect(kube)
+    backend = backend_of(conn)
+    intent = {"intent": "start", "vm": "batch-1", "target": "node-b", "mode": "cold"}
+    with pytest.raises(NotFound):  # nothing carries this request: the core moves it again
         backend.attach({**intent, "request_id": "req-cold"})
+    # The pin is written, the answer lost: the VM object carries the request id.
+    kube.api_fault(
+        method="PATCH", path="virtualmachines/batch-1$", body="request-id", drop_response=True
+    )
+    vm, target = conn.vm("batch-1"), conn.host("node-b")
+    with pytest.raises(ConnectionFailed):
+        backend.relocate(vm, target, MigrationSpec(vm=vm.id), request_id="req-cold")
+    job = backend.attach({**intent, "request_id": "req-cold"})
+    status = backend.poll(job)
+    assert (status.phase, status.vm_host) == (Phase.COMPLETED, "node-b")

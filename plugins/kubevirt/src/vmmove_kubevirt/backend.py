@@ -1,11 +1,12 @@
 """``kubevirt://CONTEXT/NAMESPACE``: vmmove on KubeVirt, through the ``kubernetes`` client.
 
 A live migration is a ``VirtualMachineInstanceMigration`` object that KubeVirt's controller
-advances; vmmove creates it, watches it and the VMI, and deletes it to cancel. A cold
-migration stops the ``VirtualMachine``, moves its node pin and starts it again.
+advances; vmmove creates it, watches it and the VMI, and deletes it to cancel. For a cold
+migration (orchestrated by the core, :mod:`vmmove.cold`) this backend supplies the three
+primitives: stop the ``VirtualMachine`` (its run strategy), move its node pin, start it.
 
 Threads: per connection, one watch thread per watched resource (migrations, VMIs) and one
-worker for cold moves and cancels, started on the first migration. None per migration:
+worker for cancels and label clean-up, started on the first migration. None per migration:
 ``poll`` answers from the watch caches at once.
 """
 
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -49,7 +50,6 @@ from vmmove_kubevirt import objects
 from vmmove_kubevirt.capabilities import CAPABILITIES
 from vmmove_kubevirt.options import OPTIONS
 from vmmove_kubevirt.phases import (
-    COLD_PHASES,
     PHASE_RANK,
     VMIM_PHASES,
     live_status,
@@ -88,6 +88,11 @@ LABELLED_AT = "migrations.vmmove.io/labelled-at"
 #: A policy label on a VMI with no active migration, older than this, was left behind.
 STALE_LABEL_SECONDS = 60.0
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=vmmove"
+#: On a VirtualMachine vmmove stopped: the runStrategy to give back when it is started.
+RUN_STRATEGY_ANNOTATION = "vmmove.io/run-strategy"
+#: ``Job.ref["kind"]`` of moving a stopped VM's node pin (a cold move's middle step).
+RELOCATE = "relocate"
+_RUNNING_STRATEGIES = ("Always", "RerunOnFailure")
 
 
 def _stamp(text: Any) -> float | None:
@@ -114,25 +119,6 @@ class _Live:
     run_first: float | None = None
     run_last: float | None = None
     over_at: float | None = None
-
-
-@dataclass
-class _Cold:
-    job: Job
-    request_id: str
-    vm: str
-    source: str
-    target: str
-    target_hostname: str
-    was_running: bool
-    run_field: str  # "runStrategy" or "running"
-    run_value: Any
-    state: str = "queued"
-    cancel: bool = False
-    error: str | None = None
-    since: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
 
 
 class KubeVirtBackend(Backend):
@@ -199,7 +185,7 @@ class KubeVirtBackend(Backend):
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._live: dict[str, _Live] = {}
-        self._cold: dict[str, _Cold] = {}
+        self._relocations: dict[str, str] = {}  # relocate job -> "aborted" once asked
         self._deletes: dict[str, float] = {}  # migration name -> when to try again
         self._unlabels: dict[str, float] = {}  # VMI name -> when to try the label again
         self._lost: dict[str, str] = {}  # request id of a create with no answer -> VMI
@@ -537,11 +523,11 @@ class KubeVirtBackend(Backend):
         reservation: Any,
         request_id: str = "",
     ) -> Job:
-        self._ensure_watching()
-        request = request_id or uuid.uuid4().hex
         if mode is MigrationMode.COLD:
-            return self._start_cold(vm, target, request)
-        return self._start_live(vm, target, spec, request)
+            # The core moves a VM cold through power_off, relocate and power_on.
+            raise NotSupported("a cold move on KubeVirt is power_off, relocate, power_on")
+        self._ensure_watching()
+        return self._start_live(vm, target, spec, request_id or uuid.uuid4().hex)
 
     def _policy_ref(self, vm: VMInfo, spec: MigrationSpec) -> tuple[str, str | None]:
         """Ensure the MigrationPolicy exists and label the VMI for it. Returns the record's
@@ -797,50 +783,11 @@ class KubeVirtBackend(Backend):
             "(its in-flight check is not atomic), and vmmove deleted it"
         )
 
-    def _start_cold(self, vm: VMInfo, target: HostInfo, request: str) -> Job:
-        vmobj = self._kube.find(VMS, vm.id)
-        if vmobj is None:
-            raise NotSupported(
-                f"{vm.name} is a bare VirtualMachineInstance: it can only migrate live"
-            )
-        vspec = vmobj.get("spec") or {}
-        if "runStrategy" in vspec:
-            field_, value = "runStrategy", vspec["runStrategy"]
-            running = value in ("Always", "RerunOnFailure")
-        else:
-            field_, value = "running", bool(vspec.get("running"))
-            running = value
-        running = running or self._kube.find(VMIS, vm.id) is not None
-        job = Job(
-            id=f"cold-{vm.id}-{next(self._ids)}",
-            vm=vm.id,
-            source=vm.host,
-            target=target.id,
-            mode=MigrationMode.COLD,
-            ref={"kind": "cold", "namespace": self.namespace, "vm": vm.id, "target": target.id},
-        )
-        st = _Cold(
-            job=job,
-            request_id=request,
-            vm=vm.id,
-            source=vm.host,
-            target=target.id,
-            target_hostname=target.extra.get(HOSTNAME, target.id),
-            was_running=running,
-            run_field=field_,
-            run_value=value,
-        )
-        with self._cond:
-            self._cold[job.id] = st
-            self._cond.notify_all()
-        return job
-
     def poll(self, job: Job) -> JobStatus:
+        if job.ref.get("kind") == RELOCATE:
+            return self._relocate_status(job)
         with self._lock:
-            cold = self._cold.get(job.id)
             live = self._live.get(job.id)
-        if cold is not None:
-            return self._cold_status(cold)
         if live is None:
             raise NotFound(f"no KubeVirt migration {job.id!r} on this connection")
         return self._live_status(live)
@@ -928,25 +875,6 @@ class KubeVirtBackend(Backend):
             total = min(platform, high)
         return Figures(total_time=round(max(total, low), 3))
 
-    def _cold_status(self, st: _Cold) -> JobStatus:
-        with self._lock:
-            state, error = st.state, st.error
-        phase = COLD_PHASES[state]
-        vm_host = None
-        if phase is Phase.COMPLETED:
-            vm_host = st.target
-        elif phase is Phase.CANCELLED:
-            vm_host = st.source
-        figures = None
-        if phase.terminal and st.ended is not None:
-            figures = Figures(total_time=st.ended - st.started)
-        status = JobStatus(
-            phase=phase, native=f"cold: {state}", vm_host=vm_host, error=error, figures=figures
-        )
-        if phase.terminal:
-            self._remember(st.job.id, status)
-        return status
-
     def tune(self, job: Job, action: Action) -> None:
         raise NotSupported(
             f"KubeVirt cannot apply {action} to a running migration: it reads its settings "
@@ -954,10 +882,11 @@ class KubeVirtBackend(Backend):
         )
 
     def abort(self, job: Job) -> None:
+        if job.ref.get("kind") == RELOCATE:
+            self._unpin(job)
+            return
         with self._cond:
-            if job.id in self._cold:
-                self._cold[job.id].cancel = True
-            elif job.id in self._live:
+            if job.id in self._live:
                 self._live[job.id].aborted = True
                 self._deletes[job.id] = 0.0
             else:
@@ -968,7 +897,7 @@ class KubeVirtBackend(Backend):
     def finish(self, job: Job) -> None:
         with self._lock:
             live = self._live.pop(job.id, None)
-            self._cold.pop(job.id, None)
+            self._relocations.pop(job.id, None)
             self._deletes.pop(job.id, None)
             still = live is not None and any(
                 other.vmi == live.vmi and other.policy_label for other in self._live.values()
@@ -979,8 +908,10 @@ class KubeVirtBackend(Backend):
     def attach(self, ref: Mapping[str, str]) -> Job:
         if ref.get("intent") == "start":
             return self._attach_started(ref)
+        if ref.get("kind") == RELOCATE:
+            return self._relocation(ref)
         if ref.get("kind") != "live":
-            raise NotSupported("only live migrations can be re-attached; a cold move is not")
+            raise NotSupported(f"not a KubeVirt job reference: kind {ref.get('kind')!r}")
         if ref.get("namespace") not in (None, self.namespace):
             raise InvalidInput(
                 f"migration {ref.get('migration')} is in namespace {ref.get('namespace')}, "
@@ -1006,16 +937,7 @@ class KubeVirtBackend(Backend):
         before engines passed one), the active VMIM vmmove created for the VM."""
         vm, request = ref.get("vm", ""), ref.get("request_id", "")
         if ref.get("mode") == MigrationMode.COLD.value:
-            with self._lock:
-                for cold in self._cold.values():
-                    if request and cold.request_id == request:
-                        return cold.job
-            # start() changes nothing on the platform for a cold move before it returns, so
-            # there is nothing to find later either: NotSupported ends the search at once.
-            raise NotSupported(
-                f"no cold move of {vm} was started by request {request or '?'}: a cold move "
-                "has no platform object to find"
-            )
+            return self._relocated_by(vm, request)
         self._ensure_watching()
         if request:
             obj = self._find_request(request)
@@ -1077,71 +999,131 @@ class KubeVirtBackend(Backend):
             self._live[name] = _Live(job=job, name=name, uid=uid, vmi=vmi, policy_label=label)
         return job
 
-    # ---- the worker: cancels and cold moves ------------------------------------------------------
-    def _start_worker(self) -> None:
-        with self._lock:
-            if self._worker is None and not self._closed:
-                self._worker = threading.Thread(
-                    target=self._work, name="vmmove-kubevirt-worker", daemon=True
-                )
-                self._worker.start()
+    # ---- cold migration primitives (the core orchestrates them: vmmove.cold) ------------------
+    def _vm_object(self, vm: VMInfo) -> Obj:
+        vmobj = self._kube.find(VMS, vm.id)
+        if vmobj is None:
+            raise NotSupported(
+                f"{vm.name} is a bare VirtualMachineInstance: there is no VirtualMachine to "
+                "stop, move and start, so it can only migrate live"
+            )
+        return vmobj
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                deletes = [n for n, at in self._deletes.items() if at <= now]
-                unlabels = [v for v, at in self._unlabels.items() if at <= now]
-                colds = [c for c in self._cold.values() if not COLD_PHASES[c.state].terminal]
-            for name in deletes:
-                self._delete(name)
-            for vmi in unlabels:
-                self._retry_unlabel(vmi)
-            for st in colds:
-                try:
-                    self._step_cold(st)
-                except VMMoveError as exc:
-                    log.debug("cold move of %s: %s (will retry)", st.vm, exc)
-            with self._cond:
-                if self._closed:
-                    return
-                self._cond.wait(0.1 if (self._deletes or self._unlabels or colds) else 1.0)
-
-    def _delete(self, name: str) -> None:
-        try:
-            self._kube.delete(VMIMS, name)
-        except NotFound:
-            pass
-        except VMMoveError as exc:
-            log.debug("deleting migration %s failed: %s (will retry)", name, exc)
-            with self._lock:
-                if name in self._deletes:
-                    self._deletes[name] = time.monotonic() + 0.5
-            return
-        with self._lock:
-            self._deletes.pop(name, None)
-
-    def _set_cold(self, st: _Cold, state: str, error: str | None = None) -> None:
-        with self._lock:
-            st.state, st.since = state, time.monotonic()
-            if error:
-                st.error = error
-            if COLD_PHASES[state].terminal:
-                st.ended = time.time()
-
-    def _run_patch(self, st: _Cold, running: bool) -> None:
-        if st.run_field == "runStrategy":
-            value = st.run_value if running else "Halted"
-            if running and value == "Halted":
-                value = "Always"
+    def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        """Stop the VirtualMachine (runStrategy Halted, or ``running: false``; the strategy
+        it had is kept in an annotation for :meth:`power_on`). ``force``: the VMI's
+        termination grace period set to 0 first, as ``virtctl stop --grace-period 0`` does.
+        A VM with no node pin is pinned to the node it runs on, so that stopped it still
+        has a host and started again it comes back there."""
+        vmobj = self._vm_object(vm)
+        vspec = vmobj.get("spec") or {}
+        vmi = self._kube.find(VMIS, vm.id)
+        if force and vmi is not None:
+            with contextlib.suppress(NotFound):  # gone meanwhile: stopped already
+                self._kube.merge_patch(VMIS, vm.id, {"spec": {"terminationGracePeriodSeconds": 0}})
+        patch: Obj = {"spec": {}}
+        if "runStrategy" in vspec:
+            strategy = vspec["runStrategy"]
+            patch["spec"]["runStrategy"] = "Halted"
+            if strategy in _RUNNING_STRATEGIES:
+                patch["metadata"] = {"annotations": {RUN_STRATEGY_ANNOTATION: strategy}}
         else:
-            value = running
-        self._kube.merge_patch(VMS, st.vm, {"spec": {st.run_field: value}})
+            patch["spec"]["running"] = False
+        template = ((vspec.get("template") or {}).get("spec")) or {}
+        node = vm_node(vmi) if vmi is not None else None
+        if node and objects.node_pin(template, {}) is None:
+            labels = (self._kube.node(node).get("metadata") or {}).get("labels") or {}
+            hostname = str(labels.get(HOSTNAME, node))
+            patch["spec"]["template"] = {"spec": {"nodeSelector": {HOSTNAME: hostname}}}
+        self._kube.merge_patch(VMS, vm.id, patch)
 
-    def _pin(self, st: _Cold, node: str, hostname: str) -> None:
-        vmobj = self._kube.get(VMS, st.vm)
+    def power_on(self, vm: VMInfo) -> None:
+        """Start the stopped VirtualMachine where it is pinned: the runStrategy it had before
+        :meth:`power_off` (``Always`` if unknown), or ``running: true``."""
+        vmobj = self._vm_object(vm)
+        vspec = vmobj.get("spec") or {}
+        if "runStrategy" in vspec:
+            annotations = (vmobj.get("metadata") or {}).get("annotations") or {}
+            kept = annotations.get(RUN_STRATEGY_ANNOTATION)
+            strategy = kept if kept in _RUNNING_STRATEGIES else "Always"
+            if vspec["runStrategy"] in _RUNNING_STRATEGIES:
+                strategy = vspec["runStrategy"]
+            patch: Obj = {
+                "metadata": {"annotations": {RUN_STRATEGY_ANNOTATION: None}},
+                "spec": {"runStrategy": strategy},
+            }
+        else:
+            patch = {"spec": {"running": True}}
+        self._kube.merge_patch(VMS, vm.id, patch)
+
+    def relocate(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
+    ) -> Job:
+        """Pin the stopped VirtualMachine to ``target`` (its nodeSelector
+        ``kubernetes.io/hostname``, and a required node affinity naming one node). The job
+        completes once the VM object read back says so (:meth:`poll`)."""
+        vmobj = self._vm_object(vm)
+        if self._wants_running(vmobj) or self._kube.find(VMIS, vm.id) is not None:
+            raise Conflict(f"{vm.name} must be stopped before it is moved")
+        template = ((vmobj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        before = str((template.get("nodeSelector") or {}).get(HOSTNAME) or "")
+        hostname = target.extra.get(HOSTNAME, target.id)
+        request = request_id or uuid.uuid4().hex
+        self._pin(vm.id, target.id, hostname, request)
+        return self._relocation(
+            {
+                "kind": RELOCATE,
+                "namespace": self.namespace,
+                "vm": vm.id,
+                "source": vm.host,
+                "target": target.id,
+                "hostname": hostname,
+                "from_hostname": before,
+                "request_id": request,
+            }
+        )
+
+    def _relocation(self, ref: Mapping[str, str]) -> Job:
+        if ref.get("namespace") not in (None, self.namespace):
+            raise InvalidInput(
+                f"the move of {ref.get('vm')} is in namespace {ref.get('namespace')}, "
+                f"this connection in {self.namespace}"
+            )
+        vm = ref.get("vm", "")
+        job = Job(
+            id=f"{RELOCATE}-{vm}-{ref.get('request_id', '')}",
+            vm=vm,
+            source=ref.get("source", ""),
+            target=ref.get("target", ""),
+            mode=MigrationMode.COLD,
+            ref=dict(ref),
+        )
+        with self._lock:
+            self._relocations.setdefault(job.id, "")
+        return job
+
+    def _relocated_by(self, vm: str, request: str) -> Job:
+        """The move a ``relocate`` with this request id made: its id is on the VM object."""
+        vmobj = self._kube.find(VMS, vm)
+        annotations = ((vmobj or {}).get("metadata") or {}).get("annotations") or {}
+        if not request or vmobj is None or annotations.get(REQUEST_ANNOTATION) != request:
+            raise NotFound(f"no move of {vm} by request {request or '?'}")
+        template = ((vmobj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        hostname = str((template.get("nodeSelector") or {}).get(HOSTNAME) or "")
+        target = self._by_hostname(self._kube.nodes()).get(hostname, hostname)
+        return self._relocation(
+            {
+                "kind": RELOCATE,
+                "namespace": self.namespace,
+                "vm": vm,
+                "target": target,
+                "hostname": hostname,
+                "request_id": request,
+            }
+        )
+
+    def _pin(self, vm: str, node: str, hostname: str, request: str) -> None:
+        vmobj = self._kube.get(VMS, vm)
         template = ((vmobj.get("spec") or {}).get("template") or {}).get("spec") or {}
         ops: list[Obj] = []
         terms = (
@@ -1168,58 +1150,94 @@ class KubeVirtBackend(Backend):
                             }
                         )
         if ops:
-            self._kube.json_patch(VMS, st.vm, ops)
+            self._kube.json_patch(VMS, vm, ops)
         self._kube.merge_patch(
-            VMS, st.vm, {"spec": {"template": {"spec": {"nodeSelector": {HOSTNAME: hostname}}}}}
+            VMS,
+            vm,
+            {
+                "metadata": {"annotations": {REQUEST_ANNOTATION: request}},
+                "spec": {"template": {"spec": {"nodeSelector": {HOSTNAME: hostname}}}},
+            },
         )
 
-    def _step_cold(self, st: _Cold) -> None:
-        vmis = self.informer(VMIS)
-        vmi = vmis.get(st.vm) if vmis is not None else self._kube.find(VMIS, st.vm)
-        node = ((vmi or {}).get("status") or {}).get("nodeName")
-        running_on = node if ((vmi or {}).get("status") or {}).get("phase") == "Running" else None
-        waited = time.monotonic() - st.since
-        if st.state == "queued":
-            if st.cancel:
-                self._set_cold(st, "cancelled")
-            elif st.was_running:
-                self._run_patch(st, running=False)
-                self._set_cold(st, "stopping")
-            else:
-                self._set_cold(st, "moving")
-        elif st.state == "stopping":
-            if st.cancel:
-                self._run_patch(st, running=True)
-                self._set_cold(st, "restoring")
-            elif vmi is None:
-                self._set_cold(st, "moving")
-            elif waited > 600:
-                self._run_patch(st, running=True)
-                self._set_cold(st, "restoring", "the VM did not stop within 600 s")
-        elif st.state == "moving":
-            if st.cancel:
-                if st.was_running:
-                    self._run_patch(st, running=True)
-                    self._set_cold(st, "restoring")
-                else:
-                    self._set_cold(st, "cancelled")
-                return
-            self._pin(st, st.target, st.target_hostname)
-            if st.was_running:
-                self._run_patch(st, running=True)
-                self._set_cold(st, "starting")
-            else:
-                self._set_cold(st, "completed")
-        elif st.state == "starting":
-            if running_on == st.target:
-                self._set_cold(st, "completed")
-            elif waited > 600:
-                self._set_cold(st, "failed", f"the VM did not start on {st.target} within 600 s")
-        elif st.state == "restoring":
-            if running_on is not None:
-                self._set_cold(st, "failed" if st.error else "cancelled")
-            elif waited > 600:
-                self._set_cold(st, "failed", "the VM did not start again within 600 s")
+    def _unpin(self, job: Job) -> None:
+        """Cancel a move: the pin it had back (or none), then poll says cancelled."""
+        with self._lock:
+            self._relocations[job.id] = "aborted"
+        before = job.ref.get("from_hostname", "")
+        if before:
+            self._pin(job.vm, job.source, before, job.ref.get("request_id", ""))
+        else:
+            selector = {"nodeSelector": {HOSTNAME: None}}
+            self._kube.merge_patch(VMS, job.vm, {"spec": {"template": {"spec": selector}}})
+
+    def _relocate_status(self, job: Job) -> JobStatus:
+        """Read from the VM object itself (not a cache): where its pin says it is."""
+        vmobj = self._kube.find(VMS, job.vm)
+        if vmobj is None:
+            return JobStatus(
+                phase=Phase.FAILED, native="VirtualMachine gone", error=f"{job.vm} was deleted"
+            )
+        template = ((vmobj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        pinned = str((template.get("nodeSelector") or {}).get(HOSTNAME) or "")
+        with self._lock:
+            aborted = self._relocations.get(job.id) == "aborted"
+        if aborted:
+            if pinned == job.ref.get("from_hostname", ""):
+                return JobStatus(
+                    phase=Phase.CANCELLED, native=f"pin back on {pinned or 'none'}",
+                    vm_host=job.source or None,
+                )  # fmt: skip
+            return JobStatus(phase=Phase.TRANSFERRING, native=f"pinned to {pinned}: putting back")
+        if pinned == job.ref.get("hostname"):
+            return JobStatus(
+                phase=Phase.COMPLETED, native=f"pinned to {pinned}", vm_host=job.target
+            )
+        return JobStatus(
+            phase=Phase.FAILED,
+            native=f"pinned to {pinned or 'no node'}",
+            error=f"{job.vm} is pinned to {pinned or 'no node'}, not {job.ref.get('hostname')}",
+        )
+
+    # ---- the worker: cancels and label clean-up ---------------------------------------------
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is None and not self._closed:
+                self._worker = threading.Thread(
+                    target=self._work, name="vmmove-kubevirt-worker", daemon=True
+                )
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                deletes = [n for n, at in self._deletes.items() if at <= now]
+                unlabels = [v for v, at in self._unlabels.items() if at <= now]
+            for name in deletes:
+                self._delete(name)
+            for vmi in unlabels:
+                self._retry_unlabel(vmi)
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(0.1 if (self._deletes or self._unlabels) else 1.0)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self._kube.delete(VMIMS, name)
+        except NotFound:
+            pass
+        except VMMoveError as exc:
+            log.debug("deleting migration %s failed: %s (will retry)", name, exc)
+            with self._lock:
+                if name in self._deletes:
+                    self._deletes[name] = time.monotonic() + 0.5
+            return
+        with self._lock:
+            self._deletes.pop(name, None)
 
     # ---- shutdown --------------------------------------------------------------------------------
     def _forget_lost(self) -> None:

@@ -10,6 +10,7 @@ __all__ = ["CAPABILITIES"]
 #: ``bandwidth`` take effect when the migration starts (through a MigrationPolicy), never
 #: later: ``tune`` raises NotSupported. ``choose_target`` turns false on a connection to a
 #: KubeVirt without ``spec.addedNodeSelector`` (before 1.6): the scheduler picks the node.
+#: ``relocate_stopped``: a cold move is the core's, through power_off/relocate/power_on.
 CAPABILITIES = Capabilities(
     live=True,
     cold=True,
@@ -22,4 +23,5 @@ CAPABILITIES = Capabilities(
     reserve=False,
     storage_move=False,
     choose_target=True,
+    relocate_stopped=True,
 )

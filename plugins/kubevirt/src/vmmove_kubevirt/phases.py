@@ -30,7 +30,7 @@ from vmmove.errors import ConnectionFailed
 from vmmove.machine import Phase
 from vmmove_kubevirt.objects import as_map, as_name, as_text
 
-__all__ = ["COLD_PHASES", "PHASE_RANK", "VMIM_PHASES", "live_status", "vm_node"]
+__all__ = ["PHASE_RANK", "VMIM_PHASES", "live_status", "vm_node"]
 
 Obj = Mapping[str, Any]
 
@@ -58,18 +58,6 @@ PHASE_RANK: Mapping[Phase, int] = {
     Phase.SWITCHING_OVER: 2,
     Phase.POSTCOPY: 3,
     Phase.COMPLETING: 4,
-}
-
-#: Where a cold move (stop, re-pin, start) stands -> phase.
-COLD_PHASES: Mapping[str, Phase] = {
-    "queued": Phase.REQUESTING,
-    "stopping": Phase.TRANSFERRING,
-    "moving": Phase.TRANSFERRING,
-    "starting": Phase.SWITCHING_OVER,
-    "restoring": Phase.TRANSFERRING,
-    "completed": Phase.COMPLETED,
-    "failed": Phase.FAILED,
-    "cancelled": Phase.CANCELLED,
 }
 
 

@@ -66,12 +66,15 @@ class ApiFault:
     connection is dropped unanswered (after ``delay``, so a client with a shorter timeout
     has given up by then) and the request is carried out ``apply_after`` seconds later, as
     an API server whose write outlived the client's patience. ``times`` is how many
-    requests it affects (``None``: all).
+    requests it affects (``None``: all). ``body``: a regular expression searched in the
+    request body too (writes only: a webhook that refuses one kind of change, such as a
+    VirtualMachine's node pin, and lets the others through).
     """
 
     method: str | None = None
     path: str | None = None
     watch: bool | None = None
+    body: str | None = None
     status: int | None = None
     reason: str = ""
     message: str = ""
@@ -83,8 +86,12 @@ class ApiFault:
     times: int | None = 1
     hits: int = field(default=0, init=False)
 
-    def matches(self, method: str, path: str, watch: bool) -> bool:
+    def matches(self, method: str, path: str, watch: bool, body: bytes | None = None) -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.body is not None and (
+            body is None or re.search(self.body, body.decode("utf-8", "replace")) is None
+        ):
             return False
         if self.method is not None and self.method.upper() != method:
             return False
@@ -209,6 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     _swallow = False
     _status = 0
+    _read: bytes | None = None  # this request's body, when read before routing
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -234,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.api
 
     def _body(self) -> bytes:
+        if self._read is not None:
+            return self._read  # read once already, to match a fault on it
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             data = b""
             while True:
@@ -287,8 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
         watch = query.get("watch", "").lower() in ("true", "1")
         self._status = 0
         self._swallow = False
+        self._read = None
         try:
-            fault = self.api._take_fault(method, path, watch)
+            if method in ("POST", "PUT", "PATCH") and self.api._matches_bodies():
+                self._read = self._body()
+            fault = self.api._take_fault(method, path, watch, self._read)
             self._swallow = fault is not None and fault.drop_response
             if fault is not None and fault.delay:
                 self.api._stopping.wait(fault.delay)
@@ -866,10 +879,16 @@ class KubeApiServer:
         if watching:
             self._httpd.close_connections()
 
-    def _take_fault(self, method: str, path: str, watch: bool) -> ApiFault | None:
+    def _matches_bodies(self) -> bool:
+        with self._lock:
+            return any(f.body is not None for f in self.faults)
+
+    def _take_fault(
+        self, method: str, path: str, watch: bool, body: bytes | None = None
+    ) -> ApiFault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path, watch):
+                if fault.matches(method, path, watch, body):
                     fault.hits += 1
                     return fault
         return None
