@@ -21,6 +21,16 @@ class TestVSphereContract(BackendContract):
         estate.power_off("DC0_C0_RP0_VM1")
         estate.set_extra("DC0_C0_RP0_VM2", "vmmove.migrateDuration", "2.5s")
         with connect_to(estate.sim) as conn:
+
+            def fail_cold_step(vm: str, step: str) -> None:
+                if step == "start":
+                    # vcsim powers on whatever it is asked to, and the core notices a start
+                    # that never happens only after the policy's boot_timeout (300 s).
+                    pytest.skip("vcsim cannot make a power-on fail")
+                # The simulator's one-shot directive: the next move of the VM fails at 50 %.
+                name = conn.vm(vm).name
+                estate.set_extra(name, "vmmove.inject", "fail@50:MigrationFault:contract")
+
             yield ContractSetup(
                 connection=conn,
                 running_vm="DC0_C0_RP0_VM0",
@@ -29,4 +39,5 @@ class TestVSphereContract(BackendContract):
                 slow_vm="DC0_C0_RP0_VM2",
                 timeout=60.0,
                 reconnect=lambda store: connect_to(estate.sim, store=store),
+                fail_cold_step=fail_cold_step,
             )

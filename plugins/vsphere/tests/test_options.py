@@ -137,7 +137,14 @@ def test_plugin_is_registered_through_its_entry_point() -> None:
 
     assert spec.capabilities == VSphereBackend.capabilities
     caps = VSphereBackend.capabilities
-    assert set(caps.names()) == {"live", "cold", "cancel", "storage_move", "choose_target"}
+    assert set(caps.names()) == {
+        "live",
+        "cold",
+        "cancel",
+        "storage_move",
+        "choose_target",
+        "relocate_stopped",
+    }
 
 
 def test_listing_backends_does_not_import_pyvmomi() -> None:

@@ -434,15 +434,24 @@ def test_cold_move_of_a_running_vm_stops_moves_and_starts_it(
         record = m.wait(0)
         assert record.phase is Phase.COMPLETED
         phases = [t.phase for t in record.history]
-        assert Phase.SWITCHING_OVER in phases  # powering on at the target
+        assert phases[2:5] == [
+            Phase.REQUESTING,  # the guest is shut down on the source
+            Phase.TRANSFERRING,  # the stopped VM is moved
+            Phase.SWITCHING_OVER,  # it is powered on at the target
+        ]
         assert (
             "inferred"
             not in next(t for t in record.history if t.phase is Phase.SWITCHING_OVER).note
         )
     assert estate.placement("DC0_C0_RP0_VM0") == ("DC0_C1_H0", "DC0_C1", ["LocalDS_0"], "poweredOn")
     if estate.keeps_tasks:
-        powered_off = estate.tasks("DC0_C0_RP0_VM0", "VirtualMachine.powerOff")
-        assert [t.state for t in powered_off] == ["success"]
+        # stopped through the guest (ShutdownGuest, no task), not powered off hard
+        assert estate.tasks("DC0_C0_RP0_VM0", "VirtualMachine.powerOff") == []
+        (moved,) = estate.tasks("DC0_C0_RP0_VM0")
+        assert moved.state == "success"
+        started = estate.tasks("DC0_C0_RP0_VM0", "VirtualMachine.powerOn")[-1]
+        assert started.state == "success"
+        assert started.queueTime >= moved.completeTime
 
 
 def test_cancelled_cold_move_powers_the_vm_on_again_at_its_source(
@@ -453,11 +462,19 @@ def test_cancelled_cold_move_powers_the_vm_on_again_at_its_source(
     with connect_to(estate.sim) as conn:
         m = conn.migrate("DC0_C0_RP0_VM0", to="DC0_C1_H0", mode=MigrationMode.COLD)
         for event in m.events(timeout=30):
-            if event.kind is EventKind.PROGRESS and event.progress.percent > 10:
+            # transferring: the stopped VM is being moved (a 5 s relocation)
+            if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
                 m.cancel()
         with pytest.raises(MigrationCancelled):
             m.wait(0)
+        assert (m.record.vm_host, m.record.vm_power) == (
+            conn.vm("DC0_C0_RP0_VM0").host,
+            PowerState.RUNNING,
+        )
     assert estate.placement("DC0_C0_RP0_VM0") == before  # same host, powered on
+    if estate.keeps_tasks:
+        (moved,) = estate.tasks("DC0_C0_RP0_VM0")
+        assert moved.state == "error"  # the relocation was cancelled, not left to finish
 
 
 def test_storage_move_with_the_migration(estate: Any, connect_to: Connect) -> None:

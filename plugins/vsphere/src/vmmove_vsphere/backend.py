@@ -17,10 +17,12 @@ task gone (``ManagedObjectNotFound``)  completed / failed  from the VM's recent 
                                                            from where the VM runs now
 =====================================  ==================  =================================
 
-A cold move of a running VM (``mode=cold``, or a ``ColdFallback`` policy step) is a short
-pipeline: ``PowerOffVM_Task`` (transferring) -> ``RelocateVM_Task`` (transferring) ->
-``PowerOnVM_Task`` on the target (switching over). Aborted or failed before the relocation
-succeeded, the VM is powered on again on its source before the job reports its end.
+A cold move (``mode=cold``, or a ``ColdFallback`` policy step) is orchestrated by the core
+(:mod:`vmmove.cold`, ``Capabilities.relocate_stopped``) from three primitives:
+``power_off`` (``ShutdownGuest``, or ``PowerOffVM_Task`` when forced), ``relocate`` (a
+``RelocateVM_Task`` of the stopped VM, polled as above) and ``power_on``
+(``PowerOnVM_Task``). Each returns once vCenter has the request; the core watches the VM's
+power state.
 
 vCenter restarts: sessions die (the session logs in again), task MoRefs die (a vanished
 task is settled from the VM's recent tasks or its host, never reported as "unknown"), and
@@ -38,7 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from vmmove.backend import Backend, Job, JobStatus, Reservation
-from vmmove.errors import InvalidInput, NotFound, VMMoveError
+from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import (
     Figures,
@@ -81,7 +83,6 @@ _ORDER = {
 }
 _UNAVAILABLE = ("MethodNotFound", "NotSupported", "NotImplemented")
 _RELOCATIONS = ("VirtualMachine.relocate", "VirtualMachine.migrate")
-_POWER_OFF = "VirtualMachine.powerOff"
 #: How much earlier than the intent a task may have been queued and still be the intent's: the
 #: clock skew is measured over one round trip, and vCenter stamps queueTime on its own clock.
 _INTENT_SLACK = dt.timedelta(seconds=1)
@@ -104,16 +105,11 @@ class _Run:
     job: Job
     name: str  # the VM's name, for messages
     vm: Any  # vim.VirtualMachine
-    spec: Any  # vim.vm.RelocateSpec, or None when attached without one
-    restart: bool  # cold move of a running VM: power off, relocate, power on
-    stage: str  # stopping | relocating | starting | restoring | done
-    task: Any  # the vim.Task of the current stage (None: expired, see poll)
+    task: Any  # the vim.Task of the relocation (None: expired, see poll)
     lock: threading.Lock = field(default_factory=threading.Lock)
     phase: Phase = Phase.REQUESTING  # the furthest non-terminal phase reported
-    aborting: bool = False
     ran: bool = False  # the relocation reached `running`
     best: float | None = None  # highest progress seen
-    outcome: tuple[Phase, str | None] | None = None  # to report once the VM runs again
     first_queued: datetime | None = None
     completed: datetime | None = None
     final: JobStatus | None = None
@@ -531,22 +527,32 @@ class VSphereBackend(Backend):
         reservation: Reservation | None,
         request_id: str = "",
     ) -> Job:
+        if mode is MigrationMode.COLD and vm.power is not PowerState.STOPPED:
+            # The core stops it first (power_off, relocate, power_on: vmmove.cold).
+            raise Conflict(f"{vm.name} must be stopped before a cold move ({vm.power})")
+        return self._relocate(vm, target, spec, mode, request_id)
+
+    def _relocate(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        mode: MigrationMode,
+        request_id: str,
+    ) -> Job:
+        """``RelocateVM_Task``: a live move of a running VM, or the move of a stopped one."""
         s = self._session
         reloc = self._relocate_spec(vm, target, spec.datastore)
         vm_ref = self._ref("VirtualMachine", vm.id)
-        restart = mode is MigrationMode.COLD and vm.power is PowerState.RUNNING
         if request_id:  # what attach() needs should the answer be lost (see _attach_intent)
             since = s.server_time()
             with self._lock:
                 self._intents[request_id] = _Intent(
                     vm=vm.id, target=target.id, mode=mode, since=since
                 )
+        priority = self.settings.priority
         try:
-            if restart:
-                task = s.call(vm_ref.PowerOffVM_Task)
-            else:
-                priority = self.settings.priority
-                task = s.call(lambda: vm_ref.RelocateVM_Task(spec=reloc, priority=priority))
+            task = s.call(lambda: vm_ref.RelocateVM_Task(spec=reloc, priority=priority))
         except s.vmodl.MethodFault as fault:
             raise self._refusal(fault, vm.name, target.name) from None
         with self._lock:
@@ -557,29 +563,80 @@ class VSphereBackend(Backend):
             source=vm.host,
             target=target.id,
             mode=mode,
-            restart=restart,
             request_id=request_id,
         )
-        run = _Run(
-            job=job,
-            name=vm.name,
-            vm=vm_ref,
-            spec=reloc,
-            restart=restart,
-            stage="stopping" if restart else "relocating",
-            task=task,
-        )
+        run = _Run(job=job, name=vm.name, vm=vm_ref, task=task)
         self._keep(run)
         log.info(
-            "%s: %s %s %s -> %s (task %s)",
+            "%s: %s migration of %s %s -> %s (task %s)",
             self.settings.display(),
-            "cold-moving (power off, relocate, power on)" if restart else f"{mode} migration of",
+            mode,
             vm.name,
             vm.host,
             target.id,
             job.id,
         )
         return job
+
+    # ---- cold migration primitives (the core's vmmove.cold drives them) ----------------
+    def _power_state(self, vm: VMInfo) -> str:
+        props = self._vm_props(vm.id)
+        if props is None:
+            raise NotFound(f"{self.settings.display()}: no VM {vm.id} ({vm.name})")
+        return str(props.get("runtime.powerState", ""))
+
+    def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        """``ShutdownGuest`` (VMware Tools ask the guest; vCenter answers once the request is
+        passed on), or ``PowerOffVM_Task`` when ``force`` (not awaited)."""
+        s = self._session
+        state = self._power_state(vm)
+        if state == "poweredOff" or (not force and state != "poweredOn"):
+            return  # stopped already; a suspended guest cannot be asked (the core forces)
+        vm_ref = self._ref("VirtualMachine", vm.id)
+        try:
+            if force:
+                task = s.call(vm_ref.PowerOffVM_Task)
+                log.info("%s: powering %s off (task %s)", self, vm.name, moid(task))
+            else:
+                s.call(vm_ref.ShutdownGuest)
+                log.info("%s: asked the guest of %s to shut down", self, vm.name)
+        except s.vmodl.MethodFault as fault:
+            if faults.is_fault(fault, "InvalidPowerState"):
+                return  # it stopped meanwhile
+            if not force and faults.is_fault(fault, "ToolsUnavailable"):
+                # Without VMware Tools nobody can ask the guest; the core powers the VM off
+                # after the policy's shutdown_timeout.
+                log.warning(
+                    "%s: VMware Tools do not run in %s: the guest cannot be asked to shut down",
+                    self,
+                    vm.name,
+                )
+                return
+            raise faults.refusal(fault, f"vSphere refused to stop {vm.name}", vm.host) from None
+
+    def power_on(self, vm: VMInfo) -> None:
+        """``PowerOnVM_Task`` where the VM is registered (not awaited)."""
+        s = self._session
+        if self._power_state(vm) == "poweredOn":
+            return
+        vm_ref = self._ref("VirtualMachine", vm.id)
+        try:
+            task = s.call(vm_ref.PowerOnVM_Task)
+        except s.vmodl.MethodFault as fault:
+            if faults.is_fault(fault, "InvalidPowerState"):
+                return  # it runs already
+            raise faults.refusal(fault, f"vSphere refused to start {vm.name}", vm.host) from None
+        log.info("%s: powering %s on (task %s)", self, vm.name, moid(task))
+
+    def relocate(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
+    ) -> Job:
+        """``RelocateVM_Task`` of a stopped VM, polled like a live move. A VM that is not
+        powered off (running, suspended) is refused: the core stops it first."""
+        state = self._power_state(vm)
+        if state != "poweredOff":
+            raise Conflict(f"{vm.name} must be powered off before it is moved cold ({state})")
+        return self._relocate(vm, target, spec, MigrationMode.COLD, request_id)
 
     @staticmethod
     def _job(
@@ -589,7 +646,6 @@ class VSphereBackend(Backend):
         source: str,
         target: str,
         mode: MigrationMode,
-        restart: bool,
         request_id: str,
     ) -> Job:
         ref = {
@@ -598,7 +654,6 @@ class VSphereBackend(Backend):
             "source": source,
             "target": target,
             "mode": mode.value,
-            "restart": "yes" if restart else "no",
         }
         if request_id:
             ref["request_id"] = request_id
@@ -635,7 +690,6 @@ class VSphereBackend(Backend):
                 status = self._step(run)
                 if status.phase.terminal:
                     run.final = status
-                    run.stage = "done"
                 else:
                     run.phase = status.phase
                 return status
@@ -656,8 +710,7 @@ class VSphereBackend(Backend):
         *,
         vm_host: str | None = None,
     ) -> JobStatus:
-        """A terminal status. ``total_time`` spans every task of the job: for a cold move of a
-        running VM from the power-off's queueing to the power-on's end."""
+        """A terminal status. ``total_time``: from the task's queueing to its end."""
         total = None
         if run.first_queued is not None and run.completed is not None:
             total = max((run.completed - run.first_queued).total_seconds(), 0.0)
@@ -695,82 +748,10 @@ class VSphereBackend(Backend):
         ):
             run.completed = info.completeTime
 
-    def _begin(self, run: _Run, stage: str, start: Any) -> Any:
-        """Start the next task of a pipeline; its fault, if the server refuses at once."""
-        s = self._session
-        try:
-            run.task = s.call(start)
-        except s.vmodl.MethodFault as fault:
-            run.task = None
-            return fault
-        with self._lock:
-            self._claimed.add(moid(run.task))
-        run.seen.add(moid(run.task))
-        run.stage, run.queued = stage, None
-        return None
-
     def _step(self, run: _Run) -> JobStatus:
         info = self._info(run)
         if info is None:
             return self._vanished(run)
-        state = info.state
-        stage = run.stage
-        if stage == "relocating":
-            return self._relocating(run, info)
-        if stage == "stopping":
-            if state in ("queued", "running"):
-                return self._status(run, Phase.TRANSFERRING, f"powering off: {state}")
-            if state == "error":
-                return self._end(
-                    run, Phase.FAILED, "power-off failed", faults.fault_text(info.error)
-                )
-            return self._stopped(run)
-        if stage == "starting":
-            if state in ("queued", "running"):
-                return self._status(run, Phase.SWITCHING_OVER, f"powering on: {state}")
-            if state == "error":
-                why = f"moved, but powering on failed: {faults.fault_text(info.error)}"
-                return self._end(run, Phase.FAILED, "power-on failed", why)
-            return self._end(run, Phase.COMPLETED, "success")
-        if stage == "restoring":
-            if state in ("queued", "running"):
-                return self._status(run, Phase.TRANSFERRING, f"powering on again: {state}")
-            assert run.outcome is not None
-            phase, error = run.outcome
-            if state == "error":
-                again = f"powering it on again failed: {faults.fault_text(info.error)}"
-                error = f"{error}; {again}" if error else again
-            return self._end(run, phase, "restored", error)
-        raise AssertionError(f"unknown stage {stage!r}")
-
-    def _stopped(self, run: _Run) -> JobStatus:
-        """The power-off of a cold pipeline is done: relocate next (or restore, if aborted)."""
-        if run.aborting:
-            return self._restore(run, Phase.CANCELLED, None)
-        spec, priority = run.spec, self.settings.priority
-        fault = self._begin(
-            run, "relocating", lambda: run.vm.RelocateVM_Task(spec=spec, priority=priority)
-        )
-        if fault is not None:
-            return self._restore(run, Phase.FAILED, faults.fault_text(fault))
-        return self._status(run, Phase.TRANSFERRING, "relocating: queued")
-
-    def _relocated(self, run: _Run) -> JobStatus:
-        """The relocation succeeded: done, or power the VM on at the target (cold pipeline)."""
-        run.best = 100.0
-        if run.restart:
-            fault = self._begin(run, "starting", run.vm.PowerOnVM_Task)
-            if fault is not None:
-                return self._end(
-                    run,
-                    Phase.FAILED,
-                    "power-on failed",
-                    f"moved, but powering on failed: {faults.fault_text(fault)}",
-                )
-            return self._status(run, Phase.SWITCHING_OVER, "powering on: queued")
-        return self._end(run, Phase.COMPLETED, "success")
-
-    def _relocating(self, run: _Run, info: Any) -> JobStatus:
         state = info.state
         if state == "queued":
             return self._status(run, Phase.REQUESTING, "queued")
@@ -780,29 +761,16 @@ class VSphereBackend(Backend):
                 run.best = max(run.best or 0.0, float(info.progress))
             return self._status(run, Phase.TRANSFERRING, "running")
         if state == "success":
-            return self._relocated(run)
+            run.best = 100.0
+            return self._end(run, Phase.COMPLETED, "success")
         fault = info.error
-        cancelled = faults.is_fault(fault, "RequestCanceled") or bool(info.cancelled)
-        if cancelled:
-            phase, native, error = Phase.CANCELLED, "cancelled", "RequestCanceled"
-        else:
-            phase, native, error = Phase.FAILED, "error", faults.fault_text(fault)
-        if run.restart:
-            return self._restore(run, phase, error)
-        if not cancelled and faults.is_refusal(fault):
+        if faults.is_fault(fault, "RequestCanceled") or bool(info.cancelled):
+            return self._end(run, Phase.CANCELLED, "cancelled", "RequestCanceled")
+        if faults.is_refusal(fault):
             # A refusal, by the fault's type: vCenter sends these as a task that fails while
             # queued or as one that starts and then fails (startTime set): the VM stayed.
             raise self._refusal(fault, run.name, run.job.target)
-        return self._end(run, phase, native, error)
-
-    def _restore(self, run: _Run, phase: Phase, error: str | None) -> JobStatus:
-        """Power the VM on again where it is, then report ``phase``."""
-        run.outcome = (phase, error)
-        fault = self._begin(run, "restoring", run.vm.PowerOnVM_Task)
-        if fault is not None:
-            again = f"powering it on again failed: {faults.fault_text(fault)}"
-            return self._end(run, phase, "restore failed", f"{error}; {again}" if error else again)
-        return self._status(run, Phase.TRANSFERRING, "powering on again: queued")
+        return self._end(run, Phase.FAILED, "error", faults.fault_text(fault))
 
     def _vanished(self, run: _Run) -> JobStatus:
         """vCenter no longer knows the current task: it restarted (every task MoRef dies with
@@ -828,67 +796,32 @@ class VSphereBackend(Backend):
                 vm_host="",
             )
         host = moid(props.get("runtime.host"))
-        on = props.get("runtime.powerState") == "poweredOn"
         lost = f"task {gone} is gone from vCenter (restarted, or the task aged out)"
         where = host or "no host"
-        stage, target = run.stage, run.job.target
         log.warning("%s: %s; %s runs on %s", self.settings.display(), lost, run.name, where)
-        if stage == "relocating" and not run.restart:
-            if host and host == target:
-                return self._end(run, Phase.COMPLETED, "task gone; VM on target", vm_host=host)
-            return self._end(
-                run,
-                Phase.FAILED,
-                "task gone; VM not on target",
-                f"{lost} and {run.name} runs on {where}: it did not move",
-                vm_host=host,
-            )
-        if stage == "stopping":
-            if not on:  # the power-off was done
-                return self._stopped(run)
-            return self._end(
-                run,
-                Phase.FAILED,
-                "power-off lost",
-                f"{lost}; {run.name} still runs on {where}: nothing moved",
-                vm_host=host,
-            )
-        if stage == "relocating":  # cold pipeline
-            if host and host == target:
-                return self._relocated(run)
-            return self._restore(
-                run, Phase.FAILED, f"{lost} and {run.name} is still on {where}: it did not move"
-            )
-        if stage == "starting":
-            if on:
-                return self._end(run, Phase.COMPLETED, "task gone; VM running", vm_host=host)
-            return self._relocated(run)  # power it on (again)
-        if stage == "restoring":
-            assert run.outcome is not None
-            if on:
-                phase, error = run.outcome
-                return self._end(run, phase, "restored", error, vm_host=host)
-            return self._restore(run, *run.outcome)
-        raise AssertionError(f"unknown stage {stage!r}")
+        if host and host == run.job.target:
+            run.best = 100.0
+            return self._end(run, Phase.COMPLETED, "task gone; VM on target", vm_host=host)
+        return self._end(
+            run,
+            Phase.FAILED,
+            "task gone; VM not on target",
+            f"{lost} and {run.name} is on {where}: it did not move",
+            vm_host=host,
+        )
 
     def _find_again(self, run: _Run) -> Any:
-        """The current step's task among the VM's recent tasks under another MoRef (a vCenter
-        that lists its tasks again after a restart): same kind, same queue time. ``None`` if
-        vCenter lists no such task, or the lost task's queue time was never seen (then
+        """The relocation among the VM's recent tasks under another MoRef (a vCenter that
+        lists its tasks again after a restart): a relocation of the same queue time. ``None``
+        if vCenter lists no such task, or the lost task's queue time was never seen (then
         nothing tells another client's later task from ours)."""
-        if run.stage == "done" or run.queued is None:
+        if run.final is not None or run.queued is None:
             return None
-        kinds = {
-            "relocating": _RELOCATIONS,
-            "stopping": (_POWER_OFF,),
-            "starting": ("VirtualMachine.powerOn",),
-            "restoring": ("VirtualMachine.powerOn",),
-        }[run.stage]
         with self._lock:
             claimed = set(self._claimed)
         for task, info in self._recent_tasks(run.job.vm):
             ident = moid(task)
-            if ident in run.seen or ident in claimed or info.descriptionId not in kinds:
+            if ident in run.seen or ident in claimed or info.descriptionId not in _RELOCATIONS:
                 continue
             if info.queueTime is not None and abs(info.queueTime - run.queued) <= _INTENT_SLACK:
                 return task
@@ -897,9 +830,8 @@ class VSphereBackend(Backend):
     def abort(self, job: Job) -> None:
         run = self._run(job)
         with run.lock:
-            run.aborting = True
-            if run.stage != "relocating" or run.task is None:
-                return  # a pipeline stops at its next step; restoring/starting go on
+            if run.final is not None or run.task is None:
+                return  # it ended, or vCenter lost the task: poll settles it
             s = self._session
             try:
                 info = s.task_info(run.task)
@@ -922,6 +854,12 @@ class VSphereBackend(Backend):
         from an intent reference saved before ``start`` (see :meth:`_attach_intent`)."""
         if ref.get("intent") == "start":
             return self._attach_intent(ref)
+        if ref.get("restart") == "yes":
+            # The backend's own cold pipeline is gone (the core orchestrates cold moves now).
+            raise NotSupported(
+                f"job {ref.get('task', '?')} is a cold move begun by an older vmmove-vsphere; "
+                "look at the VM in vCenter and start it where it is if it is stopped"
+            )
         try:
             task_id, vm_id = ref["task"], ref["vm"]
             mode = MigrationMode(ref.get("mode", "live"))
@@ -947,25 +885,15 @@ class VSphereBackend(Backend):
         props = self._vm_props(vm_id)
         if info is None and props is None:
             raise NotFound(f"no task {task_id} and no VM {vm_id}: nothing to attach to")
-        restart = ref.get("restart") == "yes"
-        vm = self._ref("VirtualMachine", vm_id)
-        spec = None
-        if restart and job.target:
-            spec = self._relocate_spec(self.vm(vm_id), self.host(job.target))
         run = _Run(
             job=job,
             name=str((props or {}).get("name", vm_id)),
-            vm=vm,
-            spec=spec,
-            restart=restart,
-            stage="stopping" if restart else "relocating",
+            vm=self._ref("VirtualMachine", vm_id),
             task=task if info is not None else None,
         )
         run.seen.add(task_id)
         if info is not None:
             self._times(run, info)
-        if restart and info is not None and info.state == "success":
-            self._resume(run)
         self._keep(run)
         return job
 
@@ -976,10 +904,9 @@ class VSphereBackend(Backend):
         vCenter cannot carry our request id on ``RelocateVM_Task``: ``TaskInfo.activationId``
         is filled only for tasks an extension creates (``TaskManager.CreateTask``), and the
         SOAP ``operationID`` header only reaches vCenter's logs. So the request is matched by
-        what it asked: the VM's first relocation (or, for a cold move of a running VM, its
-        first power-off) queued at or after the moment the request was sent, on vCenter's
-        clock, that no other job of ours holds. The target cannot be read from a TaskInfo;
-        the engine's location check settles it once the task ends.
+        what it asked: the VM's first relocation queued at or after the moment the request
+        was sent, on vCenter's clock, that no other job of ours holds. The target cannot be
+        read from a TaskInfo; the engine's location check settles it once the task ends.
 
         The moment is known exactly when this process sent the request; otherwise from the
         intent's ``at`` (seconds since the epoch, the writer's clock) if it has one; without
@@ -1003,11 +930,7 @@ class VSphereBackend(Backend):
         tasks = [
             (task, info)
             for task, info in self._recent_tasks(vm_id)
-            if moid(task) not in claimed
-            and (
-                info.descriptionId in _RELOCATIONS
-                or (mode is MigrationMode.COLD and info.descriptionId == _POWER_OFF)
-            )
+            if moid(task) not in claimed and info.descriptionId in _RELOCATIONS
         ]
         if since is not None:
             after = [
@@ -1024,16 +947,14 @@ class VSphereBackend(Backend):
                 + (" (yet)" if since is not None else "")
             )
         task, info = first
-        restart = info.descriptionId == _POWER_OFF
         # Until the relocation succeeds the VM is on its source; after, the record knows it.
-        source = "" if info.state == "success" and not restart else (self.locate(vm_id) or "")
+        source = "" if info.state == "success" else (self.locate(vm_id) or "")
         job_ref = self._job(
             task,
             vm_id=vm_id,
             source=source,
             target=target,
             mode=mode,
-            restart=restart,
             request_id=request_id,
         ).ref
         log.info(
@@ -1060,43 +981,14 @@ class VSphereBackend(Backend):
     def _newest_plausible(
         self, vm_id: str, target: str, tasks: list[tuple[Any, Any]]
     ) -> tuple[Any, Any] | None:
-        relocations = [(t, i) for t, i in tasks if i.descriptionId in _RELOCATIONS]
-        if not relocations:
+        if not tasks:
             return None
-        task, info = relocations[-1]
+        task, info = tasks[-1]
         if info.state in ("queued", "running"):
             return task, info
         if info.state == "success" and target and self.locate(vm_id) == target:
             return task, info
         return None
-
-    def _resume(self, run: _Run) -> None:
-        """Where a cold pipeline whose power-off finished stands now, from the VM itself:
-        on the target -> powering on (or done); a relocation still running -> watch it."""
-        props = self._vm_props(run.job.vm) or {}
-        host = moid(props.get("runtime.host"))
-        on = props.get("runtime.powerState") == "poweredOn"
-        if host == run.job.target:
-            run.stage = "starting"
-            run.task = None if on else self._session.call(run.vm.PowerOnVM_Task)
-            if on:  # nothing left to do
-                run.final = JobStatus(phase=Phase.COMPLETED, native="success", vm_host=host)
-            return
-        for task, info in self._recent_tasks(run.job.vm):
-            if info.descriptionId in _RELOCATIONS and info.state in ("queued", "running"):
-                run.stage, run.task = "relocating", task
-                run.seen.add(moid(task))
-                return
-        if on:  # powered on again on the source by someone else: the move did not happen
-            run.final = JobStatus(
-                phase=Phase.FAILED,
-                native="interrupted",
-                vm_host=host or None,
-                error="the cold move was interrupted: the VM runs on its source again",
-            )
-            return
-        # Still powered off on the source with no relocation running: the stopping step is
-        # done, so the next poll starts the relocation (the stage stays "stopping").
 
     def close(self) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ CAPABILITIES = Capabilities(
     reserve=False,
     storage_move=True,
     choose_target=True,
+    relocate_stopped=True,  # cold moves: the core drives power_off/relocate/power_on
 )
 
 
