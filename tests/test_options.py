@@ -128,3 +128,8 @@ def test_the_cli_hands_the_secret_to_the_option_the_backend_declares(
     ]:
         monkeypatch.setattr(backends, "get", lambda scheme, d=declared: spec(d))
         assert cli._secret_option("x://host") == expected
+
+
+def test_a_secret_option_can_never_be_taken_from_a_uri() -> None:
+    with pytest.raises(InvalidInput, match="never taken from a URI"):
+        Option(name="password", kind="secret", doc="x")

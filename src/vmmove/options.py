@@ -67,6 +67,10 @@ class Option:
             raise InvalidInput(f"option name {self.name!r} is not lower_snake_case")
         if (self.kind == "choice") != bool(self.choices):
             raise InvalidInput(f"option {self.name}: choices go with kind 'choice' only")
+        if self.kind == "secret" and self.in_uri:
+            raise InvalidInput(
+                f"option {self.name}: a secret is never taken from a URI (in_uri=False)"
+            )
 
     @property
     def secret(self) -> bool:
