@@ -295,3 +295,18 @@ def test_steps_the_platform_decides_count_as_skipped_steps(monkeypatch: pytest.M
     skipped = [s for s in record.steps if not s.applied]
     assert [s.step for s in skipped] == ["'postcopy' is the cluster's call"]
     assert skipped[0].reason == "decided by the platform"
+
+
+def test_a_cold_move_reports_progress_while_the_vm_moves() -> None:
+    inventory = parse(
+        {"link_mib_s": 100, "host": [{"name": "a"}, {"name": "b"}],
+         "vm": [{"name": "v", "host": "a", "power": "stopped", "storage": "local", "disk_gib": 2}]}
+    )  # fmt: skip
+    with vmmove.connect("sim://", inventory=inventory) as conn:
+        m = conn.migrate("v", to="b", mode="cold")
+        progress = [e for e in m.events() if e.kind is vmmove.EventKind.PROGRESS]
+        assert m.wait().phase is Phase.COMPLETED
+    percents = [e.progress.percent for e in progress if e.progress is not None]
+    assert len(percents) >= 3
+    assert percents == sorted(percents)
+    assert percents[-1] > percents[0]

@@ -34,6 +34,7 @@ from vmmove.errors import (
     NotFound,
     VMMoveError,
 )
+from vmmove.events import EventKind
 from vmmove.machine import Phase
 from vmmove.model import Figures, PowerState
 
@@ -175,6 +176,7 @@ class ColdMove:
             if status.phase in (Phase.TRANSFERRING, Phase.SWITCHING_OVER, Phase.COMPLETING):
                 run.walk(Phase.TRANSFERRING)
             run.update_progress(status)
+            run.emit(EventKind.PROGRESS)
             return
         self._close_job()
         self.data_sent = (status.figures.data_sent if status.figures else None) or (
