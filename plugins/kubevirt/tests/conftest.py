@@ -20,7 +20,7 @@ import pytest
 
 import vmmove
 from vmmove.engine import Connection
-from vmmove.testing.kube import DEFAULT_RELEASE, FakeKube, MigrationTiming
+from vmmove_kubevirt.testing import DEFAULT_RELEASE, FakeKube, MigrationTiming
 
 _OURS = ("vmmove-fake-kube", "vmmove-kubevirt")
 #: The release lines the migration suites run against: one per migrationState shape.

@@ -15,7 +15,7 @@ from vmmove import Conflict, MigrationCancelled, NotFound, Phase, PowerState, Pr
 from vmmove.engine import Connection
 from vmmove.model import MigrationSpec
 from vmmove.testing.contract import check_events
-from vmmove.testing.kube import FakeKube
+from vmmove_kubevirt.testing import FakeKube
 
 HOSTNAME = "kubernetes.io/hostname"
 

@@ -11,8 +11,8 @@ import pytest
 from kubernetes.config import incluster_config
 
 import vmmove
-from vmmove.testing.kube import FakeKube
 from vmmove_kubevirt import kube as kube_module
+from vmmove_kubevirt.testing import FakeKube
 
 
 def test_the_current_context_and_its_namespace(

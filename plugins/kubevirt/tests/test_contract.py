@@ -19,7 +19,7 @@ import vmmove
 from vmmove.engine import Connection
 from vmmove.store import RecordStore
 from vmmove.testing.contract import BackendContract, ContractSetup
-from vmmove.testing.kube import FakeKube
+from vmmove_kubevirt.testing import FakeKube
 
 
 @pytest.mark.releases("1.7", "1.9")

@@ -18,9 +18,9 @@ from vmmove import (
     MigrationFailed,
     NotFound,
 )
-from vmmove.testing.kube import FakeKube
 from vmmove_kubevirt.kube import api_error
 from vmmove_kubevirt.policy import POLICY_LABEL
+from vmmove_kubevirt.testing import FakeKube
 
 VMIMS = "virtualmachineinstancemigrations"
 

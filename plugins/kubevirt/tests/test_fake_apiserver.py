@@ -1,4 +1,4 @@
-"""vmmove.testing.kube on its own: the official client and kubectl against the fake API
+"""vmmove_kubevirt.testing on its own: the official client and kubectl against the fake API
 server, the fake KubeVirt controller, and the standalone process."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import urllib3
 from kubernetes import client, config, watch
 
-from vmmove.testing.kube import FakeKube, MigrationTiming
+from vmmove_kubevirt.testing import FakeKube, MigrationTiming
 
 KV = ("kubevirt.io", "v1", "default")
 VMIMS, VMIS = "virtualmachineinstancemigrations", "virtualmachineinstances"
@@ -280,7 +280,7 @@ def _standalone(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict
     kc = tmp_path / "kubeconfig"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vmmove.testing.kube", "--kubeconfig", str(kc), *args],
+        [sys.executable, "-m", "vmmove_kubevirt.testing", "--kubeconfig", str(kc), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -396,7 +396,7 @@ def test_old_kubevirt_prunes_added_node_selector(make_kube: Any, tmp_path: Path)
         api.close()
 
 
-# ---- platform variants (vmmove.testing.kube.controller's module docstring) ----------------
+# ---- platform variants (vmmove_kubevirt.testing.controller's module docstring) ----------------
 
 
 @pytest.fixture
@@ -531,3 +531,12 @@ def test_an_outage_refuses_or_resets_connections_then_ends(custom: Any, mode: st
     assert outage.wait(5)
     assert kube.server.port == port
     assert len(co.list_namespaced_custom_object(*KV, VMIS)["items"]) == 4
+
+
+def test_the_pytest_plugin_comes_with_the_distribution(
+    fake_kube: FakeKube, fake_kubeconfig: Path, pytestconfig: pytest.Config
+) -> None:
+    # No -p anywhere: the pytest11 entry point of vmmove-kubevirt loaded it.
+    assert pytestconfig.pluginmanager.has_plugin("vmmove_kubevirt.testing.pytest_plugin")
+    assert fake_kube.get("VirtualMachine", "web-1") is not None
+    assert json.loads(fake_kubeconfig.read_text())["current-context"] == "fake"

@@ -21,8 +21,8 @@ from vmmove import (
 from vmmove.engine import Connection, Migration
 from vmmove.events import EventKind
 from vmmove.testing.contract import check_events
-from vmmove.testing.kube import FakeKube
 from vmmove_kubevirt.policy import POLICY_LABEL
+from vmmove_kubevirt.testing import FakeKube
 
 VMIM = "VirtualMachineInstanceMigration"
 VMI = "VirtualMachineInstance"

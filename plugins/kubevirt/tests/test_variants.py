@@ -1,5 +1,5 @@
 """The backend against KubeVirt as it really behaves across releases and faults: each test
-switches one variant of the fake on (vmmove.testing.kube.controller's docstring lists them)
+switches one variant of the fake on (vmmove_kubevirt.testing.controller's docstring lists them)
 and checks what poll, locate, start and attach make of it.
 
 Polls here go to the backend directly (no engine in between), so what a single poll says
@@ -29,10 +29,10 @@ from vmmove import (
 )
 from vmmove.backend import Job, JobStatus
 from vmmove.engine import Connection
-from vmmove.testing.kube import FakeKube
 from vmmove_kubevirt.backend import LABELLED_AT, REQUEST_ANNOTATION, KubeVirtBackend
 from vmmove_kubevirt.kube import api_error
 from vmmove_kubevirt.policy import POLICY_LABEL
+from vmmove_kubevirt.testing import FakeKube
 
 VMIM, VMI = "VirtualMachineInstanceMigration", "VirtualMachineInstance"
 VMIMS = "virtualmachineinstancemigrations"

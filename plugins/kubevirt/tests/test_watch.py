@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmmove import Phase
-from vmmove.testing.kube import FakeKube
+from vmmove_kubevirt.testing import FakeKube
 
 VMIMS = "virtualmachineinstancemigrations"
 VMIS = "virtualmachineinstances"

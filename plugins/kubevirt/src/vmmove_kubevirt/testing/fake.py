@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vmmove.testing.kube.controller import (
+from vmmove_kubevirt.testing.controller import (
     DEFAULT_RELEASE,
     NODE_LABEL,
     NOT_MIGRATABLE_MESSAGE,
@@ -22,8 +22,8 @@ from vmmove.testing.kube.controller import (
     MigrationTiming,
     vmi_status,
 )
-from vmmove.testing.kube.server import ApiFault, KubeApiServer, Outage
-from vmmove.testing.kube.store import Obj, ObjectStore
+from vmmove_kubevirt.testing.server import ApiFault, KubeApiServer, Outage
+from vmmove_kubevirt.testing.store import Obj, ObjectStore
 
 __all__ = ["DEFAULT_TOKEN", "FakeKube"]
 
@@ -41,7 +41,7 @@ class FakeKube:
 
     ``timing`` sets how long each migration phase lasts. ``release`` (``"1.5"`` to
     ``"1.9"``, default the newest) picks how KubeVirt behaves; every other keyword is one
-    variant switch of :class:`~vmmove.testing.kube.KubeVirtController` (its module
+    variant switch of :class:`~vmmove_kubevirt.testing.KubeVirtController` (its module
     docstring lists them): ``added_node_selector=False`` imitates a KubeVirt older than 1.6
     (``spec.addedNodeSelector`` is pruned), ``completed_on_failure``, ``handoff_phase``,
     ``inserted_phases``, ``migration_policy_api``, ``admission_window``, ``wrap_denials``,
@@ -436,7 +436,7 @@ class FakeKube:
         )
 
     def api_fault(self, **fault: Any) -> ApiFault:
-        """Inject an API fault; see :class:`~vmmove.testing.kube.ApiFault` for the fields."""
+        """Inject an API fault; see :class:`~vmmove_kubevirt.testing.ApiFault` for the fields."""
         return self.server.inject(ApiFault(**fault))
 
     def outage(self, seconds: float, mode: str = "refuse") -> Outage:

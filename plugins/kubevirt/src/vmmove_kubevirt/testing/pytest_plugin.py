@@ -1,7 +1,8 @@
 """pytest fixtures for the Kubernetes/KubeVirt fakes.
 
-Enable with ``-p vmmove.testing.kube.pytest_plugin`` or ``pytest_plugins =
-["vmmove.testing.kube.pytest_plugin"]`` in a root ``conftest.py``.
+Registered as a ``pytest11`` entry point of vmmove-kubevirt (named after this module, so
+that an explicit ``-p vmmove_kubevirt.testing.pytest_plugin`` does not load it twice);
+``-p no:vmmove_kubevirt.testing.pytest_plugin`` turns it off.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vmmove.testing.kube.fake import FakeKube
+from vmmove_kubevirt.testing.fake import FakeKube
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmmove.testing.kube.store import ApiError, Obj, ObjectStore, ResourceType
+from vmmove_kubevirt.testing.store import ApiError, Obj, ObjectStore, ResourceType
 
 __all__ = [
     "CLUSTER_MIGRATION_DEFAULTS",

@@ -2,7 +2,7 @@
 
 A throw-away CA and a server certificate it signed, valid from 2020 until 2126 for ``127.0.0.1``,
 ``::1`` and ``localhost`` (EC P-256). Clients trust :data:`CA_PEM`; nothing else should.
-Pass your own ``certfile``/``keyfile`` to :class:`~vmmove.testing.kube.KubeApiServer` to
+Pass your own ``certfile``/``keyfile`` to :class:`~vmmove_kubevirt.testing.KubeApiServer` to
 use other names.
 """
 

@@ -1,9 +1,9 @@
-"""Run the fake cluster as a process: ``python -m vmmove.testing.kube``.
+"""Run the fake cluster as a process: ``python -m vmmove_kubevirt.testing``.
 
 It serves until SIGINT or SIGTERM, writes a kubeconfig if asked, and prints one JSON line
 with its URL once it is ready, so a script can wait for that line::
 
-    python -m vmmove.testing.kube --kubeconfig /tmp/kc --estate sample &
+    python -m vmmove_kubevirt.testing --kubeconfig /tmp/kc --estate sample &
     kubectl --kubeconfig /tmp/kc get vmis
 """
 
@@ -17,13 +17,13 @@ import sys
 import threading
 from types import FrameType
 
-from vmmove.testing.kube.controller import DEFAULT_RELEASE, RELEASES, MigrationTiming
-from vmmove.testing.kube.fake import DEFAULT_TOKEN, FakeKube
+from vmmove_kubevirt.testing.controller import DEFAULT_RELEASE, RELEASES, MigrationTiming
+from vmmove_kubevirt.testing.fake import DEFAULT_TOKEN, FakeKube
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vmmove.testing.kube",
+        prog="python -m vmmove_kubevirt.testing",
         description="A fake Kubernetes API server with a fake KubeVirt, for tests.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

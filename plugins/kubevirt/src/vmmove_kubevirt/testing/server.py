@@ -33,8 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from vmmove.testing.kube._tls import CA_PEM, server_context
-from vmmove.testing.kube.store import (
+from vmmove_kubevirt.testing._tls import CA_PEM, server_context
+from vmmove_kubevirt.testing.store import (
     ApiError,
     Event,
     Obj,
@@ -46,7 +46,7 @@ from vmmove.testing.kube.store import (
 
 __all__ = ["ApiFault", "KubeApiServer", "Outage", "RequestLog"]
 
-log = logging.getLogger("vmmove.testing.kube")
+log = logging.getLogger("vmmove_kubevirt.testing")
 
 KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-vmmove-fake"}
 _JSON = "application/json"
