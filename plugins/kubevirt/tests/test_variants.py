@@ -270,6 +270,10 @@ def test_without_a_migration_policy_api_the_cluster_defaults_apply(
     assert "allowPostCopy=False" in text  # the cluster's settings, named
     assert "post-copy is not allowed" in text  # the step the cluster decides
     assert POLICY_LABEL not in labels(kube, "web-1")
+    # ...and the steps the cluster decides are counted among the skipped steps
+    decided = [s for s in record.steps if s.reason == "decided by the platform"]
+    assert any("post-copy is not allowed" in s.step for s in decided), record.steps
+    assert not any(s.applied for s in decided)
 
 
 def test_the_node_the_cluster_chose_is_the_one_reported(make_kube: Any, connect: Any) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from vmmove.backend import Backend, Job, JobStatus
+from vmmove.engine import PLATFORM_DECIDES
 from vmmove.errors import (
     Conflict,
     ConnectionFailed,
@@ -407,10 +408,17 @@ class KubeVirtBackend(Backend):
                         f"({self.node_selector_why}); {target.name} is only a guess",
                         "warning",
                     )
+            # A note that names one of the policy's steps says the cluster decides that step:
+            # the record lists it among the skipped steps.
+            named = [f"'{step}'" for step in self._policy(spec).steps]
+
+            def note_code(note: str) -> str:
+                return PLATFORM_DECIDES if any(n in note for n in named) else "cluster-policy"
+
             if self._use_policies and self.policy_api:
                 p = plan(self._policy(spec), spec, vm.memory, self.capabilities)
                 for note in p.notes:
-                    add("cluster-policy", note, "warning")
+                    add(note_code(note), note, "warning")
             else:
                 why = (
                     "migration_policy=false"
@@ -419,7 +427,7 @@ class KubeVirtBackend(Backend):
                 )
                 why += ": the cluster's migration defaults apply, not the vmmove policy's settings"
                 for note in cluster_default_notes(self._policy(spec), self._cluster_config(), why):
-                    add("cluster-policy", note, "warning")
+                    add(note_code(note), note, "warning")
         else:
             if vmobj is None:
                 add(
