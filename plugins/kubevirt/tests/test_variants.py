@@ -497,3 +497,16 @@ def test_a_cold_move_whose_answer_was_lost_is_found_by_its_request_id(
     job = backend.attach({**intent, "request_id": "req-cold"})
     status = backend.poll(job)
     assert (status.phase, status.vm_host) == (Phase.COMPLETED, "node-b")
+
+
+def test_the_record_says_so_when_the_cluster_chose_another_node(
+    make_kube: Any, connect: Any
+) -> None:
+    kube: FakeKube = make_kube(ignore_added_node_selector=True)
+    kube.add_node("node-d")  # the emptiest: the scheduler's pick when it ignores the selector
+    conn = connect(kube)
+    record = conn.migrate("web-1", to="node-b").wait(60)
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "node-d" == kube.vmi_node("web-1")
+    assert record.located_at is not None
+    assert any("node-d" in w and "not on node-b" in w for w in record.warnings), record.warnings
