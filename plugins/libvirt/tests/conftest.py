@@ -240,3 +240,37 @@ def connect(cluster_uri: str) -> Iterator[Callable[..., Any]]:
     yield _connect
     for conn in opened:
         conn.close()
+
+
+@pytest.fixture
+def cold_policy() -> Callable[..., Any]:
+    """``cold_policy(shutdown, base="balanced")``: ``base`` (a preset name or a Policy) whose
+    cold moves power the guest off after ``shutdown`` seconds. The test guest ignores ACPI,
+    and the wait is the core's (the policy's ``shutdown_timeout``), not the backend's."""
+    from dataclasses import replace
+
+    from vmmove.policy import resolve
+
+    def make(shutdown: float, base: Any = "balanced", boot: float = 60.0) -> Any:
+        return replace(resolve(base), shutdown_timeout=shutdown, boot_timeout=boot)
+
+    return make
+
+
+@pytest.fixture
+def quick_cold(cold_policy: Callable[..., Any]) -> Callable[..., Any]:
+    """``quick_cold(conn)``: ``conn`` whose migrations run under ``cold_policy(3 s)`` of the
+    policy they ask for (for the contract kit's own tests, which pass no policy of ours)."""
+
+    def wrap(conn: Any, shutdown: float = 3.0) -> Any:
+        migrate = conn.migrate
+
+        def _migrate(*args: Any, **kw: Any) -> Any:
+            if kw.get("spec") is None:
+                kw["policy"] = cold_policy(shutdown, kw.get("policy") or "balanced")
+            return migrate(*args, **kw)
+
+        conn.migrate = _migrate
+        return conn
+
+    return wrap

@@ -51,17 +51,46 @@ def _contract_guests_go_afterwards(guests_session: Any) -> Iterator[None]:
     guests_session.remove_all()
 
 
+def fail_cold_step(guests: Any, conn: Any, vm_id: str, step: str) -> None:
+    """Make the next cold move of ``vm_id`` fail at ``step``. ``move``: a domain of the same
+    name (another UUID) appears on the target just before the move, and libvirt refuses the
+    definition (a real refusal). ``start``: the target accepts the power-on and the VM never
+    comes up (as a host that cannot boot it would; the core's boot_timeout ends the wait)."""
+    backend = conn.backend
+    relocate, power_on = backend.relocate, backend.power_on
+    name = conn.vm(vm_id).name
+
+    def clashing_relocate(vm: Any, target: Any, spec: Any, *, request_id: str) -> Any:
+        if vm.id == vm_id and target.id == HOST_B:
+            backend.__dict__.pop("relocate", None)  # once
+            guests.conns[1].defineXML(guests.xml(name, fresh_console=False))
+        return relocate(vm, target, spec, request_id=request_id)
+
+    def silent_power_on(vm: Any) -> None:
+        if vm.id == vm_id and vm.host == HOST_B:
+            backend.__dict__.pop("power_on", None)  # once
+            return
+        power_on(vm)
+
+    if step == "move":
+        object.__setattr__(backend, "relocate", clashing_relocate)
+    else:
+        object.__setattr__(backend, "power_on", silent_power_on)
+
+
 class TestLibvirtContract(BackendContract):
     @pytest.fixture
     def contract_setup(
-        self, guests: Any, connect: Any, cluster_uri: str
+        self, guests: Any, connect: Any, cluster_uri: str, quick_cold: Any
     ) -> Iterator[ContractSetup]:
         import vmmove
 
         reset_estate(guests)
+        # The test guest ignores ACPI: a cold move powers it off after the policy's
+        # shutdown_timeout, 3 s here.
+        conn = quick_cold(connect())
         yield ContractSetup(
-            # The test guest ignores ACPI: a cold move destroys it after this many seconds.
-            connection=connect(shutdown_timeout=3),
+            connection=conn,
             running_vm=RUN,
             target=HOST_B,
             stopped_vm=OFF,
@@ -70,6 +99,7 @@ class TestLibvirtContract(BackendContract):
             # another client over the same records: a peer-to-peer migration goes on in
             # libvirtd without the client that started it
             reconnect=lambda store: vmmove.connect(cluster_uri, store=store),
+            fail_cold_step=lambda vm, step: fail_cold_step(guests, conn, vm, step),
         )
         # Whatever the test did, the guests that ran kept their memory intact.
         for name in (RUN, SLOW):

@@ -44,9 +44,20 @@ def test_the_first_hosts_user_and_the_query_apply_to_all() -> None:
 
 def test_named_cluster_with_hosts_option() -> None:
     hosts = ["qemu+unix:///system?socket=/run/a/libvirt-sock", "qemu+ssh://kvm2/system"]
-    cfg = parse("libvirt://lab", {"hosts": hosts, "shutdown_timeout": 5, "copy_storage": "all"})
+    cfg = parse("libvirt://lab", {"hosts": " ".join(hosts), "copy_storage": "all"})
     assert (cfg.name, cfg.uris) == ("lab", tuple(hosts))
-    assert (cfg.shutdown_timeout, cfg.copy_storage) == (5.0, "all")
+    assert cfg.copy_storage == "all"
+    # commas before a scheme separate too; a comma inside an authority is the multi-host form
+    cfg = parse("libvirt://lab", {"hosts": "qemu+tcp://a,b/system, qemu+ssh://c/system"})
+    assert cfg.uris == ("qemu+tcp://a/system", "qemu+tcp://b/system", "qemu+ssh://c/system")
+
+
+def test_options_in_the_uri_query_stay_out_of_the_uris_libvirt_opens() -> None:
+    cfg = parse("qemu+tcp://a,b/system?copy_storage=all&keyfile=/k", {})
+    assert cfg.copy_storage == "all"
+    assert cfg.uris == ("qemu+tcp://a/system?keyfile=/k", "qemu+tcp://b/system?keyfile=/k")
+    cfg = parse("libvirt://lab?copy_storage=inc", {"hosts": "qemu:///system"})
+    assert cfg.copy_storage == "inc"
 
 
 def test_a_local_uri_is_a_cluster_of_one() -> None:
@@ -57,16 +68,21 @@ def test_a_local_uri_is_a_cluster_of_one() -> None:
     ("uri", "options"),
     [
         ("libvirt://lab", {}),  # no hosts
-        ("libvirt://lab/extra", {"hosts": ["qemu:///system"]}),
+        ("libvirt://lab/extra", {"hosts": "qemu:///system"}),
+        ("libvirt://lab?socket=/s", {"hosts": "qemu:///system"}),  # libvirt's key, no host's
+        ("qemu:///system?typo=1", {}),  # neither vmmove's option nor libvirt's URI key
+        ("qemu:///system?password=x", {}),  # a secret never goes in a URI
         ("qemu+tcp://a,,b/system", {}),
         ("qemu+tcp://a,a/system", {}),
         ("vsphere://vc", {}),
-        ("qemu:///system", {"hosts": "qemu+tcp://b/system"}),  # a string, not a list
-        ("qemu:///system", {"hosts": ["vsphere://x"]}),
-        ("qemu:///system", {"shutdown_timeout": 0}),
-        ("qemu:///system", {"shutdown_timeout": True}),
+        ("qemu:///system", {"hosts": ["qemu+tcp://b/system"]}),  # text, not a list
+        ("qemu:///system", {"hosts": "vsphere://x"}),
+        ("qemu:///system", {"hosts": " "}),
+        # a core option (the policy's shutdown_timeout now), or the simulator's
+        ("qemu:///system", {"shutdown_timeout": 5}),
+        ("qemu:///system", {"clock": "x"}),
         ("qemu:///system", {"copy_storage": "some"}),
-        ("qemu:///system", {"shared_paths": ["relative/dir"]}),
+        ("qemu:///system", {"shared_paths": "/ok,relative/dir"}),
         ("qemu:///system", {"cluster": ""}),
         ("qemu:///system", {"bogus": 1}),
         ("qemu:///system", {"password": 42}),
@@ -210,6 +226,26 @@ def test_the_plugin_serves_qemu_transports_and_named_clusters() -> None:
         assert not spec.capabilities.reserve
 
 
+def test_the_docs_options_table_is_the_declaration() -> None:
+    from vmmove.options import markdown_table
+    from vmmove_libvirt.config import OPTIONS
+
+    page = (Path(__file__).parents[3] / "docs" / "backends" / "libvirt.md").read_text()
+    block = page.split("<!-- options-table -->\n", 1)[1].split("\n<!-- /options-table -->", 1)[0]
+    assert block == markdown_table(OPTIONS)
+
+
+def test_the_registered_options_are_parsed_by_the_core() -> None:
+    from vmmove.plugins import plugin_manager
+    from vmmove_libvirt.config import OPTIONS, PASSTHROUGH
+
+    for scheme in ("qemu", "libvirt"):
+        spec = plugin_manager(reload=True).backends.get(scheme)
+        assert (spec.options, spec.passthrough) == (OPTIONS, PASSTHROUGH)
+    with pytest.raises(InvalidInput, match="inventory"):
+        spec.build("qemu:///system", {"inventory": "x"})  # the simulator's, refused here
+
+
 def test_importing_the_plugin_does_not_import_libvirt() -> None:
     import subprocess
     import sys
@@ -227,11 +263,11 @@ def _pki(tmp_path: Path) -> str:
 
 def test_tls_dir_goes_to_the_client_not_to_the_peer(tmp_path: Path) -> None:
     pki = _pki(tmp_path)
-    cfg = parse("qemu+tls://a,b:16514/system?x=1", {"tls_dir": pki + "/"})
+    cfg = parse("qemu+tls://a,b:16514/system?tls_priority=NORMAL", {"tls_dir": pki + "/"})
     assert cfg.tls_dir == pki
     opened = client_uri(cfg.uris[1], cfg)
-    assert opened == f"qemu+tls://b:16514/system?x=1&pkipath={pki}"
-    assert peer_uri(opened) == "qemu+tls://b:16514/system?x=1"
+    assert opened == f"qemu+tls://b:16514/system?tls_priority=NORMAL&pkipath={pki}"
+    assert peer_uri(opened) == "qemu+tls://b:16514/system?tls_priority=NORMAL"
     assert peer_uri(cfg.uris[0]) == cfg.uris[0]
     # plain qemu://host is TLS too; ssh is not touched
     assert "pkipath" in client_uri("qemu://a/system", cfg)
@@ -245,7 +281,7 @@ def test_tls_dir_goes_to_the_client_not_to_the_peer(tmp_path: Path) -> None:
         ("qemu://a/system?no_verify=yes", {}, "insecure=True"),
         ("qemu+ssh://a/system", {"insecure": True}, "TLS transports only"),
         ("qemu+tcp://a/system", {"tls_dir": "/"}, "TLS transports only"),
-        ("qemu+tls://a/system", {"insecure": "yes"}, "true or false"),
+        ("qemu+tls://a/system", {"insecure": "maybe"}, "true or false"),
         ("qemu+tls://a/system", {"tls_dir": "relative"}, "absolute"),
         ("qemu+tls://a/system", {"tls_dir": "/nonexistent-vmmove"}, "lacks cacert.pem"),
     ],

@@ -1,9 +1,11 @@
 """The libvirt backend: a cluster of libvirt hosts (QEMU driver) behind one vmmove connection.
 
 Host ids are the hosts' own names (``virConnectGetHostname``), VM ids are domain UUIDs and VM
-names are domain names. Live migrations are peer-to-peer ``migrateToURI3`` calls, cold ones
-stop the domain, move its definition (OFFLINE) and start it on the target; see
-:mod:`vmmove_libvirt.jobs` for how each maps onto vmmove's phases.
+names are domain names. Live migrations are peer-to-peer ``migrateToURI3`` calls. Cold ones
+are the core's (``vmmove.cold``) over three primitives: ``power_off`` (``shutdown()``, forced:
+``destroy()``), ``relocate`` (an OFFLINE move of the stopped domain's definition) and
+``power_on`` (``create()`` where the definition is); see :mod:`vmmove_libvirt.jobs` for how
+each job maps onto vmmove's phases.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from vmmove.backend import Backend, Job, JobStatus, Reservation
-from vmmove.errors import Conflict, ConnectionFailed, InvalidInput, NotFound, NotSupported
+from vmmove.errors import (
+    Conflict,
+    ConnectionFailed,
+    InvalidInput,
+    MigrationFailed,
+    NotFound,
+    NotSupported,
+)
+from vmmove.machine import Phase
 from vmmove.model import (
     Capacity,
     CpuInfo,
@@ -39,15 +49,15 @@ from vmmove.model import (
 from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
 from vmmove_libvirt.config import (
     ClusterConfig,
+    build,
     client_uri,
     migration_address,
     migration_uri,
-    parse,
     peer_uri,
     redact,
 )
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
-from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, ColdJob, LiveJob, MigrationJob, runs
+from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, LiveJob, MigrationJob, RelocateJob, runs
 from vmmove_libvirt.plugin import CAPABILITIES
 from vmmove_libvirt.stats import JOB_ACTIVE
 from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, HostFacts, domain_facts
@@ -186,7 +196,8 @@ class LibvirtBackend(Backend):
 
     @classmethod
     def from_uri(cls, uri: str, options: Mapping[str, Any]) -> LibvirtBackend:
-        return cls(parse(uri, options))
+        """``options``: the values the core parsed from the declaration (config.OPTIONS)."""
+        return cls(build(uri, options))
 
     @staticmethod
     def _identify(hosts: list[HostConn]) -> dict[str, HostConn]:
@@ -606,7 +617,7 @@ class LibvirtBackend(Backend):
         configured = self._addresses.get(dest.id)
         if configured is not None:
             return configured, None
-        fix = f"name one with migration_address={{{dest.id!r}: 'ADDRESS'}}"
+        fix = f"name one with migration_address='{dest.id}=ADDRESS'"
         address = migration_address(dest.uri)
         if address is None:
             return None, (
@@ -732,29 +743,99 @@ class LibvirtBackend(Backend):
                 request_id=request_id,
                 common=common,
             )
-        elif mode is MigrationMode.COLD:
-            flags = (
-                lv.VIR_MIGRATE_OFFLINE
-                | lv.VIR_MIGRATE_PERSIST_DEST
-                | lv.VIR_MIGRATE_UNDEFINE_SOURCE
-                | lv.VIR_MIGRATE_PEER2PEER
-            )
-            job = ColdJob(
-                dest_uri=peer_uri(dest.uri),
-                flags=flags,
-                shutdown_timeout=self.config.shutdown_timeout,
-                **common,
-            )
-            job.request_id = request_id
         else:
-            raise InvalidInput(f"start() takes live or cold, not {mode}")
+            # Cold moves are the core's (relocate_stopped): power_off, relocate, power_on.
+            raise NotSupported(f"start() takes live migrations only, not {mode}")
+        return self._launch(job, request_id)
+
+    def _launch(self, job: MigrationJob, request_id: str) -> Job:
         with self._lock:
-            self._jobs[job_id] = job
-            self._by_vm[vm.id] = job
+            self._jobs[job.id] = job
+            self._by_vm[job.vm] = job
             if request_id:
                 self._by_request[request_id] = job
         job.start()
         return self._job_handle(job, {"request_id": request_id} if request_id else {})
+
+    # ---- cold migration primitives (the core orchestrates them: vmmove.cold) ---------------
+    def _domain(self, vm: VMInfo) -> tuple[HostConn, Any]:
+        """The VM's domain on the host that holds it (``vm.host``)."""
+        host = self._host(vm.host)
+        try:
+            dom = host.domain(vm.id)
+        except self.lv.libvirtError as exc:
+            raise ConnectionFailed(f"{host.id} could not look up {vm.name}: {exc}") from None
+        if dom is None:
+            raise NotFound(f"VM {vm.name} is no longer on {host.id}")
+        return host, dom
+
+    def _inactive(self, dom: Any) -> bool:
+        try:
+            return not dom.isActive()
+        except self.lv.libvirtError as exc:
+            raise ConnectionFailed(f"cannot tell whether the domain runs: {exc}") from None
+
+    def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        """``shutdown()`` (the guest's ACPI power button), or ``destroy()`` when ``force``."""
+        host, dom = self._domain(vm)
+        if self._inactive(dom):
+            return
+        try:
+            dom.destroy() if force else dom.shutdown()
+        except self.lv.libvirtError as exc:
+            if self._inactive(dom):
+                return  # it stopped meanwhile: what was asked for
+            how = "destroy" if force else "shut down"
+            raise MigrationFailed(
+                f"{host.id} refused to {how} {vm.name}: {exc}", vm_host=host.id
+            ) from None
+
+    def power_on(self, vm: VMInfo) -> None:
+        """``create()`` on the host that holds the (inactive) definition."""
+        host, dom = self._domain(vm)
+        if not self._inactive(dom):
+            return
+        try:
+            dom.create()
+        except self.lv.libvirtError as exc:
+            if not self._inactive(dom):
+                return
+            # It runs nowhere now: the core says where it is stopped (vm_power) and restores.
+            raise MigrationFailed(
+                f"{host.id} could not start {vm.name}: {exc}", vm_host=None
+            ) from None
+
+    def relocate(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
+    ) -> Job:
+        """Move the stopped VM's definition to ``target`` (OFFLINE | PERSIST_DEST |
+        UNDEFINE_SOURCE, peer-to-peer, in the job's thread: this returns at once)."""
+        lv = self.lv
+        source, dom = self._domain(vm)
+        dest = self._host(target.id)
+        if not self._inactive(dom):
+            raise Conflict(f"{vm.name} runs on {source.id}: it must be stopped before it is moved")
+        with self._lock:
+            if vm.id in self._by_vm and not self._by_vm[vm.id].done:
+                raise Conflict(f"{vm.name} is already migrating (job {self._by_vm[vm.id].id})")
+        flags = (
+            lv.VIR_MIGRATE_OFFLINE
+            | lv.VIR_MIGRATE_PERSIST_DEST
+            | lv.VIR_MIGRATE_UNDEFINE_SOURCE
+            | lv.VIR_MIGRATE_PEER2PEER
+        )
+        job = RelocateJob(
+            dest_uri=peer_uri(dest.uri),
+            flags=flags,
+            job_id=uuid.uuid4().hex[:12],
+            lv=lv,
+            dom=dom,
+            vm=vm.id,
+            source=source,
+            target=dest,
+        )
+        job.request_id = request_id
+        return self._launch(job, request_id)
 
     def _live_job(
         self,
@@ -917,15 +998,9 @@ class LibvirtBackend(Backend):
         if known is not None:
             return self._job_handle(known, ref)
         mode = MigrationMode(ref.get("mode", MigrationMode.LIVE.value))
+        if mode is MigrationMode.COLD:
+            return self._attach_relocate(vm_id, dest, ref, intent=intent)
         if intent and request_id:
-            if mode is not MigrationMode.LIVE:
-                # A cold move is driven by the client that started it (stop, move the
-                # definition, start): no platform job outlives it, so none is to be found
-                # later either, and NotSupported ends the engine's search at once.
-                raise NotSupported(
-                    f"no cold migration of VM {vm_id} was started by request {request_id} in "
-                    "this client: a cold move has no libvirt job to find"
-                )
             source, dom, job_id = self._find_request(vm_id, dest, request_id)
         else:
             source, dom, job_id = self._find_running(vm_id, dest, ref)
@@ -953,6 +1028,53 @@ class LibvirtBackend(Backend):
                 self._by_request[request_id] = job
         job.watch()
         return self._job_handle(job, ref)
+
+    def _attach_relocate(
+        self, vm_id: str, dest: HostConn, ref: Mapping[str, str], *, intent: bool
+    ) -> Job:
+        """A move of a stopped VM started by a client that went away. An offline migration
+        outlives no client (libvirt holds no job for it): the definitions say whether it
+        happened. The target holding the only one: a completed move; else, for an intent,
+        :class:`NotFound` (the core moves it then), and for a job, a failed one."""
+        holders = self._holders(vm_id)
+        source_id = ref.get("source") or next((h for h in holders if h != dest.id), "")
+        source = self._hosts.get(source_id) or dest
+        if holders == [dest.id]:
+            outcome, native, vm_host, error = Phase.COMPLETED, "completed", dest.id, None
+        elif intent:
+            raise NotFound(f"VM {vm_id} was not moved to {dest.id} (its definition is elsewhere)")
+        else:
+            where = ", ".join(holders) or "no host"
+            outcome, native, vm_host = Phase.FAILED, "failed", source.id
+            error = f"the move was not finished by the client that began it (defined on {where})"
+        job = RelocateJob(
+            dest_uri=peer_uri(dest.uri),
+            flags=0,
+            job_id=ref.get("job") or uuid.uuid4().hex[:12],
+            lv=self.lv,
+            dom=None,
+            vm=vm_id,
+            source=source,
+            target=dest,
+        )
+        job.request_id = ref.get("request_id", "")
+        job.settled(outcome, native, vm_host, error)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._by_vm[vm_id] = job
+        return self._job_handle(job, ref)
+
+    def _holders(self, vm_id: str) -> list[str]:
+        """The hosts that hold a definition of the VM; :class:`ConnectionFailed` when one
+        cannot be asked."""
+        out = []
+        for host in self._hosts.values():
+            try:
+                if host.domain(vm_id) is not None:
+                    out.append(host.id)
+            except self.lv.libvirtError as exc:
+                raise ConnectionFailed(f"cannot ask {host.id} for VM {vm_id}: {exc}") from None
+        return out
 
     def _find_running(
         self, vm_id: str, dest: HostConn, ref: Mapping[str, str]

@@ -1,27 +1,19 @@
 """What a libvirt estate is: a named cluster of libvirt host URIs, and the backend's options.
 
-Two URI forms, plus options from ``vmmove.connect(..., **options)`` or the config file's
-``[options]`` table:
+Two URI forms, plus the options declared in :data:`OPTIONS` (parsed by the core from
+``vmmove.connect(..., **options)``, the URI's query or the config file's ``[options]``):
 
 ``qemu+tcp://10.0.0.1,10.0.0.2/system``
     One transport, several hosts: each comma-separated authority is a host, and every host
     gets the same transport, path and query (``qemu+tcp://10.0.0.1/system``, ...). A user
     given on the first host applies to the others that name none. One host is a cluster of one.
 
-``libvirt://NAME`` with ``hosts = [...]``
+``libvirt://NAME`` with ``hosts="URI URI ..."``
     A named cluster of any libvirt URIs (``qemu+ssh://...``, ``qemu+unix:///system?socket=...``).
 
-Options: ``hosts`` (more host URIs), ``cluster`` (the cluster's name, default ``default``),
-``password`` (a :class:`vmmove.Secret` for libvirt's SASL/password prompt),
-``shutdown_timeout`` (seconds a cold migration waits for a graceful shutdown, default 60),
-``copy_storage`` (``none``: refuse VMs with local disks; ``all``: copy them, NON_SHARED_DISK;
-``inc``: NON_SHARED_INC), ``shared_paths`` (directories every host mounts: a disk under one
-is shared), ``tls_dir`` (the client's PKI directory for TLS transports: ``cacert.pem``,
-``clientcert.pem``, ``clientkey.pem``), ``insecure`` (skip the server certificate check of TLS
-transports; warned), ``migration_address`` (per host, the address the migration stream goes to
-when it is not the host of the host's URI: ``{"kvm2": "10.1.0.2"}``, keyed by host name or by
-the host's URI), ``persist_transient`` (define a transient domain on the target too; default
-false: a transient domain stays transient).
+The query keys of libvirt's own URIs (``socket``, ``keyfile``, ``pkipath``, ``no_verify``...,
+:data:`PASSTHROUGH`) are libvirt's: they stay in the host URIs. vmmove's options given in a
+URI's query are taken out of the URIs libvirt opens.
 
 TLS is libvirt's own (``qemu+tls://``, and plain ``qemu://host/`` whose default transport is
 TLS), and libvirt verifies the server's certificate unless the URI says ``no_verify=1``; vmmove
@@ -34,20 +26,25 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
+from vmmove import options as core_options
 from vmmove.errors import InsecureConnectionWarning, InvalidInput
+from vmmove.options import Option
 from vmmove.secrets import Secret
 
 log = logging.getLogger("vmmove.libvirt")
 
 __all__ = [
     "OPTIONS",
+    "PASSTHROUGH",
     "ClusterConfig",
+    "build",
     "client_uri",
     "migration_address",
     "migration_uri",
@@ -56,24 +53,84 @@ __all__ = [
     "redact",
 ]
 
-OPTIONS = (
-    "hosts",
-    "cluster",
-    "password",
-    "shutdown_timeout",
-    "copy_storage",
-    "shared_paths",
-    "tls_dir",
-    "insecure",
-    "migration_address",
-    "persist_transient",
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="hosts",
+        kind="str",
+        doc="more host URIs, separated by spaces (or by commas before a scheme): "
+        '`"qemu+ssh://kvm1/system qemu+ssh://kvm2/system"`',
+    ),
+    Option(name="cluster", kind="str", doc="the cluster's name (default: `libvirt://NAME`'s)"),
+    Option(
+        name="password",
+        kind="secret",
+        in_uri=False,
+        doc="answer to libvirt's SASL/password prompt (a `vmmove.Secret`)",
+    ),
+    Option(
+        name="copy_storage",
+        kind="choice",
+        choices=("none", "all", "inc"),
+        default="none",
+        doc="local disks of a live migration: `none` refuses the VM, `all` copies them "
+        "(NON_SHARED_DISK), `inc` copies the top of a backing chain (NON_SHARED_INC)",
+    ),
+    Option(
+        name="shared_paths",
+        kind="str",
+        doc="absolute directories every host mounts (NFS...), separated by commas: a disk "
+        "under one of them is shared",
+    ),
+    Option(
+        name="tls_dir",
+        kind="path",
+        doc="the client's PKI directory for TLS transports (`cacert.pem`, `clientcert.pem`, "
+        "`clientkey.pem`); absolute",
+    ),
+    Option(
+        name="insecure",
+        kind="bool",
+        default=False,
+        doc="skip the server certificate check of TLS transports (warned; needed for a "
+        "URI's `no_verify=1`)",
+    ),
+    Option(
+        name="migration_address",
+        kind="str",
+        doc="per host, the address the migration stream goes to: `kvm1=10.1.0.1,kvm2=10.1.0.2` "
+        "(key: the host's name or its URI; an IP address or a name, without scheme or port)",
+    ),
+    Option(
+        name="persist_transient",
+        kind="bool",
+        default=False,
+        doc="define a transient domain on the target too (otherwise it stays transient)",
+    ),
+)
+#: Query keys of libvirt's own remote URIs (libvirt's docs, "Remote URI parameters"): the
+#: platform's, passed to libvirt as they are.
+PASSTHROUGH = (
+    "name",
+    "command",
+    "socket",
+    "auth",
+    "netcat",
+    "keyfile",
+    "no_verify",
+    "no_tty",
+    "pkipath",
+    "known_hosts",
+    "known_hosts_verify",
+    "sshauth",
+    "tls_priority",
+    "mode",
+    "proxy",
 )
 #: What libvirt's client reads from ``pkipath`` (server side: servercert/serverkey).
 TLS_FILES = ("cacert.pem", "clientcert.pem", "clientkey.pem")
 #: Query parameters that configure the client end only.
 _CLIENT_PARAMS = ("pkipath", "no_verify")
 CopyStorage = Literal["none", "all", "inc"]
-_COPY = ("none", "all", "inc")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +138,6 @@ class ClusterConfig:
     name: str
     uris: tuple[str, ...]
     password: Secret | None = None
-    shutdown_timeout: float = 60.0
     copy_storage: CopyStorage = "none"
     shared_paths: tuple[str, ...] = ()
     tls_dir: str | None = None
@@ -172,29 +228,45 @@ def _split_hosts(uri: str, parts: SplitResult) -> list[str]:
     return out
 
 
-def _host_list(value: Any) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise InvalidInput("the hosts option is a list of libvirt URIs")
+# Between host URIs: whitespace, or a comma that a scheme follows (a comma inside an
+# authority, ``qemu+tcp://a,b/system``, is the multi-host form and stays).
+_HOST_SEP = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _host_list(text: str) -> list[str]:
     out = []
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise InvalidInput(f"hosts: {item!r} is not a libvirt URI")
+    for item in filter(None, _HOST_SEP.split(text.strip())):
         parts = urlsplit(item)
         if not _is_qemu(parts.scheme):
             raise InvalidInput(
                 f"hosts: {redact(item)!r} is not a QEMU driver URI (qemu://, qemu+ssh://, ...)"
             )
-        out.extend(_split_hosts(item, parts))
+        bare = _without_options(item)
+        out.extend(_split_hosts(bare, urlsplit(bare)))
+    if not out:
+        raise InvalidInput("hosts names no host URI")
     return out
 
 
+def _without_options(uri: str) -> str:
+    """The URI libvirt opens: vmmove's own options taken out of its query."""
+    query = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    ours = [o.name for o in OPTIONS if o.name in query]
+    return _with_query(uri, dict.fromkeys(ours)) if ours else uri
+
+
 def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
-    """The cluster behind ``uri`` and ``options``; :class:`InvalidInput` for anything malformed."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown libvirt option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}"
-        )
+    """The cluster behind ``uri`` and raw ``options``, parsed as ``vmmove.connect`` parses
+    them (the core's :func:`vmmove.options.parse`, then :func:`build`)."""
+    values = core_options.parse(
+        OPTIONS, uri=uri, kwargs=options, scheme="qemu", passthrough=PASSTHROUGH
+    )
+    return build(uri, values)
+
+
+def build(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
+    """The cluster behind ``uri`` and the parsed option values (each of its declared kind);
+    :class:`InvalidInput` for what the kinds alone do not catch."""
     try:
         parts = urlsplit(uri)
     except ValueError as exc:
@@ -202,16 +274,18 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
     name = options.get("cluster")
     uris: list[str] = []
     if parts.scheme == "libvirt":
-        if parts.path not in ("", "/") or parts.query:
+        query = core_options.query_of(uri)
+        if parts.path not in ("", "/") or set(query) - {o.name for o in OPTIONS}:
             raise InvalidInput("a libvirt:// URI names a cluster only: libvirt://NAME")
         name = name or parts.netloc or None
         if "hosts" not in options:
             raise InvalidInput(
-                "libvirt://NAME needs its hosts: connect(uri, hosts=['qemu+ssh://kvm1/system', "
-                "...]), or hosts = [...] under [options] in the config file"
+                "libvirt://NAME needs its hosts: connect(uri, hosts='qemu+ssh://kvm1/system "
+                'qemu+ssh://kvm2/system\'), or hosts = "..." under [options] in the config file'
             )
     elif _is_qemu(parts.scheme):
-        uris.extend(_split_hosts(uri, parts))
+        bare = _without_options(uri)
+        uris.extend(_split_hosts(bare, urlsplit(bare)))
     else:
         raise InvalidInput(f"not a libvirt URI: {redact(uri)!r}")
     if "hosts" in options:
@@ -222,70 +296,47 @@ def parse(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         raise InvalidInput("a host URI is listed twice")
     if name is None:
         name = "default"
-    if not isinstance(name, str) or not name:
+    if not name:
         raise InvalidInput("cluster must be a non-empty string")
 
-    password = options.get("password")
-    if password is not None and not isinstance(password, Secret):
-        if not isinstance(password, str):
-            raise InvalidInput("password must be a string or a vmmove.Secret")
-        password = Secret(password)
-
-    timeout = options.get("shutdown_timeout", 60.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidInput(
-            f"shutdown_timeout must be a positive number of seconds, not {timeout!r}"
-        )
-
-    copy = options.get("copy_storage", "none")
-    if copy not in _COPY:
-        raise InvalidInput(f"copy_storage must be one of {', '.join(_COPY)}, not {copy!r}")
-
-    shared = options.get("shared_paths", ())
-    if isinstance(shared, str) or not isinstance(shared, Sequence):
-        raise InvalidInput("shared_paths is a list of directories")
+    shared = [p.strip() for p in options.get("shared_paths", "").split(",") if p.strip()]
     for path in shared:
-        if not isinstance(path, str) or not path.startswith("/"):
+        if not path.startswith("/"):
             raise InvalidInput(f"shared_paths: {path!r} is not an absolute directory")
-
-    persist = options.get("persist_transient", False)
-    if not isinstance(persist, bool):
-        raise InvalidInput(f"persist_transient must be true or false, not {persist!r}")
 
     tls_dir, insecure = _tls(uris, options)
     return ClusterConfig(
         name=name,
         uris=tuple(uris),
-        password=password,
-        shutdown_timeout=float(timeout),
-        copy_storage=copy,
+        password=options.get("password"),
+        copy_storage=options.get("copy_storage", "none"),
         shared_paths=tuple(p.rstrip("/") or "/" for p in shared),
         tls_dir=tls_dir,
         insecure=insecure,
-        migration_addresses=_migration_addresses(options.get("migration_address", {})),
-        persist_transient=persist,
+        migration_addresses=_migration_addresses(options.get("migration_address", "")),
+        persist_transient=bool(options.get("persist_transient", False)),
     )
 
 
-def _migration_addresses(value: Any) -> dict[str, str]:
-    """``{host: address}``; which hosts the keys name is checked once the hosts answered."""
-    if not isinstance(value, Mapping):
-        raise InvalidInput(
-            "migration_address maps hosts to addresses: {'kvm2': '10.1.0.2'} (key: the host's "
-            "name or its URI)"
-        )
+def _migration_addresses(text: str) -> dict[str, str]:
+    """``host=address,host=address`` as ``{host: address}``; which hosts the keys name is
+    checked once the hosts answered. A key may be a host URI (its query has ``=`` too: the
+    address is what follows the last one)."""
     out = {}
-    for key, address in value.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidInput(f"migration_address: {key!r} names no host")
-        if not isinstance(address, str):
-            raise InvalidInput(f"migration_address[{key!r}] must be an address, not {address!r}")
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        key, sep, address = entry.rpartition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInput(
+                f"migration_address: {entry!r} is not HOST=ADDRESS (for example "
+                "'kvm1=10.1.0.1,kvm2=10.1.0.2'; HOST: the host's name or its URI)"
+            )
         bare = address.strip()
         if bare.startswith("[") and bare.endswith("]"):
             bare = bare[1:-1]
         if not bare or any(c.isspace() or c in "/@?#[]" for c in bare):
             raise InvalidInput(
-                f"migration_address[{key!r}] = {address!r} is not a host name or IP address "
+                f"migration_address for {key!r}: {address!r} is not a host name or IP address "
                 "(give the address alone, no scheme or port)"
             )
         out[key] = bare
@@ -299,9 +350,7 @@ def migration_uri(address: str) -> str:
 
 def _tls(uris: Sequence[str], options: Mapping[str, Any]) -> tuple[str | None, bool]:
     """Check the TLS options against the URIs; warn once when verification is switched off."""
-    insecure = options.get("insecure", False)
-    if not isinstance(insecure, bool):
-        raise InvalidInput(f"insecure must be true or false, not {insecure!r}")
+    insecure = bool(options.get("insecure", False))
     tls = [u for u in uris if uses_tls(u)]
     unverified = [u for u in tls if _no_verify(u)]
     if unverified and not insecure:
@@ -311,9 +360,10 @@ def _tls(uris: Sequence[str], options: Mapping[str, Any]) -> tuple[str | None, b
         )
     if insecure and not tls:
         raise InvalidInput("insecure applies to TLS transports only (qemu+tls://, qemu://host/)")
-    tls_dir = options.get("tls_dir")
+    tls_path = options.get("tls_dir")
+    tls_dir = None if tls_path is None else os.fspath(tls_path)
     if tls_dir is not None:
-        if not isinstance(tls_dir, str) or not tls_dir.startswith("/"):
+        if not tls_dir.startswith("/"):
             raise InvalidInput(f"tls_dir must be an absolute directory, not {tls_dir!r}")
         if not tls:
             raise InvalidInput("tls_dir applies to TLS transports only (qemu+tls://, qemu://host/)")
@@ -327,6 +377,6 @@ def _tls(uris: Sequence[str], options: Mapping[str, Any]) -> tuple[str | None, b
             f"{', '.join(redact(u) for u in tls)} (insecure=True): anyone on the path can pose "
             "as the host; trust its CA with tls_dir instead"
         )
-        warnings.warn(message, InsecureConnectionWarning, stacklevel=5)
+        warnings.warn(message, InsecureConnectionWarning, stacklevel=7)
         log.warning("%s", message)
     return tls_dir, insecure

@@ -22,11 +22,12 @@ A live job has two threads: the *worker* makes the call (``migrateToURI3`` block
 migration ends), the *monitor* samples ``jobStats()``, sends aborts and policy steps, watches
 post-copy, and reconnects to a source whose libvirtd went away.
 
-Cold (stop, move the definition, start)::
+Relocate (the move of a stopped VM, one step of the core's cold migration)::
 
-    requesting      setting up
-    transferring    graceful shutdown (ACPI), then destroy after ``shutdown_timeout``
-    switching_over  OFFLINE | PERSIST_DEST | UNDEFINE_SOURCE, then start on the target
+    requesting      the job's thread has not made the call yet
+    transferring    OFFLINE | PERSIST_DEST | UNDEFINE_SOURCE (the definition moves)
+    completed       the call returned: the target holds the definition
+    failed          the call raised: the source still holds it
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from vmmove_libvirt.config import redact
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
 from vmmove_libvirt.stats import JOB_ACTIVE, Sample, figures, sample
 
-__all__ = ["ColdJob", "LiveJob", "MigrationJob"]
+__all__ = ["LiveJob", "MigrationJob", "RelocateJob"]
 
 log = logging.getLogger("vmmove.libvirt")
 
@@ -849,139 +850,65 @@ def _const(lv: Any, name: str, default: int) -> int:
     return int(getattr(lv, name, default))
 
 
-class ColdJob(MigrationJob):
-    """Stop (graceful, then forced), move the definition (OFFLINE), start on the target."""
+class RelocateJob(MigrationJob):
+    """Move a stopped VM's definition: one OFFLINE | PERSIST_DEST | UNDEFINE_SOURCE migration
+    (peer-to-peer), in the job's thread. Stopping and starting the VM are the core's
+    (``vmmove.cold``), through the backend's ``power_off``/``power_on``."""
 
     mode = MigrationMode.COLD
 
-    def __init__(self, *, dest_uri: str, flags: int, shutdown_timeout: float, **kw: Any) -> None:
+    def __init__(self, *, dest_uri: str, flags: int, **kw: Any) -> None:
         super().__init__(**kw)
         self.dest_uri = dest_uri
         self.flags = flags
-        self.shutdown_timeout = shutdown_timeout
-        self.stage = "setup"
-        self.was_running = False
-        self.forced = False
-        self.down_since: float | None = None
-        self.downtime: float | None = None
         self.vm_host: str | None = None
+        self.moving = False
 
     def run(self) -> None:
-        lv, dom = self.lv, self.dom
-        self.was_running = bool(dom.isActive())
-        if self.was_running:
-            with self.lock:
-                if self._cancelled_before("shutdown"):
-                    return
-                self.stage, self.native = "shutdown", "graceful shutdown (ACPI)"
-            self._shut_down()
         with self.lock:
             if self.abort_requested:
-                cancel = True
-            else:
-                cancel = False
-                self.stage, self.native = "define", "moving the definition (offline)"
-        if cancel:
-            self._restart_on_source("cancelled")
-            return
-        try:
-            dom.migrateToURI3(self.dest_uri, {}, self.flags)
-        except lv.libvirtError as exc:
-            self._restart_on_source("failed", exc)
-            return
-        if self.was_running:
-            with self.lock:
-                self.stage, self.native = "boot", "starting on the target"
-            try:
-                moved = self.target.domain(self.vm)
-                if moved is None:
-                    raise RuntimeError("the definition is not on the target")
-                moved.create()
-            except (lv.libvirtError, RuntimeError) as exc:
-                with self.lock:
-                    self.ended = time.monotonic()
-                    self.outcome, self.native = Phase.FAILED, "failed"
-                    self.error = f"moved to {self.target.id}, but it did not start there: {exc}"
-                    self.vm_host = self.target.id
+                self._end(Phase.CANCELLED, "cancelled before the move", self.source.id)
                 return
+            self.moving, self.native = True, "moving the definition (offline)"
+        try:
+            self.dom.migrateToURI3(self.dest_uri, {}, self.flags)
+        except self.lv.libvirtError as exc:
+            # libvirt undefines the source only once the target holds the definition.
+            with self.lock:
+                self.error = self._error_text(exc)
+                self._end(Phase.FAILED, "failed", self.source.id)
+            return
         with self.lock:
-            self.ended = time.monotonic()
-            if self.down_since is not None:
-                self.downtime = self.ended - self.down_since
-            self.outcome, self.native = Phase.COMPLETED, "completed"
-            self.vm_host = self.target.id
+            self._end(Phase.COMPLETED, "completed", self.target.id)
 
-    def _cancelled_before(self, stage: str) -> bool:
-        if not self.abort_requested:
-            return False
+    def settled(self, outcome: Phase, native: str, vm_host: str, error: str | None) -> None:
+        """A move this client did not watch (attach): what the hosts' definitions say."""
+        with self.lock:
+            self.error = error
+            self._end(outcome, native, vm_host)
+
+    def _end(self, outcome: Phase, native: str, vm_host: str) -> None:
         self.ended = time.monotonic()
-        self.outcome, self.native = Phase.CANCELLED, f"cancelled before {stage}"
-        self.vm_host = self.source.id
-        return True
-
-    def _shut_down(self) -> None:
-        lv, dom = self.lv, self.dom
-        try:
-            dom.shutdown()
-        except lv.libvirtError as exc:
-            log.info("graceful shutdown of %s refused: %s", self.vm, exc)
-        deadline = time.monotonic() + self.shutdown_timeout
-        while dom.isActive():
-            if self.abort_requested:
-                return
-            if time.monotonic() > deadline:
-                with self.lock:
-                    self.native = f"no shutdown after {self.shutdown_timeout:g} s: destroying"
-                    self.forced = True
-                try:
-                    dom.destroy()
-                except lv.libvirtError:
-                    if dom.isActive():
-                        raise
-                break
-            time.sleep(0.1)
-        self.down_since = time.monotonic()
-
-    def _restart_on_source(self, outcome: str, error: BaseException | None = None) -> None:
-        """Before the commit point: bring the VM back up where it was."""
-        restart_error = ""
-        if self.was_running and not self.dom.isActive():
-            try:
-                self.dom.create()
-            except self.lv.libvirtError as exc:
-                restart_error = f"; restarting it on {self.source.id} failed too: {exc}"
-        with self.lock:
-            self.ended = time.monotonic()
-            self.vm_host = self.source.id
-            if outcome == "cancelled":
-                self.outcome, self.native = Phase.CANCELLED, "cancelled"
-                self.error = restart_error or None
-            else:
-                self.outcome, self.native = Phase.FAILED, "failed"
-                self.error = (self._error_text(error) if error else "failed") + restart_error
+        self.outcome, self.native, self.vm_host = outcome, native, vm_host
 
     def abort(self) -> None:
+        # An offline migration has no QEMU job to abort: only a move not yet begun stops.
         with self.lock:
-            if self.stage in ("setup", "shutdown") and not self.done:
+            if not self.moving and not self.done:
                 self.abort_requested = True
 
     def status(self) -> JobStatus:
         with self.lock:
             if self.outcome is not None:
                 phase = self.outcome
-            elif self.stage == "shutdown":
+            elif self.moving:
                 phase = Phase.TRANSFERRING
-            elif self.stage in ("define", "boot"):
-                phase = Phase.SWITCHING_OVER
             else:
                 phase = Phase.REQUESTING
             figs = None
             if phase.terminal:
-                figs = Figures(
-                    total_time=(self.ended or time.monotonic()) - self.started,
-                    downtime_ms=self.downtime * 1000 if self.downtime is not None else None,
-                    iterations=None,
-                )
+                total = (self.ended or time.monotonic()) - self.started
+                figs = Figures(total_time=total, downtime_ms=None, iterations=None)
             return JobStatus(
                 phase=phase,
                 native=self.native,

@@ -9,6 +9,7 @@ from typing import Any
 from vmmove.backend import Backend, Capabilities
 from vmmove.hookspecs import hookimpl
 from vmmove.plugins import BackendRegistry
+from vmmove_libvirt.config import OPTIONS, PASSTHROUGH
 
 CAPABILITIES = Capabilities(
     live=True,
@@ -22,6 +23,8 @@ CAPABILITIES = Capabilities(
     reserve=False,
     storage_move=True,
     choose_target=True,
+    # cold moves are the core's: power_off / relocate / power_on (vmmove.cold)
+    relocate_stopped=True,
 )
 
 
@@ -38,10 +41,14 @@ def vmmove_add_backends(registry: BackendRegistry) -> None:
         _factory,
         description="libvirt QEMU/KVM hosts: qemu+tcp://h1,h2/system (one URI, several hosts)",
         capabilities=CAPABILITIES,
+        options=OPTIONS,
+        passthrough=PASSTHROUGH,
     )
     registry.add(
         "libvirt",
         _factory,
-        description="a named libvirt cluster: libvirt://NAME with hosts=[libvirt URIs]",
+        description="a named libvirt cluster: libvirt://NAME with hosts='URI URI ...'",
         capabilities=CAPABILITIES,
+        options=OPTIONS,
+        passthrough=PASSTHROUGH,
     )
