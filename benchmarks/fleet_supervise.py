@@ -48,6 +48,7 @@ from vmmove.model import (
     VMInfo,
 )
 from vmmove.plugins import plugin_manager
+from vmmove.policy import Policy
 from vmmove.sim import parse
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -100,6 +101,7 @@ class TimedBackend(Backend):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Reservation | None,
         request_id: str = "",

@@ -126,7 +126,8 @@ def test_it_never_answers_from_a_stale_view(toy_installed: Path) -> None:
         vm, target = conn.vm("vm-1"), conn.host("h2")
         job = toy.start(
             vm, target, vmmove.MigrationSpec(vm="vm-1"), vmmove.MigrationMode.LIVE,
-            needs=frozenset(), reservation=None, request_id="r-1",
+            policy=vmmove.PRESETS["balanced"], needs=frozenset(), reservation=None,
+            request_id="r-1",
         )  # fmt: skip
         toy.reachable = False  # type: ignore[attr-defined]
         with pytest.raises(vmmove.ConnectionFailed):

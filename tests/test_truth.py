@@ -284,11 +284,13 @@ def test_steps_the_platform_decides_count_as_skipped_steps(monkeypatch: pytest.M
     conn = estate()
     real_check = conn.backend.check
 
-    def check(vm: Any, target: Any, spec: Any) -> list[vmmove.Problem]:
+    def check(vm: Any, target: Any, spec: Any, **resolved: Any) -> list[vmmove.Problem]:
+        assert resolved["mode"] is vmmove.MigrationMode.LIVE  # resolved before the backend
+        assert resolved["policy"].name == "none"
         note = vmmove.Problem(
             code=PLATFORM_DECIDES, message="'postcopy' is the cluster's call", severity="warning"
         )
-        return [*real_check(vm, target, spec), note]
+        return [*real_check(vm, target, spec, **resolved), note]
 
     monkeypatch.setattr(conn.backend, "check", check)
     record = conn.migrate("v", to="b", policy="none").wait()

@@ -25,7 +25,7 @@ from vmmove.clock import Clock, RealClock
 from vmmove.errors import NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
-from vmmove.policy import Action
+from vmmove.policy import Action, Policy
 
 __all__ = ["Backend", "Capabilities", "Job", "JobStatus", "Reservation", "lookup"]
 
@@ -99,6 +99,9 @@ class JobStatus:
     error: str | None = None
     figures: Figures | None = None
     postcopy: bool = False  # the job has entered post-copy (even if it is past it now)
+    #: seconds until this job wants polling again (``None``: the backend's poll_interval);
+    #: per job, so one job's pace never sets another's
+    next_poll: float | None = None
 
 
 class Backend(abc.ABC):
@@ -145,8 +148,18 @@ class Backend(abc.ABC):
             return None
 
     # ---- migration ---------------------------------------------------------------------
-    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
-        """Platform pre-checks beyond the engine's own (CPU, storage, name clashes)."""
+    def check(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        *,
+        mode: MigrationMode,
+        policy: Policy,
+    ) -> list[Problem]:
+        """Platform pre-checks beyond the engine's own (CPU, storage, name clashes).
+        ``mode`` is resolved (LIVE or COLD, never AUTO) and ``policy`` is the resolved
+        :class:`~vmmove.policy.Policy`: a backend never resolves either itself."""
         return []
 
     def reserve(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> Reservation | None:
@@ -164,12 +177,14 @@ class Backend(abc.ABC):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Reservation | None,
         request_id: str = "",
     ) -> Job:
-        """Start the job. ``mode`` is LIVE or COLD (never AUTO). ``needs`` lists the
-        capabilities the policy may use later, for platforms that must enable them at start.
+        """Start the job. ``mode`` is LIVE or COLD (never AUTO); ``policy`` is the resolved
+        policy the engine will apply; ``needs`` lists the capabilities it may use later, for
+        platforms that must enable them at start.
 
         ``request_id`` is unique to this start attempt and is also in the intent reference
         the engine saves before calling (``{"intent": "start", "request_id": ..., "at":
@@ -181,8 +196,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def poll(self, job: Job) -> JobStatus: ...
 
-    def tune(self, job: Job, action: Action) -> None:
-        """Apply a policy action to a running job."""
+    def tune(self, job: Job, action: Action) -> float | None:
+        """Apply a policy action to a running job. Return seconds until this job should be
+        polled again (a step may end the pass at once), or ``None`` for the usual pace."""
         raise NotSupported(f"{type(self).__name__} cannot apply {action}")
 
     @abc.abstractmethod

@@ -73,7 +73,7 @@ class TinyBackend(Backend):
         if (vm.id, target.id) in self.refuse:
             raise ReservationRefused(f"{target.id} is full")
 
-    def start(self, vm, target, spec, mode, *, needs, reservation, request_id=""):  # type: ignore[no-untyped-def]
+    def start(self, vm, target, spec, mode, *, policy, needs, reservation, request_id=""):  # type: ignore[no-untyped-def]
         job_id = f"tiny-{next(self._ids)}"
         self._jobs[job_id] = {
             "state": "queued",

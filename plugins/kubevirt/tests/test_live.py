@@ -20,6 +20,7 @@ from vmmove import (
 )
 from vmmove.engine import Connection, Migration
 from vmmove.events import EventKind
+from vmmove.policy import PRESETS
 from vmmove.testing.contract import check_events
 from vmmove_kubevirt.policy import POLICY_LABEL
 from vmmove_kubevirt.testing import FakeKube
@@ -177,6 +178,7 @@ def test_a_second_migration_of_the_same_vmi_is_refused(
             target,
             vmmove.MigrationSpec(vm="db-1", target="node-b"),
             MigrationMode.LIVE,
+            policy=PRESETS["balanced"],
             needs=frozenset(),
             reservation=None,
         )

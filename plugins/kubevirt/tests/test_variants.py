@@ -29,6 +29,7 @@ from vmmove import (
 )
 from vmmove.backend import Job, JobStatus
 from vmmove.engine import Connection
+from vmmove.policy import PRESETS
 from vmmove_kubevirt.backend import LABELLED_AT, REQUEST_ANNOTATION, KubeVirtBackend
 from vmmove_kubevirt.kube import api_error
 from vmmove_kubevirt.policy import POLICY_LABEL
@@ -51,6 +52,7 @@ def start(conn: Connection, vm: str, target: str, request_id: str = "") -> Job:
         conn.host(target),
         MigrationSpec(vm=vm, target=target),
         MigrationMode.LIVE,
+        policy=PRESETS["balanced"],
         needs=frozenset(),
         reservation=None,
         request_id=request_id,

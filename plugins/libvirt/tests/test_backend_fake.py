@@ -20,6 +20,7 @@ import pytest
 from vmmove.errors import ConnectionFailed, InvalidInput, NotFound
 from vmmove.machine import Phase
 from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
+from vmmove.policy import PRESETS
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -263,6 +264,7 @@ def start(backend: LibvirtBackend, request_id: str = "req-1", **spec: Any) -> An
         host_info("b"),
         MigrationSpec(vm=UUID, **spec),
         MigrationMode.LIVE,
+        policy=PRESETS["balanced"],
         needs=frozenset({"postcopy"}),
         reservation=None,
         request_id=request_id,
@@ -636,13 +638,13 @@ def test_one_host_under_two_names_is_refused_at_precheck(no_event_loop: None) ->
         FakeDom(a)
         target = backend.host("qemu+tcp://localhost/system")
         spec = MigrationSpec(vm=UUID, mode="live")
-        problems = backend.check(vm_on("a"), target, spec)
+        problems = _check(backend, vm_on("a"), target, spec)
         same = [p for p in problems if p.code == "same-host"]
         assert len(same) == 1, problems
         assert "uuid-a" in same[0].message
         assert same[0].severity == "error"
         assert not [
-            p for p in backend.check(vm_on("a"), host_info("b"), spec) if p.severity == "error"
+            p for p in _check(backend, vm_on("a"), host_info("b"), spec) if p.severity == "error"
         ]
     finally:
         backend.close()
@@ -651,7 +653,7 @@ def test_one_host_under_two_names_is_refused_at_precheck(no_event_loop: None) ->
 def test_two_hosts_with_one_uuid_are_refused_at_precheck(cluster: Any) -> None:
     backend, fake = cluster(FakeHost("a", "same"), FakeHost("b", "same"))
     FakeDom(fake.hosts["qemu+tcp://a/system"])
-    problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    problems = _check(backend, vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
     assert [p.code for p in problems if p.severity == "error"] == ["same-host"], problems
     assert "host_uuid" in problems[0].message
 
@@ -663,17 +665,17 @@ def test_no_migration_address_is_refused_with_the_fix(
     monkeypatch.setattr(backend_mod, "resolves", lambda name: name != "b")
     backend, fake = cluster()
     FakeDom(fake.hosts["qemu+tcp://a/system"])
-    problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    problems = _check(backend, vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
     refused = [p for p in problems if p.code == "migration-address"]
     assert len(refused) == 1, problems
     assert "does not resolve" in refused[0].message
     assert "migration_address='b=ADDRESS'" in refused[0].message
     # cold moves send no migration stream
-    cold = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="cold"))
+    cold = _check(backend, vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="cold"))
     assert not [p for p in cold if p.code == "migration-address"]
 
     given, _ = cluster(*fake.hosts.values(), migration_address="b=fd00::2")
-    ok = given.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+    ok = _check(given, vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
     assert not [p for p in ok if p.code == "migration-address"], ok
     dom = fake.hosts["qemu+tcp://a/system"].doms[UUID]
     job = start(given, request_id="")
@@ -695,7 +697,7 @@ def test_a_local_socket_names_no_migration_address(no_event_loop: None) -> None:
     )
     try:
         FakeDom(fake.hosts["qemu+tcp://a/system"])
-        problems = backend.check(vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
+        problems = _check(backend, vm_on("a"), host_info("b"), MigrationSpec(vm=UUID, mode="live"))
         (refused,) = [p for p in problems if p.code == "migration-address"]
         assert "local socket" in refused.message
         assert "'b'" in refused.message  # libvirt's fallback: the host's name
@@ -741,3 +743,9 @@ def test_a_transient_guest_stays_transient_unless_asked(
     assert bool(flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE) is undefine
     dom.migrated.set()
     wait_for(lambda: backend.poll(job).phase.terminal)
+
+
+def _check(backend: Any, vm: Any, target: Any, spec: MigrationSpec) -> list[Any]:
+    """The backend's pre-check with the mode and policy resolved, as the engine calls it."""
+    mode = MigrationMode.LIVE if spec.mode is MigrationMode.AUTO else spec.mode
+    return list(backend.check(vm, target, spec, mode=mode, policy=PRESETS["balanced"]))

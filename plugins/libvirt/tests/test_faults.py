@@ -18,6 +18,7 @@ import pytest
 from vmmove.errors import MigrationFailed, MigrationTimedOut, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import MiB, MigrationMode
+from vmmove.policy import PRESETS
 
 pytestmark = pytest.mark.integration
 
@@ -311,6 +312,7 @@ def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_
             first.host(HOST_B),
             MigrationSpec(vm=vm.id, bandwidth=32),  # ~4 s: time to look
             MigrationMode.LIVE,
+            policy=PRESETS["balanced"],
             needs=frozenset(),
             reservation=None,
             request_id="req-lost-1",

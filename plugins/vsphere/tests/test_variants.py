@@ -23,6 +23,7 @@ from vmmove.errors import (
 from vmmove.events import EventKind
 from vmmove.machine import Phase
 from vmmove.model import MigrationMode, MigrationSpec
+from vmmove.policy import PRESETS
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,7 @@ def _start(conn: vmmove.Connection, vm: str, target: str, request_id: str) -> An
         host,
         spec,
         MigrationMode.LIVE,
+        policy=PRESETS["balanced"],
         needs=frozenset(),
         reservation=None,
         request_id=request_id,

@@ -29,6 +29,7 @@ from vmmove.errors import (
 from vmmove.events import EventKind
 from vmmove.machine import Phase
 from vmmove.model import HostState, MigrationMode, MigrationSpec, PowerState, Storage
+from vmmove.policy import PRESETS
 from vmmove.testing.contract import check_events
 from vmmove_vsphere.tls import InsecureConnectionWarning
 
@@ -382,7 +383,13 @@ def test_refusal_by_vsphere_when_the_task_starts(estate: Any, connect_to: Connec
         )
         big = conn.vm(vm.id)
         job = backend.start(
-            big, target, spec, MigrationMode.LIVE, needs=frozenset(), reservation=None
+            big,
+            target,
+            spec,
+            MigrationMode.LIVE,
+            policy=PRESETS["balanced"],
+            needs=frozenset(),
+            reservation=None,
         )
         with pytest.raises(ReservationRefused, match="InsufficientMemoryResourcesFault"):
             _poll_until_terminal(backend, job)
@@ -406,6 +413,7 @@ def test_validation_faults_raised_by_the_call_itself(
                 conn.host("DC0_C1_H0"),
                 MigrationSpec(vm=vm.id),
                 MigrationMode.LIVE,
+                policy=PRESETS["balanced"],
                 needs=frozenset(),
                 reservation=None,
             )
@@ -415,6 +423,7 @@ def test_validation_faults_raised_by_the_call_itself(
                     conn.host("DC0_C1_H1"),
                     MigrationSpec(vm=vm.id),
                     MigrationMode.LIVE,
+                    policy=PRESETS["balanced"],
                     needs=frozenset(),
                     reservation=None,
                 )

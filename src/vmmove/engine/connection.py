@@ -221,10 +221,10 @@ class Connection:
             datastore=datastore,
         )
         spec = self._spec(vm, to, spec, options)
-        resolve(spec.policy, self.plugins.policies)
+        policy = resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
-            return precheck(self, info, spec)[2]
+            return precheck(self, info, spec, policy)[2]
 
     @_keywords_checked
     def migrate(

@@ -126,10 +126,12 @@ def apply_step(run: MigrationRun, step: Step) -> None:
             run.record_step(step, applied=False, reason=f"limit is {run.downtime_ms} ms already")
             return
     try:
-        run.backend.tune(run.job, action)
+        soon = run.backend.tune(run.job, action)
     except NotSupported as exc:
         run.record_step(step, applied=False, reason=str(exc))
         return
+    if soon is not None:  # the step may end the pass at once: look again sooner
+        run.next_poll = soon if run.next_poll is None else min(run.next_poll, soon)
     if isinstance(action, SetDowntime):
         run.downtime_ms = action.ms
     run.record_step(step, applied=True, reason=note)

@@ -14,6 +14,7 @@ from vmmove.model import (
     VMInfo,
 )
 from vmmove.placement import choose, explain
+from vmmove.policy import Policy
 
 if TYPE_CHECKING:
     from vmmove.engine.connection import Connection
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
 
 
 def precheck(
-    conn: Connection, vm: VMInfo, spec: MigrationSpec, exclude: MigrationRun | None = None
+    conn: Connection,
+    vm: VMInfo,
+    spec: MigrationSpec,
+    policy: Policy,
+    exclude: MigrationRun | None = None,
 ) -> tuple[MigrationMode, HostInfo | None, list[Problem]]:
     """Every pre-check, the engine's and the backend's; chooses the target if needed."""
     backend = conn.backend
@@ -69,5 +74,5 @@ def precheck(
         except PrecheckFailed as exc:
             problems.extend(exc.problems)
     if target is not None and all(p.severity == "warning" for p in problems):
-        problems.extend(backend.check(vm, target, spec))
+        problems.extend(backend.check(vm, target, spec, mode=mode, policy=policy))
     return mode, target, problems

@@ -117,7 +117,10 @@ class MigrationRun:
         self.warned: set[str] = set()
         self.commit_sample: tuple[object, ...] = ()
         self.commit_since = 0.0
-        self.cold: ColdMove | None = None  # a cold move the core orchestrates
+        self.cold: ColdMove | None = None
+        self.next_poll: float | None = (
+            None  # the job's own pace, from its last status  # a cold move the core orchestrates
+        )
         self.events = EventLog()
         now = self.clock.time()
         self.record = record or MigrationRecord(
@@ -285,7 +288,9 @@ class MigrationRun:
             )
 
     def due(self, now: float) -> float | None:
-        return None if self.phase.terminal else now + self.backend.poll_interval
+        if self.phase.terminal:
+            return None
+        return now + (self.next_poll if self.next_poll is not None else self.backend.poll_interval)
 
     def _advance(self, now: float) -> float | None:
         if self.ending is not None:
@@ -322,6 +327,7 @@ class MigrationRun:
         if self.unreachable_since is not None:
             self.unreachable_since = None
             self.warn("contact with the platform is back")
+        self.next_poll = status.next_poll
         self._observe(status, now)
         if self.ending is not None:
             return self.conclude(now)
@@ -337,7 +343,7 @@ class MigrationRun:
 
     def _prepare(self) -> None:
         self.vm = self.backend.vm(self.vm.id)
-        mode, target, problems = precheck(self.conn, self.vm, self.spec, exclude=self)
+        mode, target, problems = precheck(self.conn, self.vm, self.spec, self.policy, exclude=self)
         errors = [p for p in problems if p.severity == "error"]
         warnings = [p.message for p in problems if p.severity == "warning"]
         if warnings:
@@ -398,6 +404,7 @@ class MigrationRun:
                 self.target,
                 self.spec,
                 self.mode,
+                policy=self.policy,
                 needs=needs,
                 reservation=self.reservation,
                 request_id=request_id,

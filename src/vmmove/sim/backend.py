@@ -27,7 +27,7 @@ from vmmove.model import (
     Storage,
     VMInfo,
 )
-from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
+from vmmove.policy import Action, AutoConverge, Policy, PostCopy, SetBandwidth, SetDowntime
 from vmmove.sim import inventory as inv
 from vmmove.sim.physics import BOOT_S, DEFAULT_DOWNTIME_MS, SHUTDOWN_S, Link, SimJob
 
@@ -341,7 +341,15 @@ class SimBackend(Backend):
             return self._vm(vm_id).host
 
     # ---- migration -------------------------------------------------------------------------
-    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+    def check(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        *,
+        mode: MigrationMode,
+        policy: Policy,
+    ) -> list[Problem]:
         problems = []
         if spec.datastore is not None:
             problems.append(Problem(code="datastore", message="the simulator has no datastores"))
@@ -394,6 +402,7 @@ class SimBackend(Backend):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Reservation | None,
         request_id: str = "",

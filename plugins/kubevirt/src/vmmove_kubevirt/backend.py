@@ -45,7 +45,7 @@ from vmmove.model import (
     Problem,
     VMInfo,
 )
-from vmmove.policy import Action, Policy, resolve
+from vmmove.policy import Action, Policy
 from vmmove.secrets import Secret
 from vmmove_kubevirt import objects
 from vmmove_kubevirt.capabilities import CAPABILITIES
@@ -356,26 +356,20 @@ class KubeVirtBackend(Backend):
         return bool(spec.get("running"))
 
     # ---- pre-checks ----------------------------------------------------------------------------
-    @staticmethod
-    def _mode(vm: VMInfo, spec: MigrationSpec) -> MigrationMode:
-        if spec.mode is MigrationMode.AUTO:
-            return MigrationMode.LIVE if vm.power is PowerState.RUNNING else MigrationMode.COLD
-        return spec.mode
-
-    def _policy(self, spec: MigrationSpec) -> Policy:
-        if isinstance(spec.policy, Policy):
-            return spec.policy
-        from vmmove.plugins import plugin_manager  # noqa: PLC0415
-
-        return resolve(spec.policy, plugin_manager().policies)
-
-    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+    def check(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        *,
+        mode: MigrationMode,
+        policy: Policy,
+    ) -> list[Problem]:
         problems: list[Problem] = []
 
         def add(code: str, message: str, severity: str = "error") -> None:
             problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
 
-        mode = self._mode(vm, spec)
         node = self._kube.node(target.id)
         vmi = self._kube.find(VMIS, vm.id)
         vmobj = self._kube.find(VMS, vm.id)
@@ -410,13 +404,13 @@ class KubeVirtBackend(Backend):
                     )
             # A note that names one of the policy's steps says the cluster decides that step:
             # the record lists it among the skipped steps.
-            named = [f"'{step}'" for step in self._policy(spec).steps]
+            named = [f"'{step}'" for step in policy.steps]
 
             def note_code(note: str) -> str:
                 return PLATFORM_DECIDES if any(n in note for n in named) else "cluster-policy"
 
             if self._use_policies and self.policy_api:
-                p = plan(self._policy(spec), spec, vm.memory, self.capabilities)
+                p = plan(policy, spec, vm.memory, self.capabilities)
                 for note in p.notes:
                     add(note_code(note), note, "warning")
             else:
@@ -426,7 +420,7 @@ class KubeVirtBackend(Backend):
                     else "this cluster has no MigrationPolicy API (migrations.kubevirt.io)"
                 )
                 why += ": the cluster's migration defaults apply, not the vmmove policy's settings"
-                for note in cluster_default_notes(self._policy(spec), self._cluster_config(), why):
+                for note in cluster_default_notes(policy, self._cluster_config(), why):
                     add(note_code(note), note, "warning")
         else:
             if vmobj is None:
@@ -527,6 +521,7 @@ class KubeVirtBackend(Backend):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Any,
         request_id: str = "",
@@ -535,16 +530,18 @@ class KubeVirtBackend(Backend):
             # The core moves a VM cold through power_off, relocate and power_on.
             raise NotSupported("a cold move on KubeVirt is power_off, relocate, power_on")
         self._ensure_watching()
-        return self._start_live(vm, target, spec, request_id or uuid.uuid4().hex)
+        return self._start_live(vm, target, spec, policy, request_id or uuid.uuid4().hex)
 
-    def _policy_ref(self, vm: VMInfo, spec: MigrationSpec) -> tuple[str, str | None]:
+    def _policy_ref(
+        self, vm: VMInfo, spec: MigrationSpec, policy: Policy
+    ) -> tuple[str, str | None]:
         """Ensure the MigrationPolicy exists and label the VMI for it. Returns the record's
         note and the label value set (``None``: none)."""
         if not self._use_policies:
             return "cluster defaults (migration_policy=false)", None
         if not self.policy_api:
             return "cluster defaults (no MigrationPolicy API, migrations.kubevirt.io)", None
-        p: PolicyPlan = plan(self._policy(spec), spec, vm.memory, self.capabilities)
+        p: PolicyPlan = plan(policy, spec, vm.memory, self.capabilities)
         try:
             existing = self._kube.cluster_get(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL, p.name)
             if existing is None:
@@ -651,11 +648,13 @@ class KubeVirtBackend(Backend):
             log.debug("stale policy labels not swept: %s", exc)
         return removed
 
-    def _start_live(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, request: str) -> Job:
+    def _start_live(
+        self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, policy: Policy, request: str
+    ) -> Job:
         vmis = self.informer(VMIS)
         cached = (vmis.get(vm.id) if vmis is not None else None) or {}
         previous = ((cached.get("metadata") or {}).get("labels") or {}).get(POLICY_LABEL)
-        note, label = self._policy_ref(vm, spec)
+        note, label = self._policy_ref(vm, spec, policy)
         hostname = target.extra.get(HOSTNAME, target.id)
         annotations = {
             "vmmove.io/source": vm.host,

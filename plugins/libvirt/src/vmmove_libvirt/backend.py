@@ -10,6 +10,7 @@ each job maps onto vmmove's phases.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import ipaddress
 import logging
@@ -46,7 +47,7 @@ from vmmove.model import (
     Storage,
     VMInfo,
 )
-from vmmove.policy import Action, AutoConverge, PostCopy, SetBandwidth, SetDowntime
+from vmmove.policy import Action, AutoConverge, Policy, PostCopy, SetBandwidth, SetDowntime
 from vmmove_libvirt.config import (
     ClusterConfig,
     build,
@@ -505,7 +506,15 @@ class LibvirtBackend(Backend):
         return defined[0]
 
     # ---- pre-checks ------------------------------------------------------------------------
-    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+    def check(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        *,
+        mode: MigrationMode,
+        policy: Policy,
+    ) -> list[Problem]:
         problems: list[Problem] = []
 
         def add(code: str, message: str, severity: str = "error") -> None:
@@ -708,6 +717,7 @@ class LibvirtBackend(Backend):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Reservation | None,
         request_id: str = "",
@@ -924,11 +934,10 @@ class LibvirtBackend(Backend):
     def poll(self, job: Job) -> JobStatus:
         """The job as its own threads last saw it: no libvirt call here."""
         st = self._job(job)
-        status = st.status()
-        self.poll_interval = st.poll_interval()
-        return status
+        # This job's own pace (fast near a switch-over): never the class's, shared by all.
+        return dataclasses.replace(st.status(), next_poll=st.poll_interval())
 
-    def tune(self, job: Job, action: Action) -> None:
+    def tune(self, job: Job, action: Action) -> float | None:
         st = self._job(job)
         if not isinstance(st, LiveJob):
             raise NotSupported(f"a cold migration cannot apply {action}")
@@ -941,7 +950,7 @@ class LibvirtBackend(Backend):
         elif isinstance(action, AutoConverge):
             if not st.auto_converge:
                 raise NotSupported("auto-converge must be enabled when the job starts")
-            return  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
+            return None  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
         elif isinstance(action, PostCopy):
             if not st.postcopy_enabled:
                 raise NotSupported("post-copy must be enabled when the job starts")
@@ -956,11 +965,11 @@ class LibvirtBackend(Backend):
             st.submit(call, str(action))
         except lv.libvirtError as exc:
             if st.done:
-                return  # the job ended meanwhile: the step came too late to matter
+                return None  # the job ended meanwhile: the step came too late to matter
             raise NotSupported(f"libvirt refused {action}: {exc}") from None
-        # The engine reads poll_interval after applying the policy: look again soon, the step
-        # may end the pass (a longer downtime limit) or start post-copy right away.
-        self.poll_interval = FAST_POLL
+        # Look again soon: the step may end the pass (a longer downtime limit) or start
+        # post-copy right away.
+        return FAST_POLL
 
     def abort(self, job: Job) -> None:
         self._job(job).abort()

@@ -51,6 +51,7 @@ from vmmove.model import (
     Problem,
     VMInfo,
 )
+from vmmove.policy import Policy
 from vmmove_vsphere import faults
 from vmmove_vsphere.inventory import (
     COMPUTE_PROPS,
@@ -384,7 +385,15 @@ class VSphereBackend(Backend):
         return spec
 
     # ---- pre-checks --------------------------------------------------------------------------
-    def check(self, vm: VMInfo, target: HostInfo, spec: MigrationSpec) -> list[Problem]:
+    def check(
+        self,
+        vm: VMInfo,
+        target: HostInfo,
+        spec: MigrationSpec,
+        *,
+        mode: MigrationMode,
+        policy: Policy,
+    ) -> list[Problem]:
         """``CheckRelocate_Task`` for every move; for a live one also
         ``QueryVMotionCompatibilityEx_Task`` (``QueryVMotionCompatibility`` where the Ex call
         is missing). Their errors refuse the move; their warnings go into the record.
@@ -523,6 +532,7 @@ class VSphereBackend(Backend):
         spec: MigrationSpec,
         mode: MigrationMode,
         *,
+        policy: Policy,
         needs: frozenset[str],
         reservation: Reservation | None,
         request_id: str = "",
