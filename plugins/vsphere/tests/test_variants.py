@@ -31,6 +31,9 @@ Connect = Callable[..., vmmove.Connection]
 VM = "DC0_C0_RP0_VM0"
 TARGET = "DC0_C1_H1"  # another cluster: every move here also takes DC0_C1's pool
 
+# How the engine calls check(): the mode and the policy already resolved.
+RESOLVED: dict[str, Any] = {"mode": MigrationMode.LIVE, "policy": PRESETS["balanced"]}
+
 
 def _until_progress(m: vmmove.Migration, percent: float) -> None:
     for event in m.events(timeout=30):
@@ -420,7 +423,13 @@ def test_full_spec_check_is_the_authority_across_clusters(
         estate.maintenance("DC0_C1_H0")  # what the full-spec check refuses stays refused
         other, down = conn.vm("DC0_C0_RP0_VM1"), conn.host("DC0_C1_H0")
         spec = MigrationSpec(vm=other.id, mode=MigrationMode.LIVE)
-        errors = [p for p in conn.backend.check(other, down, spec) if p.severity == "error"]
+        errors = [
+            p
+            for p in conn.backend.check(
+                other, down, spec, mode=MigrationMode.LIVE, policy=PRESETS["balanced"]
+            )
+            if p.severity == "error"
+        ]
         assert [p.code for p in errors] == ["InvalidHostState"]
 
 

@@ -37,6 +37,9 @@ pytestmark = pytest.mark.integration
 
 Connect = Callable[..., vmmove.Connection]
 
+# How the engine calls check(): the mode and the policy already resolved.
+RESOLVED: dict[str, Any] = {"mode": MigrationMode.LIVE, "policy": PRESETS["balanced"]}
+
 
 def _thumbprint(sim: Any, digest: str = "sha256") -> str:
     pem = ssl.get_server_certificate((sim.host, sim.port))
@@ -201,7 +204,13 @@ def test_maintenance_target_is_refused_at_precheck(estate: Any, connect_to: Conn
         problems = conn.check(vm.id, to=target.id)
         assert any("maintenance" in p.message for p in problems if p.severity == "error")
         # ...and vSphere's own CheckRelocate_Task says the same, as InvalidHostState.
-        own = conn.backend.check(vm, target, MigrationSpec(vm=vm.id, target=target.id))
+        own = conn.backend.check(
+            vm,
+            target,
+            MigrationSpec(vm=vm.id, target=target.id),
+            mode=MigrationMode.LIVE,
+            policy=PRESETS["balanced"],
+        )
         assert [p.code for p in own if p.severity == "error"] == ["InvalidHostState"]
         assert "DC0_C1_H1" in own[0].message
         m = conn.migrate(vm.id, to=target.id)
@@ -260,8 +269,14 @@ def test_vmotion_compatibility_without_the_ex_call(
     with connect_to(estate.sim) as conn:
         vm, good, bad = (conn.vm("DC0_C0_RP0_VM0"), conn.host("DC0_C1_H0"), conn.host("DC0_C1_H1"))
         spec = MigrationSpec(vm=vm.id, mode=MigrationMode.LIVE)
-        assert conn.backend.check(vm, good, spec) == []
-        codes = {p.code for p in conn.backend.check(vm, bad, spec) if p.severity == "error"}
+        assert conn.backend.check(vm, good, spec, **RESOLVED) == []
+        codes = {
+            p.code
+            for p in conn.backend.check(
+                vm, bad, spec, mode=MigrationMode.LIVE, policy=PRESETS["balanced"]
+            )
+            if p.severity == "error"
+        }
         assert {"vmotion-cpu", "vmotion-software", "InvalidHostState"} <= codes
 
 
