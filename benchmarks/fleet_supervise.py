@@ -47,7 +47,7 @@ from vmmove.model import (
     PowerState,
     VMInfo,
 )
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove.policy import Policy
 from vmmove.sim import parse
 
@@ -147,7 +147,7 @@ class TimedBackend(Backend):
 
 def realtime(n: int, executor: bool) -> dict[str, float]:
     backend = TimedBackend(n)
-    conn = Connection(backend, uri="timed://", plugins=plugin_manager(), store=vmmove.MemoryStore())
+    conn = Connection(backend, uri="timed://", plugins=load_plugins(), store=vmmove.MemoryStore())
     sources = max(n // 10, 1)
     t0, c0 = time.perf_counter(), time.process_time()
     if executor:

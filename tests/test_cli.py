@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 
 import vmmove
 from vmmove import cli
-from vmmove.plugins import BackendSpec, plugin_manager
+from vmmove.plugins import BackendSpec, load_plugins
 from vmmove.sim import Fault, SimBackend
 
 CANARY = "canary-Pa55-7f3e9b"  # a password that must never show up in any output
@@ -75,7 +75,7 @@ def fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[Mapping[str, Any]]:
     spec = BackendSpec(
         scheme="fake", factory=_fake_factory, description="test", capabilities=None, plugin="t"
     )
-    monkeypatch.setitem(plugin_manager().backends._specs, "fake", spec)
+    monkeypatch.setitem(load_plugins().backends._specs, "fake", spec)
     received.clear()
     return received
 
@@ -115,7 +115,7 @@ def test_backends_text_and_json(fake_backend: object) -> None:
 
 
 def test_backends_reports_broken_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin_manager(), "broken", {"vmmove-xen": "ImportError: no xen"})
+    monkeypatch.setattr(load_plugins(), "broken", {"vmmove-xen": "ImportError: no xen"})
     assert "vmmove-xen failed to load" in run("backends").stdout
     data = json.loads(run("backends", "--json").stdout)
     assert data["broken"] == [{"plugin": "vmmove-xen", "error": "ImportError: no xen"}]

@@ -12,7 +12,7 @@ import pytest
 import vmmove
 from vmmove.clock import VirtualClock
 from vmmove.journal import Journal
-from vmmove.plugins import BackendSpec, plugin_manager
+from vmmove.plugins import BackendSpec, load_plugins
 from vmmove.sim import SimBackend
 from vmmove.sim import inventory as inv
 
@@ -41,7 +41,7 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> list[Mapping[str, Any]]:
     spec = BackendSpec(
         scheme="probe", factory=factory, description="test", capabilities=None, plugin="t"
     )
-    monkeypatch.setitem(plugin_manager().backends._specs, "probe", spec)
+    monkeypatch.setitem(load_plugins().backends._specs, "probe", spec)
     return calls
 
 
@@ -216,7 +216,7 @@ PLUGIN_URIS = {
 def test_installed_plugin_backends_refuse_an_unknown_option(
     scheme: str, journal_path: Path
 ) -> None:
-    if scheme not in {s.scheme for s in plugin_manager().backends.all()}:
+    if scheme not in {s.scheme for s in load_plugins().backends.all()}:
         pytest.skip(f"no {scheme}:// backend installed")
     with pytest.raises(vmmove.InvalidInput, match="bogus_option"):
         vmmove.connect(PLUGIN_URIS[scheme], bogus_option=1)  # checked before any network

@@ -22,7 +22,7 @@ import pytest
 
 import vmmove
 from vmmove import Phase
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove.sim import SimBackend
 from vmmove.testing.contract import BackendContract, ContractSetup
 
@@ -76,7 +76,7 @@ class Honest(SimBackend):
 
 def _setup(backend_class):
     backend = backend_class()
-    conn = vmmove.Connection(backend, uri="sim://", plugins=plugin_manager())
+    conn = vmmove.Connection(backend, uri="sim://", plugins=load_plugins())
     return ContractSetup(connection=conn, running_vm="web-1", target="host-b", slow_vm="db-1")
 
 

@@ -21,7 +21,7 @@ import pytest
 import vmmove
 import vmmove.engine
 import vmmove.testing.contract
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 _BLOCK = re.compile(
@@ -60,11 +60,11 @@ def toy_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         )
     )
     monkeypatch.syspath_prepend(str(site))
-    plugin_manager(reload=True)
+    load_plugins(reload=True)
     yield site
     monkeypatch.undo()
     sys.modules.pop("vmmove_toy", None)
-    plugin_manager(reload=True)
+    load_plugins(reload=True)
 
 
 def test_the_page_marks_the_module_its_pyproject_and_its_test() -> None:
@@ -100,7 +100,7 @@ def test_the_module_passes_mypy_strict(tmp_path: Path) -> None:
 
 
 def test_the_contract_kit_passes_against_it(pytester: pytest.Pytester, toy_installed: Path) -> None:
-    assert plugin_manager().backends.get("toy").plugin == "toy"
+    assert load_plugins().backends.get("toy").plugin == "toy"
     pytester.makepyfile(test_toy=blocks()["test_toy.py"])
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
     outcomes = result.parseoutcomes()

@@ -16,7 +16,7 @@ import pytest
 from vmmove import EventKind, Phase
 from vmmove.engine import Connection
 from vmmove.journal import Journal
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove.sim import Fault, SimBackend, parse
 
 PHASES = [
@@ -66,7 +66,7 @@ def estate() -> SimBackend:
 
 def connection(backend: SimBackend) -> Connection:
     return Connection(
-        backend, uri="sim://", plugins=plugin_manager(), store=Journal().for_estate("sim://")
+        backend, uri="sim://", plugins=load_plugins(), store=Journal().for_estate("sim://")
     )
 
 

@@ -15,7 +15,7 @@ import vmmove
 from vmmove import EventKind, Phase
 from vmmove.engine import Connection
 from vmmove.journal import Journal, record_from_json, record_to_json
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove.sim import SimBackend
 
 
@@ -107,7 +107,7 @@ def _abandon(conn: Connection) -> None:
 def test_attach_after_the_client_died(crash_at: Phase) -> None:
     backend = SimBackend()  # the hypervisor outlives the client
     first = Connection(
-        backend, uri="sim://", plugins=plugin_manager(), store=Journal().for_estate("sim://")
+        backend, uri="sim://", plugins=load_plugins(), store=Journal().for_estate("sim://")
     )
     m = first.migrate("db-1", to="host-b")
     for event in m.events():
@@ -115,7 +115,7 @@ def test_attach_after_the_client_died(crash_at: Phase) -> None:
             break
     _abandon(first)
     second = Connection(
-        backend, uri="sim://", plugins=plugin_manager(), store=Journal().for_estate("sim://")
+        backend, uri="sim://", plugins=load_plugins(), store=Journal().for_estate("sim://")
     )
     with pytest.raises(vmmove.Conflict):
         second.migrate("db-1", to="host-c")  # still locked: the migration is in flight
@@ -130,7 +130,7 @@ def test_attach_after_the_client_died(crash_at: Phase) -> None:
 def test_attach_when_the_client_died_inside_start(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = SimBackend()
     journal = Journal().for_estate("sim://")
-    first = Connection(backend, uri="sim://", plugins=plugin_manager(), store=journal)
+    first = Connection(backend, uri="sim://", plugins=load_plugins(), store=journal)
 
     def die(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # the process is killed while the platform call is made
@@ -142,7 +142,7 @@ def test_attach_when_the_client_died_inside_start(monkeypatch: pytest.MonkeyPatc
     monkeypatch.undo()
     _abandon(first)
     assert journal.get(m.id).job_ref["intent"] == "start"
-    second = Connection(backend, uri="sim://", plugins=plugin_manager(), store=journal)
+    second = Connection(backend, uri="sim://", plugins=load_plugins(), store=journal)
     handle = second.attach(m.id)
     with pytest.raises(vmmove.MigrationCancelled):
         handle.wait()

@@ -110,7 +110,7 @@ def test_the_cli_hands_the_secret_to_the_option_the_backend_declares(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from vmmove import cli
-    from vmmove.plugins import BackendSpec, plugin_manager
+    from vmmove.plugins import BackendSpec, load_plugins
 
     def spec(options: tuple[Option, ...] | None) -> BackendSpec:
         return BackendSpec(
@@ -118,7 +118,7 @@ def test_the_cli_hands_the_secret_to_the_option_the_backend_declares(
             plugin="test", options=options,
         )  # fmt: skip
 
-    backends = plugin_manager().backends
+    backends = load_plugins().backends
     token = (Option(name="token", kind="secret", doc="bearer token", in_uri=False),)
     for declared, expected in [
         (None, "password"),  # parses its own options: the name it always had

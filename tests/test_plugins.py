@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import vmmove
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove.testing.contract import BackendContract, ContractSetup
 
 TINY = Path(__file__).parent / "tinyplugin"
@@ -19,14 +19,14 @@ def tiny_installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # A folder on sys.path holding a module and its *.dist-info is an installed distribution
     # to importlib.metadata: the same discovery path pip-installed plugins take.
     monkeypatch.syspath_prepend(str(TINY))
-    plugin_manager(reload=True)
+    load_plugins(reload=True)
     yield
     monkeypatch.undo()
-    plugin_manager(reload=True)
+    load_plugins(reload=True)
 
 
 def test_builtin_simulator_registers_through_the_hook() -> None:
-    spec = plugin_manager().backends.get("sim")
+    spec = load_plugins().backends.get("sim")
     assert spec.plugin == "sim"
     assert spec.capabilities is not None
     assert spec.capabilities.postcopy
@@ -44,15 +44,15 @@ def test_malformed_uri_is_invalid_input(uri: str) -> None:
 
 
 def test_third_party_plugin_is_discovered(tiny_installed: None) -> None:
-    assert "tiny" in [s.scheme for s in plugin_manager().backends.all()]
-    assert plugin_manager().backends.get("tiny").plugin == "tiny"
+    assert "tiny" in [s.scheme for s in load_plugins().backends.all()]
+    assert load_plugins().backends.get("tiny").plugin == "tiny"
 
 
 def test_autoload_switch_leaves_only_builtins(
     tiny_installed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMMOVE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    schemes = [s.scheme for s in plugin_manager(reload=True).backends.all()]
+    schemes = [s.scheme for s in load_plugins(reload=True).backends.all()]
     assert schemes == ["sim"]
 
 
@@ -60,7 +60,7 @@ def test_blocked_plugin_is_not_loaded(
     tiny_installed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMMOVE_BLOCK_PLUGINS", "tiny")
-    schemes = [s.scheme for s in plugin_manager(reload=True).backends.all()]
+    schemes = [s.scheme for s in load_plugins(reload=True).backends.all()]
     assert "tiny" not in schemes
     assert "sim" in schemes
 
@@ -75,12 +75,12 @@ def test_broken_plugin_is_reported_not_fatal(
     (dist / "entry_points.txt").write_text("[vmmove]\nbroken = vmmove_broken\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        plugins = plugin_manager(reload=True)
+        plugins = load_plugins(reload=True)
         assert "boom at import" in plugins.broken["broken"]
         assert plugins.backends.get("sim")
     finally:
         monkeypatch.undo()
-        plugin_manager(reload=True)
+        load_plugins(reload=True)
 
 
 class TestTinyPluginContract(BackendContract):
@@ -116,21 +116,21 @@ def test_plugin_with_a_misspelled_hook_is_reported_not_fatal(
     (dist / "entry_points.txt").write_text("[vmmove]\ntypo = vmmove_typo\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        plugins = plugin_manager(reload=True)
+        plugins = load_plugins(reload=True)
         assert "vmmove_add_backend" in plugins.broken["typo"]
         with vmmove.connect("sim://") as conn:
             assert conn.hosts()
     finally:
         monkeypatch.undo()
-        plugin_manager(reload=True)
+        load_plugins(reload=True)
 
 
 def test_missing_project_backend_names_its_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMMOVE_BLOCK_PLUGINS", "libvirt")  # as if it were not installed
-    plugin_manager(reload=True)
+    load_plugins(reload=True)
     try:
         with pytest.raises(vmmove.BackendNotFound, match="pip install vmmove-libvirt"):
             vmmove.connect("qemu+tcp://127.0.0.1:16600/system")
     finally:
         monkeypatch.undo()
-        plugin_manager(reload=True)
+        load_plugins(reload=True)

@@ -312,3 +312,24 @@ def test_a_cold_move_reports_progress_while_the_vm_moves() -> None:
     assert len(percents) >= 3
     assert percents == sorted(percents)
     assert percents[-1] > percents[0]
+
+
+@pytest.mark.parametrize("interrupted_in", [Phase.REQUESTING, Phase.TRANSFERRING])
+def test_attach_resumes_a_cold_move_the_client_left_half_done(interrupted_in: Phase) -> None:
+    inventory = parse(
+        {"link_mib_s": 100, "host": [{"name": "a"}, {"name": "b"}],
+         "vm": [{"name": "v", "host": "a", "storage": "local", "disk_gib": 2}]}
+    )  # fmt: skip
+    conn = vmmove.connect("sim://", inventory=inventory, store=vmmove.MemoryStore())
+    m = conn.migrate("v", to="b", mode="cold")
+    for event in m.events():
+        if event.kind is vmmove.EventKind.PHASE and event.phase is interrupted_in:
+            break
+    conn.detach()  # the client dies with the VM stopped (or stopping) on its source
+    assert m.record.job_ref["intent"] == "cold"
+    again = vmmove.Connection(conn.backend, uri="sim://", plugins=conn.plugins, store=conn.store)
+    record = again.attach(m.id).wait()
+    assert record.phase is Phase.COMPLETED
+    vm = again.vm("v")
+    assert (vm.host, vm.power) == ("b", vmmove.PowerState.RUNNING)
+    assert (record.vm_host, record.vm_power) == ("b", vmmove.PowerState.RUNNING)

@@ -180,7 +180,7 @@ def connect(
     record is touched.
     """
     from vmmove.engine import Connection  # noqa: PLC0415 (loaded on first use)
-    from vmmove.plugins import plugin_manager  # noqa: PLC0415
+    from vmmove.plugins import load_plugins  # noqa: PLC0415
 
     uri = _check_uri(uri)
     _check_store(store)
@@ -206,7 +206,7 @@ def connect(
         raise InvalidInput(
             f"URI {uri!r} has no scheme; for example sim:// or qemu+tcp://host/system"
         )
-    plugins = plugin_manager()
+    plugins = load_plugins()
     estate = _redact(uri)
     try:
         backend = plugins.backends.get(scheme).build(uri, options)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from vmmove.placement import PlacementRegistry
     from vmmove.policy import Policy
 
-__all__ = ["BackendFactory", "BackendRegistry", "BackendSpec", "plugin_manager"]
+__all__ = ["BackendFactory", "BackendRegistry", "BackendSpec", "Plugins", "load_plugins"]
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,9 @@ def _load() -> Plugins:
     return Plugins(pm, broken)
 
 
-def plugin_manager(reload: bool = False) -> Plugins:
-    """The process-wide plugins, loaded on first use (``import vmmove`` loads none)."""
+def load_plugins(reload: bool = False) -> Plugins:
+    """The process-wide plugins (backends, policies, placement, observers, and the pluggy
+    manager as ``.pm``), loaded on first use (``import vmmove`` loads none)."""
     global _loaded  # noqa: PLW0603 (one process-wide registry, behind a lock)
     with _lock:
         if _loaded is None or reload:

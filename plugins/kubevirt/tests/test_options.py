@@ -10,7 +10,7 @@ import pytest
 
 import vmmove
 from vmmove.options import markdown_table
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove_kubevirt.options import OPTIONS
 
 CANARY = "canary-7f3a9e"
@@ -26,7 +26,7 @@ def test_the_docs_table_is_the_declaration() -> None:
 
 
 def test_the_backend_is_registered_with_its_declaration() -> None:
-    spec = plugin_manager().backends.get("kubevirt")
+    spec = load_plugins().backends.get("kubevirt")
     assert spec.options == OPTIONS
     assert [o.name for o in OPTIONS if o.secret] == ["token"]  # what the CLI's password feeds
 

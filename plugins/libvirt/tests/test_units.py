@@ -215,9 +215,9 @@ def test_figures_from_the_completed_job_or_the_last_sample() -> None:
 
 
 def test_the_plugin_serves_qemu_transports_and_named_clusters() -> None:
-    from vmmove.plugins import plugin_manager
+    from vmmove.plugins import load_plugins
 
-    backends = plugin_manager(reload=True).backends
+    backends = load_plugins(reload=True).backends
     for scheme in ("qemu", "qemu+tcp", "qemu+ssh", "libvirt"):
         spec = backends.get(scheme)
         assert spec.plugin == "libvirt"
@@ -236,11 +236,11 @@ def test_the_docs_options_table_is_the_declaration() -> None:
 
 
 def test_the_registered_options_are_parsed_by_the_core() -> None:
-    from vmmove.plugins import plugin_manager
+    from vmmove.plugins import load_plugins
     from vmmove_libvirt.config import OPTIONS, PASSTHROUGH
 
     for scheme in ("qemu", "libvirt"):
-        spec = plugin_manager(reload=True).backends.get(scheme)
+        spec = load_plugins(reload=True).backends.get(scheme)
         assert (spec.options, spec.passthrough) == (OPTIONS, PASSTHROUGH)
     with pytest.raises(InvalidInput, match="inventory"):
         spec.build("qemu:///system", {"inventory": "x"})  # the simulator's, refused here

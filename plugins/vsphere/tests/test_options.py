@@ -21,7 +21,7 @@ from vmmove.errors import (
 )
 from vmmove.options import markdown_table
 from vmmove.options import parse as parse_options
-from vmmove.plugins import plugin_manager
+from vmmove.plugins import load_plugins
 from vmmove_vsphere import faults
 from vmmove_vsphere.options import OPTIONS, Settings, settings
 
@@ -32,7 +32,7 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "backends" / "vsphere.md"
 def parse(uri: str, options: dict[str, Any]) -> Settings:
     """What a connect makes of ``uri`` and ``options``, up to the network: the core parses the
     options as the plugin registered them, then the backend reads the URI."""
-    spec = plugin_manager().backends.get("vsphere")
+    spec = load_plugins().backends.get("vsphere")
     assert spec.options is not None
     parsed = parse_options(
         spec.options, uri=uri, kwargs=options, scheme=spec.scheme, passthrough=spec.passthrough
@@ -130,7 +130,7 @@ def test_secret_option_never_shows_its_value() -> None:
 
 
 def test_plugin_is_registered_through_its_entry_point() -> None:
-    spec = plugin_manager(reload=True).backends.get("vsphere")
+    spec = load_plugins(reload=True).backends.get("vsphere")
     assert spec.plugin == "vsphere"
     assert spec.options == OPTIONS
     from vmmove_vsphere.backend import VSphereBackend
@@ -149,8 +149,8 @@ def test_plugin_is_registered_through_its_entry_point() -> None:
 
 def test_listing_backends_does_not_import_pyvmomi() -> None:
     code = (
-        "import sys; from vmmove.plugins import plugin_manager; "
-        "plugin_manager().backends.get('vsphere'); "
+        "import sys; from vmmove.plugins import load_plugins; "
+        "load_plugins().backends.get('vsphere'); "
         "print(any(m.split('.')[0] in ('pyVmomi', 'pyVim') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -117,11 +117,11 @@ def secret_option(uri: str | None) -> str | None:
     """The option the backend takes the secret as: ``password``, or its one declared secret
     (KubeVirt's ``token``); ``None`` when it declares options and no secret among them."""
     import vmmove  # noqa: PLC0415
-    from vmmove.plugins import plugin_manager  # noqa: PLC0415
+    from vmmove.plugins import load_plugins  # noqa: PLC0415
 
     scheme = urlsplit(uri or os.environ.get("VMMOVE_URI") or vmmove.DEFAULT_URI).scheme
     try:
-        spec = plugin_manager().backends.get(scheme)
+        spec = load_plugins().backends.get(scheme)
     except vmmove.VMMoveError:
         return "password"  # connect() says what is wrong with the scheme
     if spec.options is None:

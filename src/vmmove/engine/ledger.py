@@ -32,7 +32,7 @@ class Ledger:
         run.holds_slot = True
         return True
 
-    def release(self, run: MigrationRun) -> None:
+    def settle(self, run: MigrationRun) -> None:
         self.unclaim(run)
         if self.by_vm.get(run.vm.id) is run:
             del self.by_vm[run.vm.id]

@@ -224,7 +224,7 @@ def finalize(run: MigrationRun, ending: Ending, vm_host: str | None, *, located:
         changes["problems"] = ending.cause.problems
     run.enter(phase, message, evidence=evidence, **changes)
     run.error = error_of(run.record)
-    run.conn.ledger.release(run)
+    run.conn.ledger.settle(run)
 
 
 def power_now(run: MigrationRun) -> PowerState | None:

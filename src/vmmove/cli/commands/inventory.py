@@ -23,9 +23,9 @@ from vmmove.outcomes import ExitCode
 @json_option
 def backends(as_json: bool) -> None:
     """Installed backends and what they can do."""
-    from vmmove.plugins import plugin_manager  # noqa: PLC0415
+    from vmmove.plugins import load_plugins  # noqa: PLC0415
 
-    plugins = plugin_manager()
+    plugins = load_plugins()
     specs = plugins.backends.all()
     if as_json:
         print_json(
