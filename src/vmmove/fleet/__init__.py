@@ -23,7 +23,8 @@ simulated time by waiting, one poll interval at a time.
 
 The package: :mod:`~vmmove.fleet.plan` (the plan model), :mod:`~vmmove.fleet.planners`
 (with the helpers they share in :mod:`~vmmove.fleet.planning`), :mod:`~vmmove.fleet.executor`
-and :mod:`~vmmove.fleet.report` (limits, outcomes, events).
+(with each move's task in :mod:`~vmmove.fleet.tasks`) and :mod:`~vmmove.fleet.report`
+(limits, outcomes, events).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from vmmove.errors import PrecheckFailed, VMMoveError, WaitTimeout
 from vmmove.fleet.plan import Move, Plan, Stay, downtime_schedule, memory_limit
 from vmmove.fleet.planning import plural, resolve_policy
 from vmmove.fleet.report import Attempt, FleetEvent, Limits, Outcome, Report
+from vmmove.fleet.tasks import Task, busy, time_left
 from vmmove.machine import Phase
 from vmmove.model import HostInfo, PowerState, VMInfo
 from vmmove.placement import best, build_context, link_of, predict, working_set
@@ -24,38 +25,6 @@ from vmmove.policy import Policy
 
 if TYPE_CHECKING:
     from vmmove.engine import Connection, Migration
-
-
-_CONSUMING = frozenset(
-    {Phase.PENDING, Phase.PREPARING, Phase.REQUESTING, Phase.TRANSFERRING, Phase.POSTCOPY}
-)
-
-
-class _Task:
-    __slots__ = (
-        "alone",
-        "attempts",
-        "k",
-        "migration",
-        "move",
-        "priority",
-        "robust",
-        "target",
-        "tried",
-        "working_set",
-    )
-
-    def __init__(self, move: Move) -> None:
-        self.move = move
-        self.target = move.target
-        self.attempts: list[Attempt] = []
-        self.tried: set[str] = set()
-        self.migration: Migration | None = None
-        self.k = 1  # how many moves may share the source link with this one
-        self.alone = False
-        self.priority = move.cost.seconds
-        self.working_set = move.memory
-        self.robust = False  # still converges if a move overlaps it for a while
 
 
 class Executor:
@@ -127,7 +96,7 @@ class Executor:
         self._in: dict[str, int] = {}
         self._inflight_mem: dict[str, int] = {}
         self._cluster: dict[str, int] = {}
-        self._active: list[_Task] = []
+        self._active: list[Task] = []
         self._setup_times: deque[float] = deque(maxlen=50)
         self._setup: float | None = None
         tick = float(getattr(conn.backend, "poll_interval", 1.0))
@@ -142,8 +111,8 @@ class Executor:
                 status="stayed",
                 reason=stay.reason,
             )
-        queues: dict[str, deque[_Task]] = {}
-        tasks = [_Task(m) for m in self.plan.moves]
+        queues: dict[str, deque[Task]] = {}
+        tasks = [Task(m) for m in self.plan.moves]
         if self.order == "longest-first":
             tasks.sort(key=lambda t: (-t.priority, -t.move.memory, t.move.vm_name))
         self._queues = queues
@@ -205,7 +174,7 @@ class Executor:
         return tuple(out)
 
     # ---- scheduling ---------------------------------------------------------------------
-    def _shareable(self, task: _Task) -> int:
+    def _shareable(self, task: Task) -> int:
         """How many moves (this one included) may share the source link before this one
         sends ``share_tolerance`` more data, or stops converging."""
         if not self.link_aware or task.alone:
@@ -262,7 +231,7 @@ class Executor:
         b = self._hosts[target].cluster if target in self._hosts else ""
         return (a,) if a == b else (a, b)
 
-    def _room(self, task: _Task, target: str) -> bool:
+    def _room(self, task: Task, target: str) -> bool:
         """The target holds the VM on top of its VMs and every reservation in flight (the
         executor's own ledger), and the engine's pre-check will agree."""
         mem = task.move.memory
@@ -278,15 +247,15 @@ class Executor:
         capacity = self._hosts[target].capacity.memory if target in self._hosts else 0
         return used + self._inflight_mem.get(target, 0) + mem <= capacity
 
-    def _link_ok(self, task: _Task) -> bool:
+    def _link_ok(self, task: Task) -> bool:
         if not self.link_aware:
             return True
-        consuming = [t for t in self._active if t.move.source == task.move.source and _busy(t)]
+        consuming = [t for t in self._active if t.move.source == task.move.source and busy(t)]
         consuming = [t for t in consuming if not self._near_end(t)]
         n = len(consuming) + 1
         return n <= task.k and all(n <= t.k for t in consuming)
 
-    def _near_end(self, task: _Task) -> bool:
+    def _near_end(self, task: Task) -> bool:
         """A transfer that should end before a move started now leaves its set-up."""
         m = task.migration
         if m is None or not task.robust:
@@ -303,7 +272,7 @@ class Executor:
             elapsed = self.conn.clock.time() - since if since is not None else 0.0
             backlog += min(float(task.working_set), dirty * elapsed)
         limit = max((s for n, s in self._schedule if n <= iteration + 1), default=0.3)
-        return _time_left(backlog, p.transfer_rate, dirty, limit) <= self._lead()
+        return time_left(backlog, p.transfer_rate, dirty, limit) <= self._lead()
 
     def _lead(self) -> float:
         """How long a move takes from ``migrate()`` to its first byte (median of the last
@@ -333,7 +302,7 @@ class Executor:
                 if not started:
                     break
 
-    def _start(self, task: _Task) -> None:
+    def _start(self, task: Task) -> None:
         move = task.move
         target = task.target
         opts = dict(self.options)
@@ -397,7 +366,7 @@ class Executor:
             pass  # its outcome is read from the record below
 
     def _reap(self) -> None:
-        still: list[_Task] = []
+        still: list[Task] = []
         for task in self._active:
             m = task.migration
             assert m is not None
@@ -409,7 +378,7 @@ class Executor:
         self._active = still
         self.running = [(t.move, t.migration) for t in still if t.migration is not None]
 
-    def _release(self, task: _Task) -> None:
+    def _release(self, task: Task) -> None:
         move, target = task.move, task.target
         self._out[move.source] -= 1
         self._in[target] -= 1
@@ -417,7 +386,7 @@ class Executor:
             self._cluster[key] -= 1
         self._inflight_mem[target] -= move.memory
 
-    def _finish(self, task: _Task, m: Migration) -> None:
+    def _finish(self, task: Task, m: Migration) -> None:
         rec = m.record
         move = task.move
         started = rec.created_at
@@ -499,7 +468,7 @@ class Executor:
             return
         self._retry(task, error, rec.error_type)
 
-    def _retry(self, task: _Task, error: str, error_type: str | None) -> None:
+    def _retry(self, task: Task, error: str, error_type: str | None) -> None:
         if len(task.attempts) >= self.max_attempts:
             self._settle(task, f"{error} (after {len(task.attempts)} attempts)")
             return
@@ -528,7 +497,7 @@ class Executor:
         )
         self._queues.setdefault(task.move.source, deque()).appendleft(task)
 
-    def _retarget(self, task: _Task) -> HostInfo | None:
+    def _retarget(self, task: Task) -> HostInfo | None:
         try:
             vm = self.conn.vm(task.move.vm)
             hosts = self.conn.hosts()
@@ -578,7 +547,7 @@ class Executor:
                 why = "no room on its target, nor on any other host, for the moves in flight"
                 self._settle(task, why)
 
-    def _settle(self, task: _Task, reason: str, host: str | None = None) -> None:
+    def _settle(self, task: Task, reason: str, host: str | None = None) -> None:
         move = task.move
         host = host or move.source
         if task.attempts and task.attempts[-1].vm_host is not None:
@@ -602,21 +571,6 @@ class Executor:
                 message=reason,
             )
         )
-
-
-def _time_left(remaining: float, rate: float, dirty: float, downtime: float) -> float:
-    """Seconds of pre-copy left: the backlog falls at ``rate - dirty`` until the rest fits
-    in the pause; a guest dirtying as fast as it is sent does not end by itself."""
-    if remaining <= rate * downtime:
-        return 0.0
-    if dirty >= rate:
-        return math.inf
-    return (remaining - rate * downtime) / (rate - dirty)
-
-
-def _busy(task: _Task) -> bool:
-    m = task.migration
-    return m is not None and m.record.phase in _CONSUMING
 
 
 def execute(
