@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,13 +28,11 @@ from vmmove.model import (
 )
 from vmmove.policy import Action, AutoConverge, Policy, PostCopy, SetBandwidth, SetDowntime
 from vmmove.sim import inventory as inv
+from vmmove.sim.faults import FAULT_STATES, Fault
 from vmmove.sim.physics import BOOT_S, DEFAULT_DOWNTIME_MS, SHUTDOWN_S, Link, SimJob
 
 __all__ = ["Fault", "SimBackend"]
 
-FAULT_KINDS = ("target-fails", "link-drop", "reserve-refused", "shutdown-ignored")
-
-# Native job states -> shared phases. Cold jobs reuse the same machine.
 _PHASES = {
     "setup": Phase.REQUESTING,
     "precopy": Phase.TRANSFERRING,
@@ -51,38 +48,6 @@ _PHASES = {
     "failed": Phase.FAILED,
     "cancelled": Phase.CANCELLED,
 }
-_FAULT_STATES = {
-    Phase.REQUESTING: ("setup", "setup"),
-    Phase.TRANSFERRING: ("precopy", "copy"),
-    Phase.SWITCHING_OVER: ("stopcopy", "boot"),
-    Phase.POSTCOPY: ("postcopy", "postcopy"),
-    Phase.COMPLETING: ("cleanup", "cleanup"),
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fault:
-    """An injected fault: the next migration of ``vm`` (or to ``host``) meets it.
-
-    ``kind``: ``target-fails`` or ``link-drop`` (the job fails ``after`` seconds into
-    ``phase``; for a cold move in ``switching_over``, the VM does not start on the target),
-    ``reserve-refused`` (the target refuses the reservation), or ``shutdown-ignored`` (the
-    guest ignores the next guest shutdown; a forced power-off still works).
-    """
-
-    kind: str
-    vm: str | None = None
-    host: str | None = None
-    phase: Phase = Phase.TRANSFERRING
-    after: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise InvalidInput(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
-        if self.phase not in _FAULT_STATES:
-            raise InvalidInput(
-                f"faults can be injected in {', '.join(_FAULT_STATES)}, not {self.phase}"
-            )
 
 
 class SimBackend(Backend):
@@ -461,7 +426,7 @@ class SimBackend(Backend):
                 skip=skip_faults,
             )
             if fault is not None:
-                state = _FAULT_STATES[fault.phase][0 if live else 1]
+                state = FAULT_STATES[fault.phase][0 if live else 1]
                 job.fault = (fault.kind, state, fault.after)
             link = self._links[svm.host]
             job.started = link.t
