@@ -120,6 +120,12 @@ def test_its_options_are_parsed_by_the_core(toy_installed: Path) -> None:
             vmmove.connect(bad)
 
 
+def started(request_id: str) -> vmmove.JobRef:
+    """The reference the engine saves before it calls start."""
+    mode = vmmove.MigrationMode.LIVE
+    return vmmove.JobRef.start(request_id=request_id, vm="vm-1", target="h2", mode=mode, at=0.0)
+
+
 def test_it_never_answers_from_a_stale_view(toy_installed: Path) -> None:
     with vmmove.connect("toy://", store=vmmove.MemoryStore()) as conn:
         toy = conn.backend
@@ -135,8 +141,8 @@ def test_it_never_answers_from_a_stale_view(toy_installed: Path) -> None:
         with pytest.raises(vmmove.ConnectionFailed):
             toy.locate("vm-1")
         with pytest.raises(vmmove.ConnectionFailed):
-            toy.attach({"intent": "start", "request_id": "r-1"})
+            toy.attach(started("r-1"))
         toy.reachable = True  # type: ignore[attr-defined]
-        assert toy.attach({"intent": "start", "request_id": "r-1"}).id == job.id
+        assert toy.attach(started("r-1")).id == job.id
         with pytest.raises(vmmove.NotFound):
-            toy.attach({"intent": "start", "request_id": "r-2"})
+            toy.attach(started("r-2"))

@@ -11,7 +11,7 @@ PUBLIC = {
     "PRESETS", "AuthenticationFailed", "Backend", "BackendNotFound", "BackendProtocolError",
     "Capabilities", "Capacity", "Conflict", "Connection", "ConnectionFailed", "CpuInfo",
     "EventKind", "Figures", "HostInfo", "HostState", "InsecureConnectionWarning", "InvalidInput",
-    "Job", "JobStatus",
+    "Intent", "Job", "JobRef", "JobStatus",
     "MemoryStore", "Migration", "MigrationCancelled", "MigrationError", "MigrationEvent",
     "MigrationFailed", "MigrationMode", "MigrationRecord", "MigrationSpec", "MigrationTimedOut",
     "NotFound", "NotSupported", "Phase", "Policy", "PostcopyFailed", "PowerState",

@@ -38,7 +38,7 @@ from vmmove.errors import (
 )
 
 if TYPE_CHECKING:
-    from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation
+    from vmmove.backend import Backend, Capabilities, Intent, Job, JobRef, JobStatus, Reservation
     from vmmove.engine import Connection, Migration
     from vmmove.events import EventKind, MigrationEvent
     from vmmove.hookspecs import hookimpl
@@ -66,7 +66,8 @@ if TYPE_CHECKING:
 # stay fast: name -> module that defines it.
 _LAZY = {
     **dict.fromkeys(
-        ("Backend", "Capabilities", "Job", "JobStatus", "Reservation"), "vmmove.backend"
+        ("Backend", "Capabilities", "Intent", "Job", "JobRef", "JobStatus", "Reservation"),
+        "vmmove.backend",
     ),
     **dict.fromkeys(("Connection", "Migration"), "vmmove.engine"),
     **dict.fromkeys(("EventKind", "MigrationEvent"), "vmmove.events"),
@@ -118,8 +119,10 @@ __all__ = [
     "HostInfo",
     "HostState",
     "InsecureConnectionWarning",
+    "Intent",
     "InvalidInput",
     "Job",
+    "JobRef",
     "JobStatus",
     "MemoryStore",
     "Migration",

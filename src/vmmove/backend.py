@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import ClassVar, Protocol, TypeVar
 
@@ -27,7 +29,16 @@ from vmmove.machine import Phase
 from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
 from vmmove.policy import Action, Policy
 
-__all__ = ["Backend", "Capabilities", "Job", "JobStatus", "Reservation", "lookup"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Intent",
+    "Job",
+    "JobRef",
+    "JobStatus",
+    "Reservation",
+    "lookup",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,17 +73,105 @@ class Reservation:
     cpus: int
 
 
+class Intent(StrEnum):
+    """What a saved :class:`JobRef` stands for."""
+
+    #: a job the platform acknowledged: ``JobRef.data`` is the backend's own reference
+    JOB = "job"
+    #: a start (or a cold move's relocate) request whose answer was not seen: the client
+    #: died inside the call, or the answer was lost; ``attach`` finds the job by its id
+    START = "start"
+
+
+def _no_data() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRef:
+    """How :meth:`Backend.attach` finds a job again, from a durable record.
+
+    A backend builds ``JobRef(data={...})`` for the jobs it starts (plain strings it chooses:
+    a task id, a migration name). The engine builds the ``START`` kind before it calls
+    :meth:`Backend.start` or :meth:`Backend.relocate`, and saves either in the record
+    (:meth:`dump`, read back with :meth:`load`).
+    """
+
+    intent: Intent = Intent.JOB
+    data: Mapping[str, str] = field(default_factory=_no_data)
+    # set on a START reference: what was asked, and when (the connection clock's time)
+    request_id: str = ""
+    vm: str = ""
+    target: str = ""
+    mode: MigrationMode | None = None
+    at: float | None = None
+
+    def __post_init__(self) -> None:
+        data = dict(self.data)
+        bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad or "intent" in data:
+            raise ValueError(f"JobRef data must map text to text, without 'intent': {bad}")
+        object.__setattr__(self, "data", MappingProxyType(data))
+
+    @classmethod
+    def start(
+        cls, *, request_id: str, vm: str, target: str, mode: MigrationMode, at: float | None
+    ) -> JobRef:
+        return cls(
+            intent=Intent.START, request_id=request_id, vm=vm, target=target, mode=mode, at=at
+        )
+
+    def get(self, key: str, default: str = "") -> str:
+        """One of the backend's own keys (``data``)."""
+        return self.data.get(key, default)
+
+    def dump(self) -> dict[str, str]:
+        """The record's ``job_ref``: text only, as journals store it."""
+        if self.intent is Intent.JOB:
+            return dict(self.data)  # a job's reference is the backend's keys alone
+        return {
+            "intent": self.intent.value,
+            "request_id": self.request_id,
+            "vm": self.vm,
+            "target": self.target,
+            "mode": self.mode.value if self.mode else "",
+            "at": repr(self.at) if self.at is not None else "",
+        }
+
+    @classmethod
+    def load(cls, saved: Mapping[str, str]) -> JobRef:
+        """Read back what :meth:`dump` wrote (or an older record's plain mapping)."""
+        intent = saved.get("intent", Intent.JOB.value)
+        if intent == Intent.JOB.value:
+            return cls(data={k: v for k, v in saved.items() if k != "intent"})
+        if intent != Intent.START.value:
+            raise ValueError(f"not a job reference: intent {intent!r}")
+        at: float | None
+        try:
+            at = float(saved.get("at", ""))
+        except ValueError:
+            at = None
+        mode = saved.get("mode", "")
+        return cls(
+            intent=Intent.START,
+            request_id=saved.get("request_id", ""),
+            vm=saved.get("vm", ""),
+            target=saved.get("target", ""),
+            mode=MigrationMode(mode) if mode else None,
+            at=at if at is not None and math.isfinite(at) else None,
+        )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Job:
-    """A started migration on the platform. ``ref`` is plain strings: enough for
-    :meth:`Backend.attach` to find the job again from a durable record."""
+    """A started migration on the platform; ``ref`` finds it again (:meth:`Backend.attach`)."""
 
     id: str
     vm: str
     source: str
     target: str
     mode: MigrationMode
-    ref: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    ref: JobRef = field(default_factory=JobRef)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -186,12 +285,12 @@ class Backend(abc.ABC):
         policy the engine will apply; ``needs`` lists the capabilities it may use later, for
         platforms that must enable them at start.
 
-        ``request_id`` is unique to this start attempt and is also in the intent reference
-        the engine saves before calling (``{"intent": "start", "request_id": ..., "at":
-        <the connection clock's time, as text>, "vm", "target", "mode"}``). Put it
-        on the platform request where the platform can carry it (an annotation, a request-id
-        header, a task description): when the answer to ``start`` is lost, the engine hands
-        that reference to :meth:`attach` to learn whether the platform acted on it."""
+        ``request_id`` is unique to this start attempt. The engine saves it first, in a
+        :class:`JobRef` of intent ``START`` (with the VM, target, mode and the connection
+        clock's time). Put it on the platform request where the platform can carry it (an
+        annotation, a request-id header, a task description): when the answer to ``start``
+        is lost, the engine hands that reference to :meth:`attach` to learn whether the
+        platform acted on it."""
 
     @abc.abstractmethod
     def poll(self, job: Job) -> JobStatus: ...
@@ -226,14 +325,14 @@ class Backend(abc.ABC):
     def finish(self, job: Job) -> None:
         """Release whatever the backend holds for a job that reached a terminal phase."""
 
-    def attach(self, ref: Mapping[str, str]) -> Job:
-        """Find a job again from its ``ref`` (after the client that started it died).
+    def attach(self, ref: JobRef) -> Job:
+        """Find a job again from ``ref`` (after the client that started it died).
 
-        ``ref`` is a ``Job.ref`` saved earlier, or the intent reference saved before
-        ``start`` (``intent == "start"``: the answer to ``start`` was lost, or the client died
-        inside it). For an intent, return the job that request started (match
-        ``request_id`` where the platform carries it), even one that already ended; raise
-        :class:`NotFound` when the platform has no such job (yet), and
+        ``ref`` is a ``Job.ref`` saved earlier (intent ``JOB``), or the reference saved before
+        ``start``/``relocate`` (intent ``START``: the answer was lost, or the client died
+        inside the call). For ``START``, return the job that request began (match
+        ``ref.request_id`` where the platform carries it), even one that already ended;
+        raise :class:`NotFound` when the platform has no such job (yet), and
         :class:`ConnectionFailed` when it cannot be asked."""
         raise NotSupported(f"{type(self).__name__} cannot re-attach to jobs")
 

@@ -16,7 +16,9 @@ from vmmove import (
     Capabilities,
     Capacity,
     HostInfo,
+    Intent,
     Job,
+    JobRef,
     JobStatus,
     MigrationMode,
     NotFound,
@@ -84,7 +86,12 @@ class TinyBackend(Backend):
         }
         self._requests[request_id] = job_id
         return Job(
-            id=job_id, vm=vm.id, source=vm.host, target=target.id, mode=mode, ref={"job": job_id}
+            id=job_id,
+            vm=vm.id,
+            source=vm.host,
+            target=target.id,
+            mode=mode,
+            ref=JobRef(data={"job": job_id}),
         )
 
     def poll(self, job: Job) -> JobStatus:
@@ -107,14 +114,24 @@ class TinyBackend(Backend):
     def abort(self, job: Job) -> None:
         self._jobs[job.id]["abort"] = True
 
-    def attach(self, ref):  # type: ignore[no-untyped-def]
+    def attach(self, ref: JobRef) -> Job:
         # A start whose answer was lost: the request id names the job it began.
-        job_id = self._requests.get(ref.get("request_id", "")) or ref.get("job")
+        if ref.intent is Intent.START:
+            job_id = self._requests.get(ref.request_id, "")
+        else:
+            job_id = ref.get("job")
         if job_id not in self._jobs:
-            raise NotFound(f"no tiny job for {dict(ref)}")
+            raise NotFound(f"no tiny job for {ref}")
         j = self._jobs[job_id]
         vm = self._vms[j["vm"]]
-        return Job(id=job_id, vm=j["vm"], source=vm[0], target=j["target"], mode=MigrationMode.LIVE)
+        return Job(
+            id=job_id,
+            vm=j["vm"],
+            source=vm[0],
+            target=j["target"],
+            mode=MigrationMode.LIVE,
+            ref=JobRef(data={"job": job_id}),
+        )
 
 
 @vmmove.hookimpl

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from vmmove import Conflict, MigrationCancelled, NotFound, Phase, PowerState, PrecheckFailed
+from vmmove.backend import JobRef
 from vmmove.engine import Connection
 from vmmove.model import MigrationSpec
 from vmmove.testing.contract import check_events
@@ -142,10 +143,14 @@ def test_a_move_is_found_again_by_its_request_id_and_read_from_the_vm_object(
     backend = conn.backend
     vm, target = conn.vm("batch-1"), conn.host("node-b")
     with pytest.raises(NotFound):  # no move made by this request (yet)
-        backend.attach({"intent": "start", "mode": "cold", "vm": vm.id, "request_id": "r-1"})
+        backend.attach(
+            JobRef.load({"intent": "start", "mode": "cold", "vm": vm.id, "request_id": "r-1"})
+        )
     job = backend.relocate(vm, target, MigrationSpec(vm=vm.id), request_id="r-1")
     assert backend.poll(job).phase is Phase.COMPLETED
-    again = backend.attach({"intent": "start", "mode": "cold", "vm": vm.id, "request_id": "r-1"})
+    again = backend.attach(
+        JobRef.load({"intent": "start", "mode": "cold", "vm": vm.id, "request_id": "r-1"})
+    )
     status = backend.poll(again)
     assert (status.phase, status.vm_host) == (Phase.COMPLETED, "node-b")
     # Someone pins it elsewhere: the job's own report says so (never invented success).

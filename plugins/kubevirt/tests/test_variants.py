@@ -27,7 +27,7 @@ from vmmove import (
     NotFound,
     Phase,
 )
-from vmmove.backend import Job, JobStatus
+from vmmove.backend import Job, JobRef, JobStatus
 from vmmove.engine import Connection
 from vmmove.policy import PRESETS
 from vmmove_kubevirt.backend import LABELLED_AT, REQUEST_ANNOTATION, KubeVirtBackend
@@ -178,17 +178,17 @@ def test_attach_finds_exactly_the_vmim_of_a_request_even_one_that_ended(
     seen: list[JobStatus] = []
     poll_until(backend_of(conn), job, lambda s: s.phase.terminal, seen)
     again = backend_of(connect(kube))
-    found = again.attach({**intent, "request_id": "req-web"})
+    found = again.attach(JobRef.load({**intent, "request_id": "req-web"}))
     assert found.id == job.id != other.id
-    assert found.ref["uid"] == job.ref["uid"]
+    assert found.ref.get("uid") == job.ref.get("uid")
     status = again.poll(found)
     assert (status.phase, status.vm_host) == (Phase.COMPLETED, "node-b")
     with pytest.raises(NotFound):
-        again.attach({**intent, "request_id": "req-never-made"})
+        again.attach(JobRef.load({**intent, "request_id": "req-never-made"}))
     outage = kube.outage(5.0)
     try:
         with pytest.raises(ConnectionFailed):
-            again.attach({**intent, "request_id": "req-web"})
+            again.attach(JobRef.load({**intent, "request_id": "req-web"}))
     finally:
         outage.end()
 
@@ -488,7 +488,7 @@ def test_a_cold_move_whose_answer_was_lost_is_found_by_its_request_id(
     backend = backend_of(conn)
     intent = {"intent": "start", "vm": "batch-1", "target": "node-b", "mode": "cold"}
     with pytest.raises(NotFound):  # nothing carries this request: the core moves it again
-        backend.attach({**intent, "request_id": "req-cold"})
+        backend.attach(JobRef.load({**intent, "request_id": "req-cold"}))
     # The pin is written, the answer lost: the VM object carries the request id.
     kube.api_fault(
         method="PATCH", path="virtualmachines/batch-1$", body="request-id", drop_response=True
@@ -496,7 +496,7 @@ def test_a_cold_move_whose_answer_was_lost_is_found_by_its_request_id(
     vm, target = conn.vm("batch-1"), conn.host("node-b")
     with pytest.raises(ConnectionFailed):
         backend.relocate(vm, target, MigrationSpec(vm=vm.id), request_id="req-cold")
-    job = backend.attach({**intent, "request_id": "req-cold"})
+    job = backend.attach(JobRef.load({**intent, "request_id": "req-cold"}))
     status = backend.poll(job)
     assert (status.phase, status.vm_host) == (Phase.COMPLETED, "node-b")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from vmmove.backend import JobRef
 from vmmove.errors import ConnectionFailed, InvalidInput, NotFound
 from vmmove.machine import Phase
 from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
@@ -517,8 +518,10 @@ def test_locate_lists_nothing(cluster: Any) -> None:
 # ---- a lost answer to start ------------------------------------------------------------------
 
 
-def intent(request_id: str = "req-1") -> dict[str, str]:
-    return {"intent": "start", "vm": UUID, "target": "b", "mode": "live", "request_id": request_id}
+def intent(request_id: str = "req-1", mode: str = "live") -> JobRef:
+    return JobRef.load(
+        {"intent": "start", "vm": UUID, "target": "b", "mode": mode, "request_id": request_id}
+    )
 
 
 def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
@@ -532,7 +535,12 @@ def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
     with pytest.raises(NotFound):
         other.attach(intent("req-2"))  # a different request
     job = other.attach(intent())
-    assert (job.id, job.source, job.target, job.ref["request_id"]) == (first.id, "a", "b", "req-1")
+    assert (job.id, job.source, job.target, job.ref.get("request_id")) == (
+        first.id,
+        "a",
+        "b",
+        "req-1",
+    )
     assert other.poll(job).phase is Phase.TRANSFERRING
     FakeDom(fake.hosts["qemu+tcp://b/system"]).marker = dom.marker  # it lands ...
     del fake.hosts["qemu+tcp://a/system"].doms[UUID]  # ... and the source goes (UNDEFINE_SOURCE)
@@ -575,10 +583,12 @@ def test_a_cold_move_not_started_here_is_judged_by_the_definitions(cluster: Any)
     (an intent still on its source: NotFound, so the core moves it; on the target: done)."""
     backend, fake = cluster()
     dom = FakeDom(fake.hosts["qemu+tcp://a/system"], state=SHUTOFF)
-    cold = {**intent(), "mode": "cold"}
+    cold = intent(mode="cold")
     with pytest.raises(NotFound):
         backend.attach(cold)
-    job = backend.attach({**cold, "intent": "cold", "job": "j1", "source": "a"})
+    job = backend.attach(
+        JobRef(data={"vm": UUID, "target": "b", "mode": "cold", "job": "j1", "source": "a"})
+    )
     status = backend.poll(job)
     assert (status.phase, status.vm_host) == (Phase.FAILED, "a")
     assert "defined on a" in (status.error or "")

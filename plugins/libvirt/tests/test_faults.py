@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from vmmove.backend import JobRef
 from vmmove.errors import MigrationFailed, MigrationTimedOut, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import MiB, MigrationMode
@@ -306,7 +307,7 @@ def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_
             "request_id": "req-lost-1",
         }
         with pytest.raises(NotFound):
-            other.attach(intent)  # nothing started yet
+            other.attach(JobRef.load(intent))  # nothing started yet
         started = first.start(
             vm,
             first.host(HOST_B),
@@ -321,13 +322,13 @@ def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_
         deadline = time.monotonic() + 30
         while found is None and time.monotonic() < deadline:
             try:
-                found = other.attach(intent)
+                found = other.attach(JobRef.load(intent))
             except NotFound:  # the worker has not marked the domain yet
                 time.sleep(0.1)
         assert found is not None
         assert (found.id, found.source, found.target) == (started.id, HOST_A, HOST_B)
         with pytest.raises(NotFound):
-            other.attach({**intent, "request_id": "req-lost-2"})
+            other.attach(JobRef.load({**intent, "request_id": "req-lost-2"}))
         status = other.poll(found)
         while not status.phase.terminal:
             assert time.monotonic() < deadline + 60, status
@@ -340,7 +341,9 @@ def test_a_lost_answer_to_start_is_found_by_its_request_id(guests: Any, cluster_
         other.close()
     third = LibvirtBackend.from_uri(cluster_uri, {})
     try:
-        landed = third.attach(intent)  # after the move: the target's copy carries the id
+        landed = third.attach(
+            JobRef.load(intent)
+        )  # after the move: the target's copy carries the id
         assert (landed.id, landed.source) == (started.id, HOST_A)
         deadline = time.monotonic() + 10
         while not third.poll(landed).phase.terminal:

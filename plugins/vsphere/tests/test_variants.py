@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import vmmove
+from vmmove.backend import JobRef
 from vmmove.errors import (
     Conflict,
     ConnectionFailed,
@@ -247,10 +248,10 @@ def test_lost_start_answer_finds_the_task_vcenter_started(
         with pytest.raises(ConnectionFailed):
             start()
         (task,) = _until(lambda: estate.tasks(VM), what="the relocation task")
-        job = conn.backend.attach(intent)
+        job = conn.backend.attach(JobRef.load(intent))
         assert (job.id, job.vm, job.target) == (task.key, intent["vm"], intent["target"])
-        assert job.ref["request_id"] == "rec-1-aa"
-        assert conn.backend.attach(intent) == job  # asked again: the same job
+        assert job.ref.get("request_id") == "rec-1-aa"
+        assert conn.backend.attach(JobRef.load(intent)) == job  # asked again: the same job
         status = _poll_until_terminal(conn.backend, job)
         assert (status.phase, status.vm_host) == (Phase.COMPLETED, intent["target"])
 
@@ -281,11 +282,11 @@ def test_late_start_answer_is_found_once_vcenter_applies_it(
         with pytest.raises(ConnectionFailed):
             start()
         with pytest.raises(NotFound, match="yet"):
-            conn.backend.attach(intent)
+            conn.backend.attach(JobRef.load(intent))
 
         def attached() -> Any:
             try:
-                return conn.backend.attach(intent)
+                return conn.backend.attach(JobRef.load(intent))
             except NotFound:
                 return None
 
@@ -318,10 +319,10 @@ def test_attach_intent_ignores_tasks_from_before_the_request(
             "at": str(time.time()),
         }
         with pytest.raises(NotFound):
-            conn.backend.attach(intent)
+            conn.backend.attach(JobRef.load(intent))
         other = estate.host("DC0_C1_H0")
         later = estate.vm(VM).RelocateVM_Task(spec=vim.vm.RelocateSpec(host=other))
-        assert conn.backend.attach(intent).id == later._moId
+        assert conn.backend.attach(JobRef.load(intent)).id == later._moId
 
 
 # ---- refusals in both shapes ----------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_a_task_forgotten_after_it_ended_is_settled_from_the_vms_host(
         assert (status.phase, status.vm_host) == (Phase.COMPLETED, target)
         assert f"task {job.id} is gone from vCenter" in caplog.text
     with connect_to(estate.sim) as again:
-        attached = again.backend.attach(dict(job.ref))
+        attached = again.backend.attach(job.ref)
         status = _poll_until_terminal(again.backend, attached)
         assert (status.phase, status.vm_host) == (Phase.COMPLETED, target)
 

@@ -25,18 +25,21 @@ progress is kept in the record's ``job_ref``, so ``attach`` resumes it after a c
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING
 
+from vmmove.backend import Job, JobRef
 from vmmove.errors import (
     ConnectionFailed,
     MigrationCancelled,
     MigrationFailed,
     NotFound,
+    NotSupported,
     VMMoveError,
 )
 from vmmove.events import EventKind
 from vmmove.machine import Phase
-from vmmove.model import Figures, PowerState
+from vmmove.model import Figures, MigrationMode, PowerState
 
 if TYPE_CHECKING:
     from vmmove.engine.ending import Ending
@@ -80,18 +83,16 @@ class ColdMove:
             step = "stopping"
         move = cls(run, was_running=ref.get("was_running") == "1", step=step, since=now)
         move.request_id = ref.get("request_id", "")
-        if step == "moving" and "job" in ref:
-            job_ref = {k.removeprefix("job."): v for k, v in ref.items() if k.startswith("job.")}
-            run.job = run.backend.attach(job_ref)
+        move.sent_at = float(ref.get("at") or "nan")
+        job_keys = {k.removeprefix("job."): v for k, v in ref.items() if k.startswith("job.")}
+        if step == "moving" and job_keys:
+            run.job = run.backend.attach(JobRef(data=job_keys))
             run.finished = False
-        elif step == "moving":  # the client died inside relocate(): look for its job
-            try:
-                run.job = run.backend.attach({**ref, "intent": "start", "mode": "cold"})
-            except NotFound:
-                move._move(now)
+        # else at "moving": the client died inside relocate(); _moving looks for its job
         return move
 
     request_id = ""
+    sent_at = float("nan")  # when relocate() was asked (the connection clock's time)
 
     def _goto(self, step: str, now: float) -> None:
         self.step, self.since = step, now
@@ -103,9 +104,10 @@ class ColdMove:
             "vm": run.vm.id,
             "target": run.target.id if run.target else "",
             "request_id": self.request_id,
+            "at": repr(self.sent_at),
         }
         if run.job is not None and step == "moving":
-            ref.update({f"job.{k}": v for k, v in run.job.ref.items()})
+            ref.update({f"job.{k}": v for k, v in run.job.ref.data.items()})
         run.save(job_ref=ref)
 
     # ---- the steps ---------------------------------------------------------------------
@@ -159,15 +161,48 @@ class ColdMove:
     def _move(self, now: float) -> None:
         run = self.run
         assert run.target is not None
-        run.job = self.backend.relocate(run.vm, run.target, run.spec, request_id=self.request_id)
+        # Saved first: a client that dies inside relocate(), or an answer that is lost,
+        # leaves a record that says the move was asked, for _moving to find its job.
+        run.job = None
+        self.sent_at = run.clock.time()
+        self._goto("moving", now)
+        self._started(
+            self.backend.relocate(run.vm, run.target, run.spec, request_id=self.request_id), now
+        )
+
+    def _started(self, job: Job, now: float) -> None:
+        run = self.run
+        run.job = job
         run.finished = False
         run.raw = type(run.raw)()  # the move counts its bytes from zero
         run.started_at = run.started_at or now
         self._goto("moving", now)
 
+    def _find_move(self, now: float) -> None:
+        """The answer to relocate() was not seen: did the platform act on it?"""
+        run = self.run
+        assert run.target is not None
+        intent = JobRef.start(
+            request_id=self.request_id,
+            vm=run.vm.id,
+            target=run.target.id,
+            mode=MigrationMode.COLD,
+            at=self.sent_at if math.isfinite(self.sent_at) else None,
+        )
+        try:
+            job = self.backend.attach(intent)
+        except (NotFound, NotSupported):
+            # Not acted on (a backend that carries the request id also refuses a repeat).
+            self._move(now)
+            return
+        run.warn("the platform had acted on the move request: following its job")
+        self._started(job, now)
+
     def _moving(self, now: float) -> None:
         run = self.run
-        assert run.job is not None
+        if run.job is None:
+            self._find_move(now)
+            return
         assert run.target is not None
         status = self.backend.poll(run.job)
         run.judge_report(status)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from vmmove.backend import Backend, Capabilities
+from vmmove.backend import Backend, Capabilities, Intent, JobRef
 from vmmove.engine.cold import ColdMove
 from vmmove.engine.ending import Ending
 from vmmove.engine.eventlog import EventLog
@@ -358,8 +358,8 @@ class Connection:
         if record.target is not None:
             run.target = self.backend.host(record.target)
             self.ledger.claim(run)
-        ref = dict(record.job_ref)
-        if not ref:  # the client went away before anything was asked of the platform
+        saved = dict(record.job_ref)
+        if not saved:  # the client went away before anything was asked of the platform
             run.end(
                 Ending(
                     Phase.CANCELLED,
@@ -369,20 +369,21 @@ class Connection:
                 now,
             )
             return
-        if ref.get("intent") == "cold":
+        if saved.get("intent") == "cold":  # the engine's own: a cold move's progress
             run.request_sent = True
-            run.cold = ColdMove.resume(run, ref, now)
+            run.cold = ColdMove.resume(run, saved, now)
             return
+        ref = JobRef.load(saved)
         try:
             job = self.backend.attach(ref)
         except ConnectionFailed:
-            if ref.get("intent") == "start":
+            if ref.intent is Intent.START:
                 run.lost_start_since = now  # keep asking, as for a lost start answer
                 return
             raise
         except (NotFound, NotSupported) as exc:
             kind: type[VMMoveError]
-            if ref.get("intent") == "start":
+            if ref.intent is Intent.START:
                 message, kind, phase = (
                     "the client went away before the job started",
                     MigrationCancelled,

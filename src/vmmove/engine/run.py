@@ -8,7 +8,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from vmmove.backend import Job, JobStatus, Reservation
+from vmmove.backend import Job, JobRef, JobStatus, Reservation
 from vmmove.engine.cold import ColdMove
 from vmmove.engine.convergence import budget, police, watch_commit
 from vmmove.engine.ending import Ending, RawReport
@@ -387,16 +387,14 @@ class MigrationRun:
         # Written first: a client that dies inside start(), or a start whose answer is lost,
         # leaves a record that says what was asked, for attach() to find the job by.
         self.save(
-            job_ref={
-                "intent": "start",
-                "vm": self.vm.id,
-                "target": self.target.id,
-                "mode": self.mode.value,
-                "request_id": request_id,
-                # When it was sent (this clock): platforms that cannot carry the id match
-                # the first job queued at or after it.
-                "at": repr(self.clock.time()),
-            }
+            job_ref=JobRef.start(
+                request_id=request_id,
+                vm=self.vm.id,
+                target=self.target.id,
+                mode=self.mode,
+                # Platforms that cannot carry the id match the first job queued after it.
+                at=self.clock.time(),
+            ).dump()
         )
         try:
             self.job = self.backend.start(
@@ -426,7 +424,7 @@ class MigrationRun:
         self.finished = False
         self.raw = RawReport()  # a new job counts from zero
         self.started_at = self.clock.now()
-        self.save(job_ref=dict(job.ref))
+        self.save(job_ref=job.ref.dump())
 
     def _find_lost_start(self, now: float) -> float | None:
         """Look for the job a start request with a lost answer began, for ``poll_grace``."""
@@ -434,7 +432,7 @@ class MigrationRun:
         job: Job | None = None
         searchable = True
         try:
-            job = self.backend.attach(self.record.job_ref)
+            job = self.backend.attach(JobRef.load(self.record.job_ref))
         except (NotFound, ConnectionFailed):
             pass
         except NotSupported:

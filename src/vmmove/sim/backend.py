@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from vmmove.backend import Backend, Capabilities, Job, JobStatus, Reservation, lookup
+from vmmove.backend import (
+    Backend,
+    Capabilities,
+    Intent,
+    Job,
+    JobRef,
+    JobStatus,
+    Reservation,
+    lookup,
+)
 from vmmove.clock import Clock, ScaledClock, VirtualClock
 from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported, ReservationRefused
 from vmmove.machine import Phase
@@ -441,7 +450,7 @@ class SimBackend(Backend):
                 source=job.source,
                 target=job.target,
                 mode=mode,
-                ref={"job": job.id},
+                ref=JobRef(data={"job": job.id}),
             )
 
     # ---- cold moves: the core orchestrates these primitives ---------------------------------
@@ -556,14 +565,14 @@ class SimBackend(Backend):
             if sj.ended is None:
                 sj.abort_requested = True
 
-    def attach(self, ref: Mapping[str, str]) -> Job:
+    def attach(self, ref: JobRef) -> Job:
         with self._lock:
-            job_id = ref.get("job", "")
-            if ref.get("intent") == "start":  # the answer to start was lost: which job?
-                job_id = self._requests.get(ref.get("request_id", ""), "")
+            job_id = ref.get("job")
+            if ref.intent is Intent.START:  # the answer to start was lost: which job?
+                job_id = self._requests.get(ref.request_id, "")
             sj = self._jobs.get(job_id)
             if sj is None:
-                raise NotFound(f"no simulator job {ref.get('job')!r}")
+                raise NotFound(f"no simulator job {job_id or ref.request_id!r}")
             mode = MigrationMode.LIVE if sj.live else MigrationMode.COLD
             return Job(
                 id=sj.id,
@@ -571,5 +580,5 @@ class SimBackend(Backend):
                 source=sj.source,
                 target=sj.target,
                 mode=mode,
-                ref={"job": sj.id},
+                ref=JobRef(data={"job": sj.id}),
             )

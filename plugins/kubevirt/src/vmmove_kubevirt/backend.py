@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from vmmove.backend import Backend, Job, JobStatus
+from vmmove.backend import Backend, Intent, Job, JobRef, JobStatus
 from vmmove.engine import PLATFORM_DECIDES
 from vmmove.errors import (
     Conflict,
@@ -704,17 +704,19 @@ class KubeVirtBackend(Backend):
             source=vm.host,
             target=target.id,
             mode=MigrationMode.LIVE,
-            ref={
-                "kind": "live",
-                "namespace": self.namespace,
-                "migration": name,
-                "uid": uid,
-                "vmi": vm.id,
-                "target": target.id,
-                "policy": note,
-                "target_pinned": "yes" if self.node_selector else "no: the scheduler chooses",
-                "request_id": request,
-            },
+            ref=JobRef(
+                data={
+                    "kind": "live",
+                    "namespace": self.namespace,
+                    "migration": name,
+                    "uid": uid,
+                    "vmi": vm.id,
+                    "target": target.id,
+                    "policy": note,
+                    "target_pinned": "yes" if self.node_selector else "no: the scheduler chooses",
+                    "request_id": request,
+                }
+            ),
         )
         with self._lock:
             self._live[name] = _Live(job=job, name=name, uid=uid, vmi=vm.id, policy_label=label)
@@ -912,19 +914,19 @@ class KubeVirtBackend(Backend):
         if live is not None and live.policy_label and not still:
             self._unlabel_soon(live.vmi)
 
-    def attach(self, ref: Mapping[str, str]) -> Job:
-        if ref.get("intent") == "start":
+    def attach(self, ref: JobRef) -> Job:
+        if ref.intent is Intent.START:
             return self._attach_started(ref)
         if ref.get("kind") == RELOCATE:
-            return self._relocation(ref)
+            return self._relocation(ref.data)
         if ref.get("kind") != "live":
             raise NotSupported(f"not a KubeVirt job reference: kind {ref.get('kind')!r}")
-        if ref.get("namespace") not in (None, self.namespace):
+        if ref.get("namespace") not in ("", self.namespace):
             raise InvalidInput(
                 f"migration {ref.get('migration')} is in namespace {ref.get('namespace')}, "
                 f"this connection in {self.namespace}"
             )
-        name, vmi = ref.get("migration", ""), ref.get("vmi", "")
+        name, vmi = ref.get("migration"), ref.get("vmi")
         self._ensure_watching()
         obj = self._kube.find(VMIMS, name)
         uid = ref.get("uid") or str(((obj or {}).get("metadata") or {}).get("uid", ""))
@@ -933,17 +935,17 @@ class KubeVirtBackend(Backend):
         if obj is not None:
             vmi = str((obj.get("spec") or {}).get("vmiName") or vmi)
             self._informer(VMIMS).seed(obj)
-        label = ref.get("policy", "").removeprefix("MigrationPolicy ")
+        label = ref.get("policy").removeprefix("MigrationPolicy ")
         kept = label if label.startswith("vmmove-") else None
-        return self._adopt(name, uid, vmi, obj, ref=dict(ref), label=kept)
+        return self._adopt(name, uid, vmi, obj, ref=dict(ref.data), label=kept)
 
-    def _attach_started(self, ref: Mapping[str, str]) -> Job:
+    def _attach_started(self, ref: JobRef) -> Job:
         """The job a start request made: the VMIM carrying its request id, in any phase
         (one that already ended too). NotFound: the platform has no such job (yet);
         ConnectionFailed: the API cannot be asked. Without a request id (records written
         before engines passed one), the active VMIM vmmove created for the VM."""
-        vm, request = ref.get("vm", ""), ref.get("request_id", "")
-        if ref.get("mode") == MigrationMode.COLD.value:
+        vm, request = ref.vm, ref.request_id
+        if ref.mode is MigrationMode.COLD:
             return self._relocated_by(vm, request)
         self._ensure_watching()
         if request:
@@ -973,7 +975,7 @@ class KubeVirtBackend(Backend):
             "migration": str(meta["name"]),
             "uid": str(meta["uid"]),
             "vmi": vmi,
-            "target": ref.get("target") or str(annotations.get("vmmove.io/target", "")),
+            "target": ref.target or str(annotations.get("vmmove.io/target", "")),
             "policy": f"MigrationPolicy {label}" if label else "cluster defaults",
         }
         if request:
@@ -1000,7 +1002,7 @@ class KubeVirtBackend(Backend):
             source=str(annotations.get("vmmove.io/source", "")),
             target=ref.get("target") or str(annotations.get("vmmove.io/target", "")),
             mode=MigrationMode.LIVE,
-            ref=ref,
+            ref=JobRef(data=ref),
         )
         with self._lock:
             self._live[name] = _Live(job=job, name=name, uid=uid, vmi=vmi, policy_label=label)
@@ -1103,7 +1105,7 @@ class KubeVirtBackend(Backend):
             source=ref.get("source", ""),
             target=ref.get("target", ""),
             mode=MigrationMode.COLD,
-            ref=dict(ref),
+            ref=JobRef(data=ref),
         )
         with self._lock:
             self._relocations.setdefault(job.id, "")

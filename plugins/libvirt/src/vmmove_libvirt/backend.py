@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from vmmove.backend import Backend, Job, JobStatus, Reservation
+from vmmove.backend import Backend, Intent, Job, JobRef, JobStatus, Reservation
 from vmmove.errors import (
     Conflict,
     ConnectionFailed,
@@ -759,13 +759,14 @@ class LibvirtBackend(Backend):
         return self._launch(job, request_id)
 
     def _launch(self, job: MigrationJob, request_id: str) -> Job:
+        job.request_id = job.request_id or request_id
         with self._lock:
             self._jobs[job.id] = job
             self._by_vm[job.vm] = job
             if request_id:
                 self._by_request[request_id] = job
         job.start()
-        return self._job_handle(job, {"request_id": request_id} if request_id else {})
+        return self._job_handle(job)
 
     # ---- cold migration primitives (the core orchestrates them: vmmove.cold) ---------------
     def _domain(self, vm: VMInfo) -> tuple[HostConn, Any]:
@@ -985,28 +986,31 @@ class LibvirtBackend(Backend):
                 del self._by_request[st.request_id]
         st.stop()
 
-    def attach(self, ref: Mapping[str, str]) -> Job:
+    def attach(self, ref: JobRef) -> Job:
         """Find a job again from its ``ref``.
 
         A job's ref names its source: watch the VM's migration job there, or, once it is over,
-        judge the outcome by where the VM is. An intent saved before ``start`` returned
-        (``intent: start`` with a ``request_id``) names none: the job is the one whose domain
-        carries that request id (see :data:`MARKER_NS`), an outgoing migration job on a source
-        or the VM already running on the target; :class:`NotFound` if no host has it,
-        :class:`ConnectionFailed` if a host that might have it cannot be asked."""
-        vm_id, target_id = ref.get("vm"), ref.get("target")
+        judge the outcome by where the VM is. A ``START`` reference (saved before ``start``
+        returned) names none: the job is the one whose domain carries that request id (see
+        :data:`MARKER_NS`), an outgoing migration job on a source or the VM already running on
+        the target; :class:`NotFound` if no host has it, :class:`ConnectionFailed` if a host
+        that might have it cannot be asked."""
+        intent = ref.intent is Intent.START
+        if intent:
+            vm_id, target_id, request_id = ref.vm, ref.target, ref.request_id
+            mode = ref.mode or MigrationMode.LIVE
+        else:
+            vm_id, target_id, request_id = ref.get("vm"), ref.get("target"), ref.get("request_id")
+            mode = MigrationMode(ref.get("mode") or MigrationMode.LIVE.value)
         if not vm_id or not target_id:
-            raise NotFound(f"job reference {dict(ref)} names no VM or target")
+            raise NotFound(f"job reference {ref} names no VM or target")
         dest = self._host(target_id)
-        request_id = ref.get("request_id", "")
-        intent = ref.get("intent") == "start"
         with self._lock:
             known = self._by_request.get(request_id) if request_id else None
             if known is None and not intent:
                 known = self._by_vm.get(vm_id)
         if known is not None:
-            return self._job_handle(known, ref)
-        mode = MigrationMode(ref.get("mode", MigrationMode.LIVE.value))
+            return self._job_handle(known)
         if mode is MigrationMode.COLD:
             return self._attach_relocate(vm_id, dest, ref, intent=intent)
         if intent and request_id:
@@ -1036,11 +1040,9 @@ class LibvirtBackend(Backend):
             if request_id:
                 self._by_request[request_id] = job
         job.watch()
-        return self._job_handle(job, ref)
+        return self._job_handle(job)
 
-    def _attach_relocate(
-        self, vm_id: str, dest: HostConn, ref: Mapping[str, str], *, intent: bool
-    ) -> Job:
+    def _attach_relocate(self, vm_id: str, dest: HostConn, ref: JobRef, *, intent: bool) -> Job:
         """A move of a stopped VM started by a client that went away. An offline migration
         outlives no client (libvirt holds no job for it): the definitions say whether it
         happened. The target holding the only one: a completed move; else, for an intent,
@@ -1066,12 +1068,12 @@ class LibvirtBackend(Backend):
             source=source,
             target=dest,
         )
-        job.request_id = ref.get("request_id", "")
+        job.request_id = ref.request_id if intent else ref.get("request_id")
         job.settled(outcome, native, vm_host, error)
         with self._lock:
             self._jobs[job.id] = job
             self._by_vm[vm_id] = job
-        return self._job_handle(job, ref)
+        return self._job_handle(job)
 
     def _holders(self, vm_id: str) -> list[str]:
         """The hosts that hold a definition of the VM; :class:`ConnectionFailed` when one
@@ -1085,13 +1087,11 @@ class LibvirtBackend(Backend):
                 raise ConnectionFailed(f"cannot ask {host.id} for VM {vm_id}: {exc}") from None
         return out
 
-    def _find_running(
-        self, vm_id: str, dest: HostConn, ref: Mapping[str, str]
-    ) -> tuple[HostConn, Any, str]:
+    def _find_running(self, vm_id: str, dest: HostConn, ref: JobRef) -> tuple[HostConn, Any, str]:
         """A job's own ref (or an old intent without a request id): its source, or the host
         running an outgoing migration of the VM."""
         source_id = ref.get("source")
-        if source_id is not None:
+        if source_id:
             source = self._host(source_id)
             return source, source.domain(vm_id), ref.get("job", "")
         for host, candidate in self._entries(vm_id):
@@ -1162,21 +1162,23 @@ class LibvirtBackend(Backend):
         return bool(operation == _JOB_OPERATION_MIGRATION_OUT)
 
     @staticmethod
-    def _job_handle(job: MigrationJob, ref: Mapping[str, str]) -> Job:
+    def _job_handle(job: MigrationJob) -> Job:
+        data = {
+            "job": job.id,
+            "vm": job.vm,
+            "source": job.source.id,
+            "target": job.target.id,
+            "mode": job.mode.value,
+        }
+        if job.request_id:
+            data["request_id"] = job.request_id
         return Job(
             id=job.id,
             vm=job.vm,
             source=job.source.id,
             target=job.target.id,
             mode=job.mode,
-            ref={
-                **{k: v for k, v in ref.items() if k != "intent"},
-                "job": job.id,
-                "vm": job.vm,
-                "source": job.source.id,
-                "target": job.target.id,
-                "mode": job.mode.value,
-            },
+            ref=JobRef(data=data),
         )
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from vmmove.backend import Backend, Job, JobStatus, Reservation
+from vmmove.backend import Backend, Intent, Job, JobRef, JobStatus, Reservation
 from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported, VMMoveError
 from vmmove.machine import Phase
 from vmmove.model import (
@@ -658,7 +658,7 @@ class VSphereBackend(Backend):
         mode: MigrationMode,
         request_id: str,
     ) -> Job:
-        ref = {
+        data = {
             "task": moid(task),
             "vm": vm_id,
             "source": source,
@@ -666,7 +666,8 @@ class VSphereBackend(Backend):
             "mode": mode.value,
         }
         if request_id:
-            ref["request_id"] = request_id
+            data["request_id"] = request_id
+        ref = JobRef(data=data)
         return Job(id=moid(task), vm=vm_id, source=source, target=target, mode=mode, ref=ref)
 
     def _keep(self, run: _Run) -> None:
@@ -859,10 +860,10 @@ class VSphereBackend(Backend):
         with self._lock:
             self._runs.pop(job.id, None)
 
-    def attach(self, ref: Mapping[str, str]) -> Job:
+    def attach(self, ref: JobRef) -> Job:
         """Find a job again from ``Job.ref`` (the task's managed object id and the move), or
-        from an intent reference saved before ``start`` (see :meth:`_attach_intent`)."""
-        if ref.get("intent") == "start":
+        from the reference saved before ``start`` (see :meth:`_attach_intent`)."""
+        if ref.intent is Intent.START:
             return self._attach_intent(ref)
         if ref.get("restart") == "yes":
             # The backend's own cold pipeline is gone (the core orchestrates cold moves now).
@@ -870,18 +871,20 @@ class VSphereBackend(Backend):
                 f"job {ref.get('task', '?')} is a cold move begun by an older vmmove-vsphere; "
                 "look at the VM in vCenter and start it where it is if it is stopped"
             )
+        task_id, vm_id = ref.get("task"), ref.get("vm")
         try:
-            task_id, vm_id = ref["task"], ref["vm"]
             mode = MigrationMode(ref.get("mode", "live"))
-        except (KeyError, ValueError):
-            raise InvalidInput(f"not a vsphere job reference: {dict(ref)!r}") from None
+        except ValueError:
+            mode = None
+        if not task_id or not vm_id or mode is None:
+            raise InvalidInput(f"not a vsphere job reference: {dict(ref.data)!r}")
         job = Job(
             id=task_id,
             vm=vm_id,
-            source=ref.get("source", ""),
-            target=ref.get("target", ""),
+            source=ref.get("source"),
+            target=ref.get("target"),
             mode=mode,
-            ref=dict(ref),
+            ref=ref,
         )
         with self._lock:
             if task_id in self._runs:
@@ -907,7 +910,7 @@ class VSphereBackend(Backend):
         self._keep(run)
         return job
 
-    def _attach_intent(self, ref: Mapping[str, str]) -> Job:
+    def _attach_intent(self, ref: JobRef) -> Job:
         """The job a start request began whose answer never came back (a dropped connection,
         a timeout, or a client that died inside ``start``).
 
@@ -922,20 +925,16 @@ class VSphereBackend(Backend):
         intent's ``at`` (seconds since the epoch, the writer's clock) if it has one; without
         either (a client that died inside start, an older record), the VM's newest relocation
         that is still running or that put the VM on the target is taken."""
-        vm_id, target = ref.get("vm", ""), ref.get("target", "")
-        request_id = ref.get("request_id", "")
+        vm_id, target, request_id = ref.vm, ref.target, ref.request_id
         if not vm_id:
-            raise InvalidInput(f"not a vsphere intent reference: {dict(ref)!r}")
+            raise InvalidInput(f"not a vsphere intent reference: {ref!r}")
         with self._lock:
             known = self._by_request.get(request_id) if request_id else None
             if known is not None and known in self._runs:
                 return self._runs[known].job
             intent = self._intents.get(request_id) if request_id else None
             claimed = set(self._claimed)
-        try:
-            mode = MigrationMode(ref.get("mode") or (intent.mode.value if intent else "live"))
-        except ValueError:
-            raise InvalidInput(f"not a vsphere intent reference: {dict(ref)!r}") from None
+        mode = ref.mode or (intent.mode if intent else MigrationMode.LIVE)
         since = intent.since if intent is not None else self._intent_time(ref)
         tasks = [
             (task, info)
@@ -977,14 +976,13 @@ class VSphereBackend(Backend):
         )
         return self.attach(job_ref)
 
-    def _intent_time(self, ref: Mapping[str, str]) -> datetime | None:
+    def _intent_time(self, ref: JobRef) -> datetime | None:
         """The intent's ``at`` (seconds since the epoch on the writer's clock) on vCenter's
         clock, or ``None``."""
-        raw = ref.get("at") or ref.get("since")
-        if not raw:
+        if ref.at is None:
             return None
         try:
-            return self._session.server_time(float(raw))
+            return self._session.server_time(ref.at)
         except (TypeError, ValueError, OverflowError, OSError):
             return None
 
