@@ -333,3 +333,30 @@ def test_attach_resumes_a_cold_move_the_client_left_half_done(interrupted_in: Ph
     vm = again.vm("v")
     assert (vm.host, vm.power) == ("b", vmmove.PowerState.RUNNING)
     assert (record.vm_host, record.vm_power) == ("b", vmmove.PowerState.RUNNING)
+
+
+@pytest.mark.parametrize("acted", [True, False], ids=["acted-on", "never-received"])
+def test_a_lost_answer_to_a_cold_move_is_looked_for_before_asking_again(
+    monkeypatch: pytest.MonkeyPatch, acted: bool
+) -> None:
+    conn = estate()
+    backend = conn.backend
+    real_relocate = backend.relocate
+    calls: list[str] = []
+
+    def relocate(vm: Any, target: Any, spec: Any, *, request_id: str) -> Job:
+        calls.append(request_id)
+        if len(calls) == 1:
+            if acted:  # the platform moves it; the answer is lost on the way back
+                real_relocate(vm, target, spec, request_id=request_id)
+            raise vmmove.ConnectionFailed("read timed out")
+        return real_relocate(vm, target, spec, request_id=request_id)
+
+    monkeypatch.setattr(backend, "relocate", relocate)
+    record = conn.migrate("w", to="b", mode="cold").wait()
+    legal(record)
+    assert record.phase is Phase.COMPLETED
+    assert record.vm_host == "b" == backend.locate("w")
+    # Acted on: found by its request id, never asked twice; never received: asked once more.
+    assert calls == ([calls[0]] if acted else [calls[0], calls[0]])
+    assert any("acted on the move request" in w for w in record.warnings) is acted
