@@ -311,8 +311,16 @@ class Backend(abc.ABC):
         raise NotSupported(f"{type(self).__name__} cannot power VMs off")
 
     def power_on(self, vm: VMInfo) -> None:
-        """Ask the platform to start the stopped VM where it is registered. Return at once."""
+        """Ask the platform to start the stopped VM where it is registered. Return at once;
+        raise when the platform refuses the request itself."""
         raise NotSupported(f"{type(self).__name__} cannot power VMs on")
+
+    def power_on_failure(self, vm: VMInfo) -> str | None:
+        """Why the platform says the last :meth:`power_on` of ``vm`` failed after it took the
+        request (a power-on task that ended in error), or ``None`` while it has not said so.
+        Answer at once from what the platform reports: the core asks while it waits for the
+        VM to run, and on an answer moves it back at once instead of at ``boot_timeout``."""
+        return None
 
     def relocate(
         self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str

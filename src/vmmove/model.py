@@ -130,6 +130,13 @@ class Problem:
     severity: Literal["error", "warning"] = "error"
 
 
+class Problems(list[Problem]):
+    """A pre-check's findings, in the order found (what ``Backend.check`` returns)."""
+
+    def add(self, code: str, message: str, severity: Literal["error", "warning"] = "error") -> None:
+        self.append(Problem(code=code, message=message, severity=severity))
+
+
 @dataclass(frozen=True, kw_only=True)
 class MigrationSpec:
     """What to move, where, and how.

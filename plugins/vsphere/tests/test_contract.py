@@ -23,13 +23,13 @@ class TestVSphereContract(BackendContract):
         with connect_to(estate.sim) as conn:
 
             def fail_cold_step(vm: str, step: str) -> None:
-                if step == "start":
-                    # vcsim powers on whatever it is asked to, and the core notices a start
-                    # that never happens only after the policy's boot_timeout (300 s).
-                    pytest.skip("vcsim cannot make a power-on fail")
-                # The simulator's one-shot directive: the next move of the VM fails at 50 %.
+                # The simulator's one-shot directives: the next move of the VM fails at 50 %,
+                # or its next PowerOnVM_Task ends in error (the VM stays off).
                 name = conn.vm(vm).name
-                estate.set_extra(name, "vmmove.inject", "fail@50:MigrationFault:contract")
+                if step == "start":
+                    estate.set_extra(name, "vmmove.powerOn", "fail:InsufficientResourcesFault")
+                else:
+                    estate.set_extra(name, "vmmove.inject", "fail@50:MigrationFault:contract")
 
             yield ContractSetup(
                 connection=conn,

@@ -244,6 +244,10 @@ class ColdMove:
         if power is PowerState.RUNNING and host == run.target.id:
             run.end(self._done(), now)
             return
+        why = self.backend.power_on_failure(run.vm)
+        if why:
+            self._go_back(f"moved to {run.target.name} but it failed to start there: {why}", now)
+            return
         limit = run.policy.boot_timeout
         if now - self.since > limit:
             self._go_back(

@@ -43,6 +43,7 @@ from vmmove.model import (
     MigrationSpec,
     PowerState,
     Problem,
+    Problems,
     VMInfo,
 )
 from vmmove.policy import Action, Policy
@@ -365,10 +366,8 @@ class KubeVirtBackend(Backend):
         mode: MigrationMode,
         policy: Policy,
     ) -> list[Problem]:
-        problems: list[Problem] = []
-
-        def add(code: str, message: str, severity: str = "error") -> None:
-            problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
+        problems = Problems()
+        add = problems.add
 
         node = self._kube.node(target.id)
         vmi = self._kube.find(VMIS, vm.id)

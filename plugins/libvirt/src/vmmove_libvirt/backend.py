@@ -44,6 +44,7 @@ from vmmove.model import (
     MigrationSpec,
     PowerState,
     Problem,
+    Problems,
     Storage,
     VMInfo,
 )
@@ -515,14 +516,8 @@ class LibvirtBackend(Backend):
         mode: MigrationMode,
         policy: Policy,
     ) -> list[Problem]:
-        problems: list[Problem] = []
-
-        def add(code: str, message: str, severity: str = "error") -> None:
-            problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
-
-        mode = spec.mode
-        if mode is MigrationMode.AUTO:
-            mode = MigrationMode.LIVE if vm.power is PowerState.RUNNING else MigrationMode.COLD
+        problems = Problems()
+        add = problems.add
         source, dest = self._host(vm.host), self._host(target.id)
         try:
             dest.ensure()

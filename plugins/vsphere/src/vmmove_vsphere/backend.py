@@ -140,6 +140,7 @@ class VSphereBackend(Backend):
         self._intents: dict[str, _Intent] = {}  # request id -> the start request it names
         self._by_request: dict[str, str] = {}  # request id -> job id, once known
         self._claimed: set[str] = set()  # task ids that belong to a job of this backend
+        self._power_tasks: dict[str, Any] = {}  # VM id -> its last PowerOnVM_Task (cold moves)
         if session is None:
             self._session.connect()
         try:
@@ -637,6 +638,26 @@ class VSphereBackend(Backend):
                 return  # it runs already
             raise faults.refusal(fault, f"vSphere refused to start {vm.name}", vm.host) from None
         log.info("%s: powering %s on (task %s)", self, vm.name, moid(task))
+        with self._lock:
+            self._power_tasks[vm.id] = task
+
+    def power_on_failure(self, vm: VMInfo) -> str | None:
+        """The error of the VM's last ``PowerOnVM_Task`` once vCenter says it failed (a host
+        that cannot start it: resources, a locked file, a missing device)."""
+        with self._lock:
+            task = self._power_tasks.get(vm.id)
+        if task is None:
+            return None
+        s = self._session
+        try:
+            info = s.task_info(task)
+        except s.vmodl.fault.ManagedObjectNotFound:
+            info = None  # vCenter forgot it: the power state is all there is to go by
+        if info is None or info.state != "error":
+            return None
+        with self._lock:
+            self._power_tasks.pop(vm.id, None)
+        return faults.fault_text(info.error) if info.error is not None else "power-on failed"
 
     def relocate(
         self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str

@@ -133,7 +133,7 @@ func (e *ext) install(hostnames []string) {
 	}
 }
 
-var candidateMethods = [][]byte{[]byte("RelocateVM_Task"), []byte("MigrateVM_Task"), []byte("QueryVMotionCompatibility")}
+var candidateMethods = [][]byte{[]byte("RelocateVM_Task"), []byte("MigrateVM_Task"), []byte("QueryVMotionCompatibility"), []byte("PowerOnVM_Task")}
 
 // serveSDK intercepts the SOAP calls we implement on stock-owned objects and passes the rest through. Every
 // request first passes the restart variant (sessions.admit).
@@ -192,6 +192,8 @@ func (e *ext) rewrite(body []byte) ([]byte, *simulator.Method, bool) {
 	switch {
 	case (m.Name == "RelocateVM_Task" || m.Name == "MigrateVM_Task") && m.This.Type == "VirtualMachine":
 	case m.Name == "QueryVMotionCompatibility" && m.This.Type == "ServiceInstance":
+	case m.Name == "PowerOnVM_Task" && m.This.Type == "VirtualMachine" && hasExtra(m.This, keyPowerOn):
+		// only a VM told to refuse its power-on; the rest power on as stock vcsim does
 	default:
 		return nil, nil, false
 	}

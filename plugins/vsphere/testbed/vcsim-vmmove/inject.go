@@ -15,6 +15,8 @@ package main
 //	vmmove.checkError       = "<FaultType>[:<message>]"  added to check.Result.error for this VM (persistent).
 //	vmmove.checkWarning     = "<FaultType>[:<message>]"  added to check.Result.warning for this VM (persistent).
 //	vmmove.answer           = "drop" | "late:<duration>"  the next migration request's answer is lost (variants.go).
+//	vmmove.powerOn          = "fail:<FaultType>[:<message>]"  the next PowerOnVM_Task's task fails with that fault
+//	                          and the VM stays off (one shot), as a host that cannot start it answers.
 //
 // <FaultType> is any vim25 fault type name known to govmomi (MigrationFault, Timedout, HostCommunication,
 // InvalidState, GenericVmConfigFault, ...). Its fields are left at their zero values.
@@ -35,6 +37,7 @@ const (
 	keyMigrateDuration = "vmmove.migrateDuration"
 	keyCheckError      = "vmmove.checkError"
 	keyCheckWarning    = "vmmove.checkWarning"
+	keyPowerOn         = "vmmove.powerOn"
 )
 
 // injection is a parsed vmmove.inject directive.
@@ -207,4 +210,15 @@ func (e *ext) otherTask(vm vmSnap) types.ManagedObjectReference {
 		}
 	}()
 	return t.Self
+}
+
+// hasExtra reports whether the VM ref carries the extraConfig key (false for any other object).
+func hasExtra(ref types.ManagedObjectReference, key string) bool {
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		return false
+	}
+	found := false
+	simulator.Map.WithLock(vm, func() { _, found = extraConfig(vm)[key] })
+	return found
 }

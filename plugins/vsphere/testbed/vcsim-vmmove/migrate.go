@@ -61,6 +61,26 @@ func (p *vmProxy) MigrateVMTask(ctx *simulator.Context, req *types.MigrateVM_Tas
 	return body
 }
 
+// PowerOnVMTask serves VirtualMachine.PowerOnVM_Task for a VM carrying a vmmove.powerOn directive (rewrite
+// routes only those here): the task fails with the directive's fault, and the VM stays powered off.
+func (p *vmProxy) PowerOnVMTask(ctx *simulator.Context, req *types.PowerOnVM_Task) soap.HasFault {
+	spec, name := "", p.vm.Value
+	if vm, ok := simulator.Map.Get(p.vm).(*simulator.VirtualMachine); ok {
+		simulator.Map.WithLock(vm, func() {
+			spec, name = extraConfig(vm)[keyPowerOn], vm.Name
+			consumeExtraConfig(vm, keyPowerOn)
+		})
+	}
+	user := "vcsim"
+	if ctx != nil && ctx.Session != nil {
+		user = ctx.Session.UserName
+	}
+	t := p.ext.newTask(p.vm, name, "PowerOnVM_Task", "VirtualMachine.powerOn", user, false)
+	simulator.Map.Put(t)
+	t.fail(parseFaultSpec(keyPowerOn, strings.TrimPrefix(strings.TrimSpace(spec), "fail:")))
+	return &methods.PowerOnVM_TaskBody{Res: &types.PowerOnVM_TaskResponse{Returnval: t.Self}}
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Snapshots: consistent copies of the fields we need, each taken under that one object's lock.
 
