@@ -23,6 +23,9 @@ DECLARED = (
         name="transport", kind="choice", choices=("ntlm", "kerberos"), default="ntlm", doc="auth"
     ),
     Option(name="retries", kind="int", default=3, doc="how often"),
+    Option(name="paths", kind="list", doc="shared folders"),
+    Option(name="hosts", kind="list", separator=" ", doc="host URIs"),
+    Option(name="addresses", kind="map", doc="per host"),
 )
 
 
@@ -39,8 +42,15 @@ DECLARED = (
         ({"cache": 1024}, {"cache": 1024}),
         ({"tls_dir": "~/pki"}, {"tls_dir": Path("~/pki").expanduser()}),
         ({"transport": "kerberos"}, {"transport": "kerberos"}),
+        ({"paths": "/a, /b,,"}, {"paths": ("/a", "/b")}),
+        ({"paths": ["/a", " /b "]}, {"paths": ("/a", "/b")}),
+        ({"hosts": "qemu://a,b/system  qemu://c/system"},
+         {"hosts": ("qemu://a,b/system", "qemu://c/system")}),
+        ({"addresses": "kvm1=10.0.0.1, qemu://h/?x=1=10.0.0.2"},
+         {"addresses": {"kvm1": "10.0.0.1", "qemu://h/?x=1": "10.0.0.2"}}),
+        ({"addresses": {"kvm1": "10.0.0.1"}}, {"addresses": {"kvm1": "10.0.0.1"}}),
     ],
-)
+)  # fmt: skip
 def test_one_dialect_from_keywords_and_the_uri(
     given_: dict[str, Any], expected: dict[str, Any]
 ) -> None:
@@ -65,7 +75,7 @@ def test_defaults_and_precedence() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "uri", "match"),
     [
-        ({"clock": object()}, "", "unknown x:// option.*clock.*known: cache"),
+        ({"clock": object()}, "", "unknown x:// option.*clock.*known: addresses, cache"),
         ({"insecure": "maybe"}, "", "insecure .* wants true or false"),
         ({"insecure": 2}, "", "insecure"),
         ({"retries": True}, "", "retries .* wants a whole number"),
@@ -73,6 +83,10 @@ def test_defaults_and_precedence() -> None:
         ({"timeout": float("inf")}, "", "timeout"),
         ({"cache": "1 parsec"}, "", "cache .* wants a size"),
         ({"transport": "basic"}, "", "one of ntlm, kerberos"),
+        ({"paths": ["/a", 3]}, "", "paths .* wants a list of text .* commas"),
+        ({"hosts": 7}, "", "hosts .* separated by spaces"),
+        ({"addresses": "kvm1"}, "", "addresses .* key=value"),
+        ({"addresses": {"kvm1": 1}}, "", "addresses .* mapping"),
         ({}, "x://h/?inventory=a.toml", "unknown x:// option.*inventory.*URI query"),
         ({}, "x://h/?password=hunter2", "cannot be given in the URI"),
     ],
@@ -98,9 +112,13 @@ def test_the_docs_table_lists_every_option() -> None:
         assert f"| `{opt.name}` |" in table
 
 
-@given(st.dictionaries(st.sampled_from([o.name for o in DECLARED] + ["bogus"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                                 st.text(max_size=8))))  # fmt: skip
+_ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+    st.lists(st.text(max_size=4)), st.dictionaries(st.text(max_size=3), st.text(max_size=3)),
+)  # fmt: skip
+
+
+@given(st.dictionaries(st.sampled_from([o.name for o in DECLARED] + ["bogus"]), _ANY_VALUE))
 def test_parse_answers_or_refuses_with_invalid_input(kwargs: dict[str, Any]) -> None:
     with contextlib.suppress(InvalidInput):  # anything else escaping is the failure
         parse(DECLARED, kwargs=kwargs)

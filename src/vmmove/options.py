@@ -20,6 +20,10 @@ size       bytes as an int; text with a unit: ``512KiB``, ``64MiB``, ``2GiB``, `
 path       text or :class:`os.PathLike`; ``~`` is expanded
 secret     text or :class:`~vmmove.secrets.Secret`; always handed over as ``Secret``
 choice     one of ``choices``
+list       a list or tuple of text; text split on ``separator`` (a comma, or ``" "``:
+           any whitespace); handed over as a tuple, blanks dropped
+map        a mapping of text to text; text ``key=value`` items split on ``separator``,
+           the key before the last ``=`` (a key may hold ``=`` itself, a URI's query)
 =========  ===================================================================
 """
 
@@ -39,7 +43,9 @@ from vmmove.secrets import Secret
 
 __all__ = ["Kind", "Option", "markdown_table", "parse", "query_of"]
 
-Kind = Literal["bool", "int", "float", "str", "duration", "size", "path", "secret", "choice"]
+Kind = Literal[
+    "bool", "int", "float", "str", "duration", "size", "path", "secret", "choice", "list", "map"
+]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -61,6 +67,8 @@ class Option:
     choices: tuple[str, ...] = ()
     #: accepted in the URI's query string (secrets never are: URIs get logged)
     in_uri: bool = True
+    #: between the items of a ``list`` or ``map`` given as text (``" "``: any whitespace)
+    separator: Literal[",", " "] = ","
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -163,6 +171,35 @@ def _choice(opt: Option, value: Any) -> str:
     return value
 
 
+def _items(opt: Option, value: str) -> list[str]:
+    parts = value.split() if opt.separator == " " else value.split(opt.separator)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _list(opt: Option, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(_items(opt, value))
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError(value)
+    return tuple(v.strip() for v in value if v.strip())
+
+
+def _map(opt: Option, value: Any) -> dict[str, str]:
+    if isinstance(value, str):
+        out = {}
+        for item in _items(opt, value):
+            key, sep, val = item.rpartition("=")
+            if not sep or not key.strip():
+                raise ValueError(item)
+            out[key.strip()] = val.strip()
+        return out
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(value)
+    return {k.strip(): v.strip() for k, v in value.items()}
+
+
 _CONVERT = {
     "bool": _bool,
     "int": _int,
@@ -173,13 +210,16 @@ _CONVERT = {
     "path": _path,
     "secret": _secret,
     "choice": _choice,
+    "list": _list,
+    "map": _map,
 }
 
 
 def _wants(opt: Option) -> str:
     if opt.kind == "choice":
         return "one of " + ", ".join(opt.choices)
-    return _WANTS[opt.kind]
+    between = "spaces" if opt.separator == " " else "commas"
+    return _WANTS[opt.kind].format(between=between)
 
 
 _WANTS = {
@@ -191,6 +231,8 @@ _WANTS = {
     "size": "a size (bytes, or 512KiB / 64MiB / 2GiB)",
     "path": "a file or folder path",
     "secret": "text (a secret)",
+    "list": "a list of text (or text, items separated by {between})",
+    "map": "a mapping of text to text (or text: key=value items separated by {between})",
 }
 
 
@@ -254,6 +296,8 @@ def markdown_table(declared: Sequence[Option]) -> str:
     rows = ["| option | kind | default | in URI | what it does |", "|---|---|---|---|---|"]
     for o in declared:
         kind = "one of " + ", ".join(f"`{c}`" for c in o.choices) if o.choices else o.kind
+        if o.kind in ("list", "map"):
+            kind += " (spaces between)" if o.separator == " " else " (commas between)"
         default = "-" if o.default is None or o.secret else f"`{o.default}`"
         rows.append(
             f"| `{o.name}` | {kind} | {default} | {'yes' if o.in_uri else 'no'} | {o.doc} |"

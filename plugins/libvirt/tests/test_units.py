@@ -50,6 +50,10 @@ def test_named_cluster_with_hosts_option() -> None:
     # commas before a scheme separate too; a comma inside an authority is the multi-host form
     cfg = parse("libvirt://lab", {"hosts": "qemu+tcp://a,b/system, qemu+ssh://c/system"})
     assert cfg.uris == ("qemu+tcp://a/system", "qemu+tcp://b/system", "qemu+ssh://c/system")
+    # a list from Python (or a config file's array) is the same hosts
+    assert (
+        parse("libvirt://lab", {"hosts": ["qemu+tcp://a,b/system", "qemu+ssh://c/system"]}) == cfg
+    )
 
 
 def test_options_in_the_uri_query_stay_out_of_the_uris_libvirt_opens() -> None:
@@ -75,7 +79,7 @@ def test_a_local_uri_is_a_cluster_of_one() -> None:
         ("qemu+tcp://a,,b/system", {}),
         ("qemu+tcp://a,a/system", {}),
         ("vsphere://vc", {}),
-        ("qemu:///system", {"hosts": ["qemu+tcp://b/system"]}),  # text, not a list
+        ("qemu:///system", {"hosts": ["qemu+tcp://b/system", 3]}),  # a list of text only
         ("qemu:///system", {"hosts": "vsphere://x"}),
         ("qemu:///system", {"hosts": " "}),
         # a core option (the policy's shutdown_timeout now), or the simulator's

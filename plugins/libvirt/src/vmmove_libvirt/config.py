@@ -56,8 +56,9 @@ __all__ = [
 OPTIONS: tuple[Option, ...] = (
     Option(
         name="hosts",
-        kind="str",
-        doc="more host URIs, separated by spaces (or by commas before a scheme): "
+        kind="list",
+        separator=" ",
+        doc="more host URIs (as text: separated by spaces, or by commas before a scheme): "
         '`"qemu+ssh://kvm1/system qemu+ssh://kvm2/system"`',
     ),
     Option(name="cluster", kind="str", doc="the cluster's name (default: `libvirt://NAME`'s)"),
@@ -77,9 +78,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         name="shared_paths",
-        kind="str",
-        doc="absolute directories every host mounts (NFS...), separated by commas: a disk "
-        "under one of them is shared",
+        kind="list",
+        doc="absolute directories every host mounts (NFS...): a disk under one of them is shared",
     ),
     Option(
         name="tls_dir",
@@ -96,7 +96,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         name="migration_address",
-        kind="str",
+        kind="map",
         doc="per host, the address the migration stream goes to: `kvm1=10.1.0.1,kvm2=10.1.0.2` "
         "(key: the host's name or its URI; an IP address or a name, without scheme or port)",
     ),
@@ -233,9 +233,10 @@ def _split_hosts(uri: str, parts: SplitResult) -> list[str]:
 _HOST_SEP = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
-def _host_list(text: str) -> list[str]:
+def _host_list(items: Sequence[str]) -> list[str]:
     out = []
-    for item in filter(None, _HOST_SEP.split(text.strip())):
+    # Joined first: "a/system, qemu+ssh://c/system" split on spaces leaves a comma behind.
+    for item in filter(None, _HOST_SEP.split(" ".join(items).strip())):
         parts = urlsplit(item)
         if not _is_qemu(parts.scheme):
             raise InvalidInput(
@@ -299,7 +300,7 @@ def build(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
     if not name:
         raise InvalidInput("cluster must be a non-empty string")
 
-    shared = [p.strip() for p in options.get("shared_paths", "").split(",") if p.strip()]
+    shared = list(options.get("shared_paths", ()))
     for path in shared:
         if not path.startswith("/"):
             raise InvalidInput(f"shared_paths: {path!r} is not an absolute directory")
@@ -313,31 +314,23 @@ def build(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         shared_paths=tuple(p.rstrip("/") or "/" for p in shared),
         tls_dir=tls_dir,
         insecure=insecure,
-        migration_addresses=_migration_addresses(options.get("migration_address", "")),
+        migration_addresses=_migration_addresses(options.get("migration_address", {})),
         persist_transient=bool(options.get("persist_transient", False)),
     )
 
 
-def _migration_addresses(text: str) -> dict[str, str]:
-    """``host=address,host=address`` as ``{host: address}``; which hosts the keys name is
-    checked once the hosts answered. A key may be a host URI (its query has ``=`` too: the
-    address is what follows the last one)."""
+def _migration_addresses(given: Mapping[str, str]) -> dict[str, str]:
+    """``{host: address}`` checked as addresses; which hosts the keys name is checked once
+    the hosts answered (a key may be a host URI)."""
     out = {}
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        key, sep, address = entry.rpartition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InvalidInput(
-                f"migration_address: {entry!r} is not HOST=ADDRESS (for example "
-                "'kvm1=10.1.0.1,kvm2=10.1.0.2'; HOST: the host's name or its URI)"
-            )
+    for key, address in given.items():
         bare = address.strip()
         if bare.startswith("[") and bare.endswith("]"):
             bare = bare[1:-1]
-        if not bare or any(c.isspace() or c in "/@?#[]" for c in bare):
+        if not key or not bare or any(c.isspace() or c in "/@?#[]" for c in bare):
             raise InvalidInput(
                 f"migration_address for {key!r}: {address!r} is not a host name or IP address "
-                "(give the address alone, no scheme or port)"
+                "(give the address alone, no scheme or port: 'kvm1=10.1.0.1,kvm2=10.1.0.2')"
             )
         out[key] = bare
     return out
