@@ -201,6 +201,10 @@ class Estate:
         info = self.wait(self.vm(vm_name).PowerOffVM_Task())
         assert info.state == "success", info.error
 
+    def suspend(self, vm_name: str) -> None:
+        info = self.wait(self.vm(vm_name).SuspendVM_Task())
+        assert info.state == "success", info.error
+
     def maintenance(self, host_name: str, on: bool = True) -> None:
         host = self.host(host_name)
         task = host.EnterMaintenanceMode_Task(timeout=0) if on else host.ExitMaintenanceMode_Task(0)

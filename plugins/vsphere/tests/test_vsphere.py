@@ -447,6 +447,25 @@ def test_validation_faults_raised_by_the_call_itself(
         sim.stop()
 
 
+def test_a_suspended_vm_moves_cold_and_stays_suspended(estate: Any, connect_to: Connect) -> None:
+    VM2 = "DC0_C0_RP0_VM2"  # noqa: N806
+    estate.suspend(VM2)
+
+    def power_tasks() -> list[str]:
+        return [t.key for s in ("On", "Off") for t in estate.tasks(VM2, f"VirtualMachine.power{s}")]
+
+    powered = power_tasks()
+    with connect_to(estate.sim) as conn:
+        vm = conn.vm("DC0_C0_RP0_VM2")
+        assert vm.power is PowerState.PAUSED
+        record = conn.migrate(vm.id, to="DC0_C1_H0", mode=MigrationMode.COLD).wait(30)
+        assert record.phase is Phase.COMPLETED
+        assert (record.vm_host, record.vm_power) == (conn.host("DC0_C1_H0").id, PowerState.PAUSED)
+    assert estate.placement("DC0_C0_RP0_VM2") == ("DC0_C1_H0", "DC0_C1", ["LocalDS_0"], "suspended")
+    # neither powered off nor on: the suspend state travels with it
+    assert power_tasks() == powered
+
+
 def test_cold_move_of_a_running_vm_stops_moves_and_starts_it(
     estate: Any, connect_to: Connect
 ) -> None:

@@ -662,11 +662,12 @@ class VSphereBackend(Backend):
     def relocate(
         self, vm: VMInfo, target: HostInfo, spec: MigrationSpec, *, request_id: str
     ) -> Job:
-        """``RelocateVM_Task`` of a stopped VM, polled like a live move. A VM that is not
-        powered off (running, suspended) is refused: the core stops it first."""
+        """``RelocateVM_Task`` of a VM that is not running, polled like a live move. vCenter
+        moves a suspended VM cold too (its suspend file travels with it): it stays suspended
+        on the target. A running VM is refused: the core stops it first."""
         state = self._power_state(vm)
-        if state != "poweredOff":
-            raise Conflict(f"{vm.name} must be powered off before it is moved cold ({state})")
+        if state not in ("poweredOff", "suspended"):
+            raise Conflict(f"{vm.name} must be stopped before it is moved cold ({state})")
         return self._relocate(vm, target, spec, MigrationMode.COLD, request_id)
 
     @staticmethod
