@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmmove.errors import (
     Conflict,
@@ -16,6 +17,9 @@ from vmmove.errors import (
 )
 from vmmove.machine import Phase
 from vmmove.model import Figures
+
+if TYPE_CHECKING:
+    from vmmove.backend import JobStatus
 
 # Errors that already say what happened; anything else is wrapped as MigrationFailed.
 KEEP_AS_IS = (
@@ -57,7 +61,24 @@ def replace_ending(
 
 @dataclass
 class RawReport:
-    """The backend's own last figures, before smoothing."""
+    """The backend's own last figures, before smoothing. The engine records a slip in them as
+    a warning; the contract kit's witness counts it as a broken rule: one judgement for both."""
 
     percent: float | None = None
     processed: int | None = None
+
+    def take(self, status: JobStatus) -> list[tuple[str, str]]:
+        """Note ``status``'s own figures; return ``(key, what fell)`` for each that went down
+        since the last report that carried it."""
+        slips = []
+        for key, what, before, now, unit in (
+            ("percent-down", "progress", self.percent, status.percent, "%"),
+            ("bytes-down", "bytes sent", self.processed, status.data_processed, ""),
+        ):
+            if before is not None and now is not None and now < before:
+                slips.append((key, f"{what} going down ({before:g}{unit} -> {now:g}{unit})"))
+        if status.percent is not None:
+            self.percent = status.percent
+        if status.data_processed is not None:
+            self.processed = status.data_processed
+        return slips

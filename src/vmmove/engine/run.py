@@ -255,21 +255,8 @@ class MigrationRun:
 
     def judge_report(self, status: JobStatus) -> None:
         """The smoothing hides a backend's own slips from users; the record names them."""
-        raw = self.raw
-        for key, what, before, now, unit in (
-            ("percent-down", "progress", raw.percent, status.percent, "%"),
-            ("bytes-down", "bytes sent", raw.processed, status.data_processed, ""),
-        ):
-            if before is not None and now is not None and now < before:
-                self.warn_once(
-                    key,
-                    f"backend {self.conn.backend_name} reported {what} going down "
-                    f"({before:g}{unit} -> {now:g}{unit})",
-                )
-        if status.percent is not None:
-            raw.percent = status.percent
-        if status.data_processed is not None:
-            raw.processed = status.data_processed
+        for key, slip in self.raw.take(status):
+            self.warn_once(key, f"backend {self.conn.backend_name} reported {slip}")
 
     # ---- the state machine -------------------------------------------------------------
     def advance(self, now: float) -> float | None:
