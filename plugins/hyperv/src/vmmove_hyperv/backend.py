@@ -505,14 +505,17 @@ class HyperVBackend(Backend):
         except ScriptFailed as exc:
             raise MigrationFailed(
                 f"{vm.host}: {what} of {vm.name} failed: {'; '.join(exc.messages)[:300]}",
-                vm_host=vm.host,
+                vm_host=None,
             ) from None
         obj = psjson.as_object(inventory.as_single(raw, what), what)
         code = psjson.as_int(obj.get("ReturnValue"), "ReturnValue")
+        if code == 32775:
+            # Invalid state: fine if the VM is already where it was asked to go.
+            wanted = PowerState.RUNNING if action == "on" else PowerState.STOPPED
+            if self.vm(vm.id).power is wanted:
+                return
         if code not in _OK:
-            raise MigrationFailed(
-                f"{vm.host}: {what} of {vm.name} answered {code}", vm_host=vm.host
-            )
+            raise MigrationFailed(f"{vm.host}: {what} of {vm.name} answered {code}", vm_host=None)
 
     def close(self) -> None:
         self._sampler.close()

@@ -47,7 +47,7 @@ _CLEANUP_SECONDS = 1
 class WinRMProtocol(Protocol):
     """What is used of ``winrm.protocol.Protocol`` (a test double implements the same)."""
 
-    def open_shell(self) -> str: ...
+    def open_shell(self, *, codepage: int = 437) -> str: ...
 
     def run_command(self, shell_id: str, command: str) -> str: ...
 
@@ -171,7 +171,8 @@ class WinRMClient:
     ) -> Reply:
         from winrm.exceptions import WinRMOperationTimeoutError  # noqa: PLC0415
 
-        shell = self._step(proto, what, deadline, limit, proto.open_shell)
+        # UTF-8 output (65001): names with accents survive; the default 437 turns them into '?'.
+        shell = self._step(proto, what, deadline, limit, lambda: proto.open_shell(codepage=65001))
         command = self._step(
             proto,
             what,

@@ -37,7 +37,7 @@ class DirectProtocol:
         self._ids = itertools.count(1)
         self._running: dict[str, tuple[threading.Event, list[Output]]] = {}
 
-    def open_shell(self) -> str:
+    def open_shell(self, *, codepage: int = 437) -> str:
         return f"shell-{next(self._ids)}"
 
     def run_command(self, shell_id: str, command: str) -> str:
