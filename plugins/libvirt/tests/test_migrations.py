@@ -6,6 +6,7 @@ its page check found no corrupt page (``bad=0``, one boot, no panic).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -383,3 +384,26 @@ def test_the_same_host_under_another_uri_is_refused_at_precheck(guests: Any, tes
         guests.find("vt-alias")[0][1].resume()
         assert conn.backend.locate(vm.id) == HOST_A
     assert guests.where("vt-alias") == [(HOST_A, True)]
+
+
+def test_the_inventory_shows_a_guest_dirty_rate_once_libvirt_measured_it(
+    guests: Any, connect: Any
+) -> None:
+    guests.create("vt-dirty", wait_beats=2, memory_mib=256, wss_mib=64, dirty_mib_s=16)
+    guests.create("vt-calm", wait_beats=2, **IDLE)
+    conn = connect()
+
+    def rates() -> dict[str, float | None]:
+        return {v.name: v.dirty_rate for v in conn.vms() if v.name in ("vt-dirty", "vt-calm")}
+
+    # The first listing starts libvirt's 1 s sample; a later one reads it.
+    deadline = time.monotonic() + 30
+    seen = rates()
+    while None in seen.values() and time.monotonic() < deadline:
+        time.sleep(0.5)  # libvirt's sample takes 1 s; nothing to wait on but time
+        seen = rates()
+    dirty, calm = seen["vt-dirty"], seen["vt-calm"]
+    assert dirty is not None, seen
+    assert calm is not None, seen
+    # QEMU's page sampling is noisy (Poisson) under TCG: order, not exact figures.
+    assert dirty > 4 * MiB > calm, seen

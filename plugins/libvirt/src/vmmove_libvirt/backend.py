@@ -10,6 +10,7 @@ each job maps onto vmmove's phases.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import ipaddress
@@ -17,6 +18,7 @@ import logging
 import re
 import socket
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -87,6 +89,9 @@ MARKER_NS = "urn:vmmove:libvirt:migration:1"
 MARKER_KEY = "vmmove"
 _JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 _VIR_DOMAIN_AFFECT_LIVE = 1
+_DIRTYRATE_MEASURING, _DIRTYRATE_MEASURED = 1, 2  # virDomainDirtyRateStatus
+#: An inventory's dirty rate older than this is measured again (a guest's load changes).
+_DIRTY_RATE_FRESH = 60.0
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,7 @@ class LibvirtBackend(Backend):
 
     def vms(self) -> list[VMInfo]:
         found: dict[str, list[tuple[HostConn, Any]]] = {}
+        rates: dict[str, float] = {}
         for host in self._hosts.values():
             try:
                 domains = host.ensure().listAllDomains(0)
@@ -372,12 +378,42 @@ class LibvirtBackend(Backend):
                 continue
             for dom in domains:
                 found.setdefault(dom.UUIDString(), []).append((host, dom))
+            rates.update(self._dirty_rates(host, domains))
         out = []
-        for entries in found.values():
+        for vm_id, entries in found.items():
             try:
-                out.append(self._vm_info(entries))
+                info = self._vm_info(entries)
             except (NotFound, self.lv.libvirtError):
                 continue  # undefined while we looked
+            out.append(replace(info, dirty_rate=rates.get(vm_id)))
+        return out
+
+    def _dirty_rates(self, host: HostConn, domains: list[Any]) -> dict[str, float]:
+        """The guests' dirty rates as libvirt last measured them (bytes/s), for running
+        domains; a guest without a recent measurement gets a new 1 s sample started (not
+        waited for: the next listing shows it). QEMU counts pages only while sampling, so an
+        inventory has no rate until something asked for one (libvirt >= 7.2, QEMU >= 5.2)."""
+        lv = self.lv
+        flag = getattr(lv, "VIR_DOMAIN_STATS_DIRTYRATE", None)
+        running = [d for d in domains if _active(d)]
+        if flag is None or not running:
+            return {}
+        try:
+            stats = host.ensure().domainListGetStats(running, flag)
+        except (ConnectionFailed, lv.libvirtError):
+            return {}
+        now = time.time()
+        with self._lock:
+            busy = set(self._by_vm)  # a live job samples for itself
+        out: dict[str, float] = {}
+        for dom, values in stats:
+            status = values.get("dirtyrate.calc_status")
+            started = values.get("dirtyrate.calc_start_time", 0)
+            if status == _DIRTYRATE_MEASURED and now - started < _DIRTY_RATE_FRESH:
+                out[dom.UUIDString()] = float(values.get("dirtyrate.megabytes_per_second", 0)) * MiB
+            elif status != _DIRTYRATE_MEASURING and dom.UUIDString() not in busy:
+                with contextlib.suppress(lv.libvirtError):
+                    dom.startDirtyRateCalc(1, 0)
         return out
 
     def vm(self, ref: str) -> VMInfo:
@@ -1190,3 +1226,10 @@ class LibvirtBackend(Backend):
             job = self._by_vm.get(vm_id)
         if job is not None:
             job.on_event(host.id, kind, payload)
+
+
+def _active(dom: Any) -> bool:
+    try:
+        return bool(dom.isActive())
+    except Exception:  # gone while we looked: nothing to measure
+        return False
