@@ -91,8 +91,8 @@ def test_non_ascii_output_follows_the_shell_code_page(server: WinRMServer, stub:
     stub.answers["names"] = Output(stdout="Zoë\nnext")
     proto = protocol(server, "hv1")
     for codepage, expected in (
-        (437, "Zoë\r\nnext".encode("cp437")),
-        (65001, "Zoë\r\nnext".encode()),
+        (437, "Zoë\r\nnext\r\n".encode("cp437")),
+        (65001, "Zoë\r\nnext\r\n".encode()),
     ):
         shell_id = proto.open_shell(codepage=codepage)
         command_id = proto.run_command(shell_id, "powershell -Command names")
@@ -317,3 +317,71 @@ def test_stop_leaves_no_threads_or_sockets(stub: Stub) -> None:
 def test_reprs_hide_the_password(server: WinRMServer) -> None:
     assert PASSWORD not in repr(server)
     assert PASSWORD not in str(vars(server).get("_ntlm"))
+
+
+def test_ntlm_with_message_encryption_both_ways(server: WinRMServer, stub: Stub) -> None:
+    stub.answers["Get-VM"] = Output(stdout='{"Name":"vm1"}', errors=["warning-ish"], exit_code=0)
+    proto = protocol(server, "hv1", "ntlm")
+    r = winrm.Session(server.endpoint("hv1"), auth=(USER, PASSWORD), transport="ntlm")
+    r.protocol = proto
+    result = r.run_ps("Get-VM")
+    assert result.std_out == b'{"Name":"vm1"}\r\n'
+    assert result.std_err == b"warning-ish"
+    assert proto.transport.encryption is not None  # pywinrm did encrypt
+    assert stub.seen == [("hv1", "Get-VM")]
+
+
+def test_ntlm_bodies_are_encrypted_on_the_wire(server: WinRMServer, stub: Stub) -> None:
+    seen: list[tuple[str, bytes]] = []
+    proto = protocol(server, "hv1", "ntlm")
+    session_ = proto.transport.build_session()
+    session_.hooks["response"].append(
+        lambda r, **_: seen.append((r.headers.get("Content-Type", ""), r.content))
+    )
+    shell_id = proto.open_shell()
+    command_id = proto.run_command(shell_id, "powershell -Command Get-Secret-Thing")
+    out, _, _ = proto.get_command_output(shell_id, command_id)
+    proto.close_shell(shell_id)
+    assert out == b"hv1: Get-Secret-Thing\r\n"
+    soap_answers = [(ct, body) for ct, body in seen if body and ct.startswith("multipart")]
+    assert len(soap_answers) >= 4  # Create, Command, Receive, Delete
+    for content_type, body in soap_answers:
+        assert 'protocol="application/HTTP-SPNEGO-session-encrypted"' in content_type
+        assert b"Get-Secret-Thing" not in body
+        assert b"Envelope" not in body
+
+
+def test_ntlm_wrong_password_is_refused(server: WinRMServer, stub: Stub) -> None:
+    bad = winrm.Session(server.endpoint("hv1"), auth=(USER, "nope"), transport="ntlm")
+    with pytest.raises(InvalidCredentialsError):
+        bad.run_ps("Get-VM")
+    unknown = winrm.Session(server.endpoint("hv1"), auth=("mallory", PASSWORD), transport="ntlm")
+    with pytest.raises(InvalidCredentialsError):
+        unknown.run_ps("Get-VM")
+    assert stub.seen == []
+
+
+def test_ntlm_user_file_does_not_stay_in_the_environment(server: WinRMServer) -> None:
+    import os
+
+    session(server, "hv1", "ntlm").run_ps("x")
+    assert "NTLM_USER_FILE" not in os.environ
+
+
+def test_ntlm_only_server_refuses_basic(stub: Stub) -> None:
+    with WinRMServer(stub, users={USER: PASSWORD}, auth=("ntlm",)) as srv:
+        srv.add_host("hv1")
+        with pytest.raises(InvalidCredentialsError):
+            session(srv, "hv1", "basic").run_ps("x")
+        assert session(srv, "hv1", "ntlm").run_ps("x").status_code == 0
+
+
+def test_unencrypted_refused_when_the_listener_says_so(stub: Stub) -> None:
+    with WinRMServer(stub, users={USER: PASSWORD}, allow_unencrypted=False) as srv:
+        srv.add_host("hv1")
+        with pytest.raises(InvalidCredentialsError):
+            session(srv, "hv1", "basic").run_ps("x")
+        with pytest.raises(InvalidCredentialsError):
+            session(srv, "hv1", "ntlm", message_encryption="never").run_ps("x")
+        assert session(srv, "hv1", "ntlm").run_ps("x").std_out == b"hv1: x\r\n"
+    assert stub.seen == [("hv1", "x")]

@@ -47,10 +47,10 @@ traceback.
 
 Scripts: ``powershell -EncodedCommand <base64 UTF-16LE>`` (any unambiguous prefix of the
 switch, as powershell.exe takes it) is decoded; ``powershell -Command ...`` passes the rest of
-the line; any other command line is passed whole. stdout is written with CRLF line ends in
-the shell's code page (``WINRS_CODEPAGE``: 437 by default, which turns what it cannot encode
-into ``?``; 65001 is UTF-8). ``Output.errors`` become the ``#< CLIXML`` stream on stderr
-(see :mod:`.clixml`); the exit code is ``Output.exit_code``.
+the line; any other command line is passed whole. stdout is written with CRLF line ends
+(the last line too) in the shell's code page (``WINRS_CODEPAGE``: 437 by default, which
+turns what it cannot encode into ``?``; 65001 is UTF-8). ``Output.errors`` become the
+``#< CLIXML`` stream on stderr (see :mod:`.clixml`); the exit code is ``Output.exit_code``.
 """
 
 from __future__ import annotations
@@ -220,6 +220,9 @@ class _Handler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # headers and body leave in two writes: without this, Nagle and delayed ACKs add 40 ms
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.auth_state = ConnectionAuth()
         self.server.track(self)
 
@@ -789,6 +792,8 @@ class WinRMServer:
         assert command.output is not None
         codec = _codec(shell.codepage)
         stdout = command.output.stdout.replace("\r\n", "\n").replace("\n", "\r\n")
+        if stdout and not stdout.endswith("\r\n"):
+            stdout += "\r\n"  # powershell.exe ends every line it prints
         stderr = clixml.encode_errors(command.output.errors, progress=self._progress)
         if stdout:
             command.pending.append(("stdout", stdout.encode(codec, errors="replace")))
