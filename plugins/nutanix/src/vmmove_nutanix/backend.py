@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from vmmove.backend import Backend, Intent, Job, JobRef, JobStatus, Reservation
-from vmmove.errors import Conflict, InvalidInput, NotFound, NotSupported
+from vmmove.errors import Conflict, ConnectionFailed, InvalidInput, NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import (
     Capacity,
@@ -38,6 +39,7 @@ from vmmove_nutanix.capabilities import CAPABILITIES
 from vmmove_nutanix.http import PrismHttp
 from vmmove_nutanix.parse import NativeHost, NativeVM
 from vmmove_nutanix.phases import phase_of
+from vmmove_nutanix.watcher import TaskWatcher
 
 __all__ = ["NO_CANCEL", "NutanixBackend"]
 
@@ -90,6 +92,13 @@ class NutanixBackend(Backend):
             raise
         self._lock = threading.Lock()
         self._high: dict[str, float] = {}  # job -> highest percentage reported
+        self._timeout = float(options["timeout"])
+        self._watcher = TaskWatcher(
+            self.api.task,
+            self.locate,
+            lambda t: phase_of(t.status, v4=self.v4, percent=t.percent)[0].terminal,
+            interval=self.poll_interval,
+        )
 
     def __repr__(self) -> str:
         return f"NutanixBackend({self.uri!r}, api={self.api.version!r})"
@@ -244,13 +253,26 @@ class NutanixBackend(Backend):
         return self._job(task, vm.id, vm.host, target.id, MigrationMode.LIVE)
 
     def _job(self, task: str, vm: str, source: str, target: str, mode: MigrationMode) -> Job:
+        self._watcher.watch(task, vm)
         data = {"task": task, "vm": vm, "source": source, "target": target, "mode": mode.value,
                 "api": self.api.version}
         return Job(id=task, vm=vm, source=source, target=target, mode=mode,
                    ref=JobRef(data=data))
 
     def poll(self, job: Job) -> JobStatus:
-        task = self.api.task(job.id)
+        """At once, from the watcher's latest read of the task."""
+        self._watcher.watch(job.id, job.vm)
+        sample = self._watcher.latest(job.id)
+        if sample is None or sample.task is None and sample.error is None:
+            # accepted a moment ago, not read yet: Prism queues every task first
+            return JobStatus(phase=Phase.REQUESTING, native="QUEUED (not read yet)")
+        age = time.monotonic() - sample.at
+        if sample.error is not None:
+            raise sample.error
+        if age > self._timeout + 3 * self.poll_interval + 1.0:
+            raise ConnectionFailed(f"no answer from Prism about task {job.id} for {age:.0f} s")
+        task = sample.task
+        assert task is not None
         phase, native = phase_of(task.status, v4=self.v4, percent=task.percent)
         with self._lock:
             percent = max(self._high.get(job.id, 0.0), task.percent or 0.0)
@@ -269,7 +291,7 @@ class NutanixBackend(Backend):
             phase=phase,
             native=native,
             percent=percent,
-            vm_host=self.locate(job.vm),  # the VM's host once the task has ended
+            vm_host=sample.vm_host,  # the VM's host, read once the task had ended
             error=error,
             figures=Figures(total_time=total),
         )
@@ -280,6 +302,7 @@ class NutanixBackend(Backend):
     def finish(self, job: Job) -> None:
         with self._lock:
             self._high.pop(job.id, None)
+        self._watcher.forget(job.id)
 
     def attach(self, ref: JobRef) -> Job:
         if ref.intent is Intent.START:
@@ -314,6 +337,7 @@ class NutanixBackend(Backend):
         return self._job(task, vm.id, vm.host, target.id, MigrationMode.COLD)
 
     def close(self) -> None:
+        self._watcher.stop()
         self._http.close()
 
 
