@@ -61,8 +61,29 @@ class Capabilities:
     def has(self, name: str) -> bool:
         return bool(getattr(self, name, False))
 
+    @staticmethod
+    def describe(name: str) -> str:
+        """What the capability ``name`` means, in a few words (docs and ``vmmove backends``)."""
+        return _CAPABILITY_DOCS[name]
+
     def names(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+
+
+_CAPABILITY_DOCS = {
+    "live": "live migration (the VM runs throughout)",
+    "cold": "cold migration (stop, move, start)",
+    "cancel": "a running migration can be cancelled before its commit point",
+    "postcopy": "switch to post-copy",
+    "max_downtime": "set the allowed switch-over pause",
+    "bandwidth": "limit the migration's bandwidth",
+    "auto_converge": "throttle the guest's vCPUs to converge",
+    "progress_bytes": "progress in bytes (not only a percentage)",
+    "reserve": "the target reserves resources before the transfer",
+    "storage_move": "move disks with the VM",
+    "choose_target": "the caller names the target host",
+    "relocate_stopped": "cold moves driven by the core from the backend's primitives",
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,12 +6,13 @@ Set ``VMMOVE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry points (only built-ins lo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,15 @@ if TYPE_CHECKING:
     from vmmove.placement import PlacementRegistry
     from vmmove.policy import Policy
 
-__all__ = ["BackendFactory", "BackendRegistry", "BackendSpec", "Plugins", "load_plugins"]
+__all__ = [
+    "BackendFactory",
+    "BackendRegistry",
+    "BackendSpec",
+    "Plugins",
+    "capabilities_markdown",
+    "load_plugins",
+    "side_by_side",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +189,32 @@ def load_plugins(reload: bool = False) -> Plugins:
         if _loaded is None or reload:
             _loaded = _load()
         return _loaded
+
+
+def side_by_side(
+    specs: Iterable[BackendSpec],
+) -> list[tuple[str, tuple[str, ...], Capabilities | None]]:
+    """One column per plugin: its name, the schemes it serves, what it declares (one
+    plugin's schemes that declare alike share a column; the simulator first)."""
+    columns: dict[tuple[str, Capabilities | None], list[str]] = {}
+    for spec in specs:
+        columns.setdefault((spec.plugin, spec.capabilities), []).append(spec.scheme)
+    ordered = sorted(columns.items(), key=lambda item: (item[0][0] != "sim", item[0][0]))
+    return [(plugin, tuple(sorted(schemes)), caps) for (plugin, caps), schemes in ordered]
+
+
+def capabilities_markdown(specs: Iterable[BackendSpec]) -> str:
+    """The capabilities table of docs/backends/index.md, from what the plugins declare."""
+    from vmmove.backend import Capabilities  # noqa: PLC0415 (not on the path of --help)
+
+    columns = side_by_side(specs)
+    names = [f.name for f in dataclasses.fields(Capabilities)]
+    head = " | ".join(" / ".join(f"`{s}`" for s in schemes) for _, schemes, _ in columns)
+    rows = [f"| capability | {head} |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = [
+            "not declared" if caps is None else ("yes" if caps.has(name) else "no")
+            for _, _, caps in columns
+        ]
+        rows.append(f"| `{name}`: {Capabilities.describe(name)} | {' | '.join(cells)} |")
+    return "\n".join(rows)

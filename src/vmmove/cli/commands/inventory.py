@@ -3,6 +3,8 @@ pre-checks, nothing moves)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from vmmove.cli.config import connect
@@ -43,11 +45,28 @@ def backends(as_json: bool) -> None:
             }
         )
         return
+    from rich.markup import escape  # noqa: PLC0415
+
+    from vmmove.backend import Capabilities  # noqa: PLC0415
+    from vmmove.plugins import side_by_side  # noqa: PLC0415
+
     console = new_console()
     for s in specs:
-        console.print(f"[bold]{s.scheme}://[/]  {s.description} [dim](plugin {s.plugin})[/]")
-        caps = ", ".join(s.capabilities.names()) if s.capabilities else "[dim]not declared[/]"
-        console.print(f"    capabilities: {caps}")
+        text = escape(s.description)  # a description may show URI syntax: [/CLUSTER]
+        console.print(f"[bold]{s.scheme}://[/]  {text} [dim](plugin {escape(s.plugin)})[/]")
+    columns = side_by_side(specs)
+    table = new_table("Capability", *(" / ".join(schemes) for _, schemes, _ in columns))
+    for field in dataclasses.fields(Capabilities):
+        table.add_row(
+            field.name,
+            *(
+                "[dim]not declared[/]"
+                if caps is None
+                else ("[green]yes[/]" if caps.has(field.name) else "[dim]no[/]")
+                for _, _, caps in columns
+            ),
+        )
+    console.print(table)
     for name, why in sorted(plugins.broken.items()):
         console.print(f"[red]plugin {name} failed to load:[/] {why}")
 
