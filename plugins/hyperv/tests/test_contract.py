@@ -3,7 +3,6 @@ output shapes (Windows PowerShell 5.1 and PowerShell 7)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,7 @@ from vmmove_hyperv.testing.fabric import Fabric
 
 class TestHyperVContract(BackendContract):
     @pytest.fixture
-    def contract_setup(
-        self, fabric: Fabric, shape: str, connect: Any
-    ) -> Iterator[ContractSetup]:
+    def contract_setup(self, fabric: Fabric, shape: str, connect: Any) -> Iterator[ContractSetup]:
         shell = HyperVShell(fabric, shape)
 
         def fail_cold_step(vm: str, step: str) -> None:
@@ -30,7 +27,7 @@ class TestHyperVContract(BackendContract):
         def reconnect(store: RecordStore) -> Any:
             return connect(shell, store=store)
 
-        yield ContractSetup(
+        return ContractSetup(
             connection=connect(shell),
             running_vm="web-1",
             target="hv2",

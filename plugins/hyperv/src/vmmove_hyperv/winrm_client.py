@@ -376,14 +376,16 @@ def _pywinrm_protocol(url: str, settings: Settings, limit: float) -> WinRMProtoc
     from winrm.protocol import Protocol as PyWinRM  # noqa: PLC0415 (loaded on first use)
 
     operation = max(1, int(settings.operation_timeout))
-    transport: Any = {"basic": "basic", "ssl": "ssl"}.get(settings.transport, settings.transport)
+    transport: Any = settings.transport
+    # None: the system's CAs only (not pywinrm's legacy environment lookup).
+    ca: Any = settings.ca_trust_path or None
     return PyWinRM(
         endpoint=url,
         transport=transport,
         username=settings.username or None,
         password=settings.password.reveal() if settings.password else None,
         server_cert_validation="ignore" if settings.insecure else "validate",
-        ca_trust_path=settings.ca_trust_path or "legacy_requests",
+        ca_trust_path=ca,
         read_timeout_sec=operation + 5,
         operation_timeout_sec=operation,
         # NTLM over plain HTTP: every message encrypted (pywinrm does it over HTTP by default

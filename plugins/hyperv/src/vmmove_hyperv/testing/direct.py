@@ -80,7 +80,7 @@ def clixml(errors: list[str]) -> str:
     if not errors:
         return ""
     lines = "".join(
-        f'<S S="Error">{escape(line)}_x000D__x000A_</S>'
+        f'<S S="Error">{escape(_serialize(line))}_x000D__x000A_</S>'
         for message in errors
         for line in message.splitlines()
     )
@@ -88,6 +88,12 @@ def clixml(errors: list[str]) -> str:
         '#< CLIXML\r\n<Objs Version="1.1.0.1" '
         f'xmlns="http://schemas.microsoft.com/powershell/2004/04">{lines}</Objs>'
     )
+
+
+def _serialize(text: str) -> str:
+    """PowerShell's string escapes: what XML cannot carry, and ``_`` before ``xHHHH_``."""
+    text = re.sub(r"_(?=x[0-9A-Fa-f]{4}_)", "_x005F_", text)
+    return "".join(f"_x{ord(c):04X}_" if ord(c) < 32 else c for c in text)
 
 
 def direct_factory(shell: PowerShell) -> Callable[[str, Settings, float], WinRMProtocol]:
