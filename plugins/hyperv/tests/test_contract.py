@@ -15,7 +15,7 @@ from vmmove_hyperv.testing.fabric import Fabric
 
 class TestHyperVContract(BackendContract):
     @pytest.fixture
-    def contract_setup(self, fabric: Fabric, shape: str, connect: Any) -> Iterator[ContractSetup]:
+    def contract_setup(self, fabric: Fabric, shape: str, connect: Any) -> ContractSetup:
         shell = HyperVShell(fabric, shape)
 
         def fail_cold_step(vm: str, step: str) -> None:
