@@ -239,6 +239,20 @@ class _Handler(WSGIRequestHandler):
         return environ
 
     def run_wsgi(self) -> None:
+        if not self.server.begin(self):
+            self._drop()
+            return
+        try:
+            self._run_wsgi()
+        finally:
+            self.server.end(self)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _run_wsgi(self) -> None:
         environ = self.make_environ()
         started: list[Any] = []
 
@@ -250,9 +264,7 @@ class _Handler(WSGIRequestHandler):
             chunks = self.server.app(environ, start_response)
             body = b"".join(chunks)
         except _Dropped:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._drop()
             return
         except Exception:
             # a bug of the fake: say so in the log, answer 500 without a traceback
@@ -294,6 +306,7 @@ class _Listener(ThreadedWSGIServer):
         self.host_name = host_name
         self.stopping = threading.Event()
         self._handlers: set[_Handler] = set()
+        self._busy: set[_Handler] = set()
         self._handlers_lock = threading.Lock()
         super().__init__(
             address, port, wire.wsgi_app, handler=_Handler, ssl_context=tls, fd=sock.fileno()
@@ -302,19 +315,37 @@ class _Listener(ThreadedWSGIServer):
     def track(self, handler: _Handler) -> None:
         with self._handlers_lock:
             self._handlers.add(handler)
-        if self.stopping.is_set():
-            self._shut(handler)
+            if self.stopping.is_set():
+                self._shut(handler)
 
     def untrack(self, handler: _Handler) -> None:
         with self._handlers_lock:
             self._handlers.discard(handler)
+            self._busy.discard(handler)
+
+    def begin(self, handler: _Handler) -> bool:
+        """A request starts on ``handler``'s connection; False when stopping."""
+        with self._handlers_lock:
+            if self.stopping.is_set():
+                return False
+            self._busy.add(handler)
+            return True
+
+    def end(self, handler: _Handler) -> None:
+        with self._handlers_lock:
+            self._busy.discard(handler)
+            if self.stopping.is_set():
+                handler.close_connection = True
 
     def close_connections(self) -> None:
-        self.stopping.set()
+        """Close idle connections now; busy ones close after their answer (never mid-way)."""
         with self._handlers_lock:
-            handlers = list(self._handlers)
-        for handler in handlers:
-            self._shut(handler)
+            self.stopping.set()
+            for handler in self._handlers:
+                if handler in self._busy:
+                    handler.close_connection = True
+                else:
+                    self._shut(handler)
 
     @staticmethod
     def _shut(handler: _Handler) -> None:
@@ -396,12 +427,13 @@ class WinRMServer:
     def stop(self) -> None:
         """Stop serving: wake long-polls, close connections and sockets, join threads."""
         with self._lock:
-            self._stopping.set()
-            self._lock.notify_all()
             listeners = list(self._listeners.values())
             threads = list(self._serve_threads.values())
         for listener in listeners:
             listener.close_connections()
+        with self._lock:
+            self._stopping.set()  # long-polls wake and close their connections unanswered
+            self._lock.notify_all()
         for name, listener in zip(list(self._listeners), listeners, strict=True):
             if name in self._serve_threads:
                 listener.shutdown()  # serve_forever closes the socket and joins handlers
@@ -819,7 +851,9 @@ class WinRMServer:
                 )
 
             self._lock.wait_for(ready, timeout)
-            if not ready() or self._stopping.is_set():
+            if self._stopping.is_set():
+                raise _Dropped
+            if not ready():
                 self._calls.append(Call(host, "Receive", "timeout", shell.id, command_id))
                 self._lock.notify_all()
                 raise soap.WSManFault.timed_out()
