@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -385,3 +386,38 @@ def test_unencrypted_refused_when_the_listener_says_so(stub: Stub) -> None:
             session(srv, "hv1", "ntlm", message_encryption="never").run_ps("x")
         assert session(srv, "hv1", "ntlm").run_ps("x").std_out == b"hv1: x\r\n"
     assert stub.seen == [("hv1", "x")]
+
+
+def test_large_output_spans_several_receives(server: WinRMServer, stub: Stub) -> None:
+    big = "".join(f"line {i:06d} " + "x" * 50 + "\n" for i in range(4000))  # ~250 kB
+    stub.answers["big"] = Output(stdout=big)
+    r = session(server, "hv1").run_ps("big")
+    assert r.std_out == big.replace("\n", "\r\n").encode()
+    outcomes = [c.outcome for c in server.calls() if c.action == "Receive"]
+    assert outcomes.count("running") >= 2
+    assert outcomes[-1] == "done"
+
+
+def test_basic_does_not_authenticate_the_connection(server: WinRMServer) -> None:
+    with requests.Session() as http:
+        first = http.post(server.endpoint("hv1"), data=b"", auth=(USER, PASSWORD), timeout=5)
+        assert first.status_code == 200
+        second = http.post(server.endpoint("hv1"), data=b"", timeout=5)  # same connection
+        assert second.status_code == 401
+
+
+def test_password_never_logged(
+    server: WinRMServer, stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    session(server, "hv1").run_ps("x")
+    session(server, "hv1", "ntlm").run_ps("x")
+    for password in (PASSWORD, "wrong-" + PASSWORD):
+        for transport in ("basic", "ntlm"):
+            bad = winrm.Session(server.endpoint("hv1"), auth=(USER, password), transport=transport)
+            with contextlib.suppress(InvalidCredentialsError):
+                bad.run_ps("x")
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert caplog.records  # the fake did log
+    assert PASSWORD not in caplog.text
+    assert basic not in caplog.text

@@ -614,7 +614,9 @@ class WinRMServer:
             return self._unauthorized(host)
         parsed = parse_authorization(request.headers.get("Authorization"))
         if parsed is None:
-            return None if conn.user is not None else self._unauthorized(host)
+            # NTLM authenticates the connection; Basic has to come with every request
+            authenticated = conn.user is not None and conn.scheme == "ntlm"
+            return None if authenticated else self._unauthorized(host)
         scheme, credentials = parsed
         if scheme == "basic":
             if "basic" not in self._auth or not (self._tls or self._allow_unencrypted):
