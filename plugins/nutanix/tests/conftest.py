@@ -20,8 +20,8 @@ from vmmove_nutanix.testing import DEFAULT_PASSWORD, FakePrism, TaskTiming
 
 API_MATRIX = ("v4.0", "v2.0")
 _ACROSS_APIS = {"test_contract", "test_live"}
-#: quick tasks: a migration runs for a quarter second of real time
-FAST = TaskTiming(queued=0.02, migrate=0.25, power=0.03, shutdown=0.05, place=0.03)
+#: quick tasks: a migration runs for 0.15 s of real time
+FAST = TaskTiming(queued=0.02, migrate=0.15, power=0.03, shutdown=0.05, place=0.03)
 POLL = 0.02
 
 

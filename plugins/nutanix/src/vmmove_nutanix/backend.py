@@ -323,6 +323,8 @@ class NutanixBackend(Backend):
 
     # ---- cold migration primitives ----------------------------------------------------
     def power_off(self, vm: VMInfo, *, force: bool) -> None:
+        if self.api.vm(vm.id).power == "off":
+            return  # AHV refuses to power off a VM that is off: nothing to do
         self.api.power(vm.id, "OFF" if force else "ACPI_SHUTDOWN", _rid())
 
     def power_on(self, vm: VMInfo) -> None:

@@ -10,6 +10,7 @@ Element alone: no v4 at all). Anything else answers 404, as a real server does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -40,6 +41,8 @@ class Fault:
     ``status``: answer this error instead (with ``Retry-After: retry_after`` if set).
     ``drop``: act on the request, then drop the connection before answering.
     ``hold``: wait until the event is set (a slow answer), then answer normally.
+    ``before``: run this first (someone else changes the estate: a VM update makes the
+    ETag a client holds stale).
     """
 
     method: str
@@ -50,6 +53,7 @@ class Fault:
     drop: bool = False
     hold: threading.Event | None = None
     body: str | None = None
+    before: Callable[[], None] | None = None
     times: int = 1
 
     def matches(self, method: str, path: str, body: str) -> bool:
@@ -112,17 +116,27 @@ class PrismApp:
     # ---- WSGI -------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        response = self._respond(request, environ)
-        with self._lock:
-            self.log.append(
-                LoggedRequest(
-                    request.method,
-                    request.path,
-                    request.headers.get("NTNX-Request-Id", ""),
-                    request.headers.get("If-Match", ""),
-                    response.status_code,
+        status = 0
+        try:
+            response = self._respond(request, environ)
+            status = response.status_code
+        finally:
+            with self._lock:
+                self.log.append(
+                    LoggedRequest(
+                        request.method,
+                        request.path,
+                        request.headers.get("NTNX-Request-Id", ""),
+                        request.headers.get("If-Match", ""),
+                        status,
+                    )
                 )
-            )
+        if environ.get("vmmove.drop"):
+            # the server acted (and logged it); the client never hears the answer
+            sock = environ.get("werkzeug.socket")
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         return response(environ, start_response)
 
     def _respond(self, request: Request, environ: dict[str, Any]) -> Response:
@@ -130,6 +144,9 @@ class PrismApp:
             return self._error(401, "authentication required", v4=self.api != "v2.0")
         body = request.get_data(as_text=True)
         fault = self._fault(request.method, request.path, body)
+        if fault is not None and fault.before is not None:
+            with self.state.lock:
+                fault.before()
         if fault is not None and fault.hold is not None:
             fault.hold.wait(30.0)  # a slow answer: released by the test, bounded
         if fault is not None and fault.status is not None:
@@ -142,10 +159,7 @@ class PrismApp:
         except ApiError as exc:
             response = self._error(exc.status, exc.message, v4=self.api != "v2.0")
         if fault is not None and fault.drop:
-            # the server acted; the client never hears it
-            sock = environ.get("werkzeug.socket")
-            if isinstance(sock, socket.socket):
-                sock.shutdown(socket.SHUT_RDWR)
+            environ["vmmove.drop"] = True
         return response
 
     def _authorized(self, request: Request) -> bool:

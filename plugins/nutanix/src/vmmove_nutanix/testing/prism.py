@@ -149,7 +149,6 @@ class PrismState:
         #: v4 idempotency: request id -> (HTTP status, body) of the accepted action
         self.requests: dict[str, tuple[int, dict[str, Any]]] = {}
         self._fail_next: dict[tuple[str, str], str] = {}
-        self._stale_after_read: dict[str, int] = {}
         self._epoch = time.time() - self.clock()
 
     # ---- building an estate -----------------------------------------------------------
@@ -204,24 +203,11 @@ class PrismState:
         with self.lock:
             self._fail_next[(self.vm_named(vm).id, operation)] = message
 
-    def stale_after_read(self, vm: str, times: int = 1) -> None:
-        """Someone else updates ``vm`` right after each of the next ``times`` reads of it:
-        the ETag a client just read is stale when it acts."""
-        with self.lock:
-            self._stale_after_read[self.vm_named(vm).id] = times
-
     def read_vm(self, vm_id: str) -> FakeVM:
-        """A VM as one GET sees it (and, when asked, outdated right after)."""
+        """A VM as one GET sees it, tasks brought up to the clock."""
         with self.lock:
             self.tick()
-            vm = self._vm(vm_id)
-            left = self._stale_after_read.get(vm.id, 0)
-            if left:
-                self._stale_after_read[vm.id] = left - 1
-                snapshot = FakeVM(**{k: getattr(vm, k) for k in vm.__dataclass_fields__})
-                vm.touch()
-                return snapshot
-            return vm
+            return self._vm(vm_id)
 
     def migrations(self, vm: str) -> list[FakeTask]:
         with self.lock:
@@ -281,6 +267,12 @@ class PrismState:
     def _busy(self, vm: FakeVM) -> bool:
         return any(t.vm == vm.id and not t.done for t in self.tasks.values())
 
+    def _migrating(self, vm: FakeVM) -> bool:
+        return any(
+            t.vm == vm.id and not t.done and t.operation == "VmMigrate"
+            for t in self.tasks.values()
+        )
+
     def migrate(self, vm_id: str, host_id: str, *, request_id: str = "") -> FakeTask:
         with self.lock:
             self.tick()
@@ -318,8 +310,7 @@ class PrismState:
         with self.lock:
             self.tick()
             vm = self._vm(vm_id)
-            if any(t.vm == vm.id and not t.done and t.operation == "VmMigrate"
-                   for t in self.tasks.values()):
+            if self._migrating(vm):
                 raise ApiError(409, f"VM {vm.name} is migrating")
 
             def on() -> None:
@@ -358,8 +349,8 @@ class PrismState:
             for host in hosts:
                 if host not in self.hosts:
                     raise ApiError(404, f"host {host} not found")
-            if self._busy(vm):
-                raise ApiError(409, f"VM {vm.name} has a task in progress")
+            if self._migrating(vm):  # other VM tasks queue behind each other, as in AHV
+                raise ApiError(409, f"VM {vm.name} is migrating")
             if vm.power == "ON" and hosts and vm.host not in hosts:
                 raise ApiError(409, f"VM {vm.name} runs outside the affinity asked for")
 

@@ -19,7 +19,10 @@ __all__ = ["FakePrism"]
 
 
 class _Quiet(WSGIRequestHandler):
-    """No access log on stderr (a dropped connection would print a traceback too)."""
+    """No access log on stderr (a dropped connection would print a traceback too); no
+    Nagle delay between the headers and the body of an answer."""
+
+    disable_nagle_algorithm = True
 
     def log(self, type: str, message: str, *args: Any) -> None:
         pass
