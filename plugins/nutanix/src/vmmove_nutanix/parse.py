@@ -179,8 +179,9 @@ def v4_data(body: Any) -> Mapping[str, Any]:
     return _obj(_obj(body, "the answer").get("data"), "data")
 
 
-def v4_host(doc: Mapping[str, Any]) -> NativeHost:
+def v4_host(raw: Any) -> NativeHost:
     what = "host"
+    doc = _obj(raw, what)
     cluster = doc.get("cluster")
     cluster_id = ""
     if cluster is not None:
@@ -204,8 +205,9 @@ def v4_host(doc: Mapping[str, Any]) -> NativeHost:
     )
 
 
-def v4_vm(doc: Mapping[str, Any]) -> NativeVM:
+def v4_vm(raw: Any) -> NativeVM:
     what = "vm"
+    doc = _obj(raw, what)
     power = _text(doc, "powerState", what).lower()
     affinity_doc = doc.get("hostAffinity")
     affinity: tuple[str, ...] = ()
@@ -244,8 +246,9 @@ def _iso(value: Any, what: str) -> float | None:
     return when.timestamp()
 
 
-def v4_task(doc: Mapping[str, Any]) -> NativeTask:
+def v4_task(raw: Any) -> NativeTask:
     what = "task"
+    doc = _obj(raw, what)
     errors = []
     for item in _list(doc, "errorMessages", what):
         message = _obj(item, "task.errorMessages[]").get("message")
@@ -281,8 +284,9 @@ def v2_page(body: Any) -> Page:
     return Page(items, total)
 
 
-def v2_host(doc: Mapping[str, Any]) -> NativeHost:
+def v2_host(raw: Any) -> NativeHost:
     what = "host"
+    doc = _obj(raw, what)
     state = _text(doc, "state", what, default="NORMAL")
     in_maintenance = _flag(doc, "host_in_maintenance_mode", what, default=False)
     return NativeHost(
@@ -296,8 +300,9 @@ def v2_host(doc: Mapping[str, Any]) -> NativeHost:
     )
 
 
-def v2_vm(doc: Mapping[str, Any]) -> NativeVM:
+def v2_vm(raw: Any) -> NativeVM:
     what = "vm"
+    doc = _obj(raw, what)
     power = _text(doc, "power_state", what).lower()
     affinity_doc = doc.get("affinity")
     affinity: tuple[str, ...] = ()
@@ -329,8 +334,9 @@ def _usecs(doc: Mapping[str, Any], key: str, what: str) -> float | None:
     return _int(doc, key, what) / 1e6
 
 
-def v2_task(doc: Mapping[str, Any]) -> NativeTask:
+def v2_task(raw: Any) -> NativeTask:
     what = "task"
+    doc = _obj(raw, what)
     meta = doc.get("meta_response")
     error = None
     if meta is not None:
