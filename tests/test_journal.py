@@ -1,5 +1,8 @@
 """Durable records: every transition on disk, one migration per VM across processes,
-and re-attaching after the client died."""
+and re-attaching after the client died.
+
+The tests that take the ``journal`` fixture run against both stores: the SQLite file and
+PostgreSQL (a real server, :mod:`vmmove.testing.pgserver`): the same semantics."""
 
 from __future__ import annotations
 
@@ -15,8 +18,22 @@ import vmmove
 from vmmove import EventKind, Phase
 from vmmove.engine import Connection
 from vmmove.journal import Journal, record_from_json, record_to_json
+from vmmove.journals import open_journal
 from vmmove.plugins import load_plugins
 from vmmove.sim import SimBackend
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal(
+    request: pytest.FixtureRequest, journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Which journal ``VMMOVE_JOURNAL`` names for this test: its SQLite file, or a
+    PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        return str(journal_path)
+    dsn: str = request.getfixturevalue("pg_dsn")
+    monkeypatch.setenv("VMMOVE_JOURNAL", dsn)
+    return dsn
 
 
 def test_journal_is_owner_only_and_in_wal_mode(tmp_path: Path) -> None:
@@ -26,22 +43,22 @@ def test_journal_is_owner_only_and_in_wal_mode(tmp_path: Path) -> None:
     assert mode == "wal"
 
 
-def test_every_transition_is_on_disk_and_round_trips(journal_path: Path) -> None:
+def test_every_transition_is_on_disk_and_round_trips(journal: str) -> None:
     with vmmove.connect("sim://") as conn:
         m = conn.migrate("web-1", to="host-b", policy="balanced")
         seen = []
         for event in m.events():
             if event.kind is EventKind.PHASE:
                 # Written before it is acted on: the file already holds this phase.
-                on_disk = Journal(journal_path).get(m.id)
+                on_disk = open_journal(journal).get(m.id)
                 seen.append(event.phase in [t.phase for t in on_disk.history])
         record = m.wait()
     assert seen
     assert all(seen)
-    stored = Journal(journal_path).get(record.id)
+    stored = open_journal(journal).get(record.id)
     assert stored == record
     assert record_from_json(record_to_json(record)) == record
-    assert Journal(journal_path).estate_of(record.id) == "sim://"
+    assert open_journal(journal).estate_of(record.id) == "sim://"
 
 
 def test_damaged_record_is_a_clear_error() -> None:
@@ -61,8 +78,8 @@ except vmmove.Conflict as exc:
 """
 
 
-def test_two_real_processes_cannot_migrate_one_vm(journal_path: Path) -> None:
-    env = {**os.environ, "VMMOVE_JOURNAL": str(journal_path)}
+def test_two_real_processes_cannot_migrate_one_vm(journal: str) -> None:
+    env = {**os.environ, "VMMOVE_JOURNAL": journal}
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", RACER],
@@ -89,12 +106,12 @@ def test_two_real_processes_cannot_migrate_one_vm(journal_path: Path) -> None:
     assert "vmmove attach" in results[0]
 
 
-def test_a_finished_migration_frees_the_vm(journal_path: Path) -> None:
+def test_a_finished_migration_frees_the_vm(journal: str) -> None:
     with vmmove.connect("sim://") as conn:
         conn.migrate("web-1", to="host-b").wait()
         conn.migrate("web-1", to="host-c").wait()
         conn.migrate("web-1", to="host-a").wait()
-    history = Journal(journal_path).list()
+    history = open_journal(journal).list()
     assert [r.target for r in history] == ["host-a", "host-c", "host-b"]
 
 
@@ -104,10 +121,10 @@ def _abandon(conn: Connection) -> None:
 
 
 @pytest.mark.parametrize("crash_at", [Phase.REQUESTING, Phase.TRANSFERRING, Phase.SWITCHING_OVER])
-def test_attach_after_the_client_died(crash_at: Phase) -> None:
+def test_attach_after_the_client_died(crash_at: Phase, journal: str) -> None:
     backend = SimBackend()  # the hypervisor outlives the client
     first = Connection(
-        backend, uri="sim://", plugins=load_plugins(), store=Journal().for_estate("sim://")
+        backend, uri="sim://", plugins=load_plugins(), store=open_journal().for_estate("sim://")
     )
     m = first.migrate("db-1", to="host-b")
     for event in m.events():
@@ -115,7 +132,7 @@ def test_attach_after_the_client_died(crash_at: Phase) -> None:
             break
     _abandon(first)
     second = Connection(
-        backend, uri="sim://", plugins=load_plugins(), store=Journal().for_estate("sim://")
+        backend, uri="sim://", plugins=load_plugins(), store=open_journal().for_estate("sim://")
     )
     with pytest.raises(vmmove.Conflict):
         second.migrate("db-1", to="host-c")  # still locked: the migration is in flight
@@ -123,14 +140,16 @@ def test_attach_after_the_client_died(crash_at: Phase) -> None:
     record = again.wait()
     assert record.phase is Phase.COMPLETED
     assert record.vm_host == "host-b" == backend.locate("db-1")
-    assert Journal().get(m.id).phase is Phase.COMPLETED
+    assert open_journal().get(m.id).phase is Phase.COMPLETED
     second.migrate("db-1", to="host-a").wait()  # the lock went with the record
 
 
-def test_attach_when_the_client_died_inside_start(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attach_when_the_client_died_inside_start(
+    monkeypatch: pytest.MonkeyPatch, journal: str
+) -> None:
     backend = SimBackend()
-    journal = Journal().for_estate("sim://")
-    first = Connection(backend, uri="sim://", plugins=load_plugins(), store=journal)
+    store = open_journal().for_estate("sim://")
+    first = Connection(backend, uri="sim://", plugins=load_plugins(), store=store)
 
     def die(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # the process is killed while the platform call is made
@@ -141,15 +160,15 @@ def test_attach_when_the_client_died_inside_start(monkeypatch: pytest.MonkeyPatc
         m.wait()
     monkeypatch.undo()
     _abandon(first)
-    assert journal.get(m.id).job_ref["intent"] == "start"
-    second = Connection(backend, uri="sim://", plugins=load_plugins(), store=journal)
+    assert store.get(m.id).job_ref["intent"] == "start"
+    second = Connection(backend, uri="sim://", plugins=load_plugins(), store=store)
     handle = second.attach(m.id)
     with pytest.raises(vmmove.MigrationCancelled):
         handle.wait()
     assert handle.record.vm_host == "host-a" == backend.locate("db-1")
 
 
-def test_attach_to_a_finished_record_returns_it() -> None:
+def test_attach_to_a_finished_record_returns_it(journal: str) -> None:
     with vmmove.connect("sim://") as conn:
         record = conn.migrate("web-1", to="host-b").wait()
     handle = vmmove.attach(record.id)
@@ -157,7 +176,7 @@ def test_attach_to_a_finished_record_returns_it() -> None:
     assert handle.record == record
 
 
-def test_attach_unknown_record_is_not_found() -> None:
+def test_attach_unknown_record_is_not_found(journal: str) -> None:
     with pytest.raises(vmmove.NotFound):
         vmmove.attach("no-such-record")
 
@@ -178,7 +197,7 @@ def test_a_stale_wal_beside_a_deleted_journal_is_dropped(tmp_path: Path) -> None
     assert fresh.list() == []
 
 
-def test_attach_to_an_ended_record_raises_its_outcome() -> None:
+def test_attach_to_an_ended_record_raises_its_outcome(journal: str) -> None:
     with vmmove.connect("sim://") as conn:
         m = conn.migrate("db-1", to="host-b")
         for event in m.events():

@@ -166,6 +166,7 @@ def connect(
     uri: str | None = None,
     *,
     store: RecordStore | None = None,
+    journal: str | None = None,
     max_concurrent: int | None = None,
     poll_grace: float | None = None,
     **options: Any,
@@ -173,7 +174,9 @@ def connect(
     """Connect to the estate behind ``uri`` through the backend plugin for its scheme.
 
     ``uri`` ``None`` means ``$VMMOVE_URI``, then the embedded simulator (``sim://``).
-    ``store`` keeps the records (default: the journal); ``max_concurrent`` (a positive
+    ``store`` keeps the records (default: the journal); ``journal`` names the journal when
+    no ``store`` is given (a SQLite path or a ``postgresql://`` URI; default
+    ``$VMMOVE_JOURNAL``, then the SQLite file); ``max_concurrent`` (a positive
     int) caps how many migrations run at once; ``poll_grace`` (seconds, default 120) is how
     long the platform may stay unreachable, or a lost answer unexplained, before a
     migration is judged by the inventory alone. ``options`` go to the backend, which
@@ -187,6 +190,8 @@ def connect(
 
     uri = _check_uri(uri)
     _check_store(store)
+    if journal is not None and (not isinstance(journal, str) or store is not None):
+        raise InvalidInput("journal is a path or a postgresql:// URI, and not with store=")
     if max_concurrent is not None and (
         isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
     ):
@@ -223,7 +228,7 @@ def connect(
             backend,
             uri=estate,
             plugins=plugins,
-            store=_store_for(estate, store),
+            store=_store_for(estate, store, journal),
             max_concurrent=max_concurrent,
             **({} if poll_grace is None else {"poll_grace": float(poll_grace)}),
         )
@@ -241,12 +246,15 @@ def attach(
     them in ``options`` or the environment, as for :func:`connect`).
     """
     from vmmove.journal import Journal, default_path  # noqa: PLC0415
+    from vmmove.journals import is_postgres, journal_spec, open_journal  # noqa: PLC0415
 
     if not isinstance(record_id, str) or not record_id:
         raise InvalidInput("attach() takes a migration record id (a non-empty string)")
     if uri is not None:
         _check_uri(uri)
     _check_store(store)
+    if store is None and is_postgres(journal_spec()):
+        store = open_journal()
     if store is None:
         path = default_path()
         if not path.exists():  # no journal, no record: and creating one would be a change
@@ -255,15 +263,15 @@ def attach(
     else:
         journal = store
     if uri is None:
-        if not isinstance(journal, Journal):
+        if not callable(getattr(journal, "estate_of", None)):
             raise InvalidInput("name the estate's uri: this store does not remember it")
-        uri = journal.estate_of(record_id)
+        uri = journal.estate_of(record_id)  # type: ignore[attr-defined]
     conn = connect(uri, store=journal, **options)
     return conn.attach(record_id)
 
 
 # The keyword arguments connect() itself takes; every other one is the backend's.
-_CORE_OPTIONS = ("store", "max_concurrent", "poll_grace")
+_CORE_OPTIONS = ("store", "journal", "max_concurrent", "poll_grace")
 
 
 def _check_uri(uri: object) -> str:
@@ -309,17 +317,20 @@ def _core_hint(options: Mapping[str, Any]) -> str:
     return ""
 
 
-def _store_for(estate: str, store: RecordStore | None) -> RecordStore:
+def _store_for(estate: str, store: RecordStore | None, journal: str | None = None) -> RecordStore:
     """The journal by default (``VMMOVE_JOURNAL=off`` keeps records in memory only)."""
-    from vmmove.journal import OFF, Journal  # noqa: PLC0415
+    from vmmove.journal import OFF  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
     from vmmove.store import MemoryStore  # noqa: PLC0415
 
     if store is None:
-        if os.environ.get("VMMOVE_JOURNAL", "").lower() in OFF:
+        if (journal or os.environ.get("VMMOVE_JOURNAL", "")).lower() in OFF:
             return MemoryStore()
-        store = Journal()
-    if isinstance(store, Journal) and not store.estate:
-        return store.for_estate(estate)
+        store = open_journal(journal)
+    for_estate = getattr(store, "for_estate", None)  # the SQLite and PostgreSQL journals
+    if callable(for_estate) and not getattr(store, "estate", "x"):
+        twin: RecordStore = for_estate(estate)
+        return twin
     return store
 
 

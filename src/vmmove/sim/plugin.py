@@ -16,6 +16,12 @@ def _factory(uri: str, options: Mapping[str, Any]) -> Backend:
     return SimBackend.from_uri(uri, options)
 
 
+def _remote_factory(uri: str, options: Mapping[str, Any]) -> Backend:
+    from vmmove.sim.remote import RemoteSimBackend  # noqa: PLC0415
+
+    return RemoteSimBackend.from_uri(uri, options)
+
+
 @hookimpl
 def vmmove_add_backends(registry: BackendRegistry) -> None:
     from vmmove.sim.backend import SimBackend  # noqa: PLC0415
@@ -24,5 +30,11 @@ def vmmove_add_backends(registry: BackendRegistry) -> None:
         "sim",
         _factory,
         description="built-in simulated hypervisor (virtual clock; ?speed=N for real time)",
+        capabilities=SimBackend.capabilities,
+    )
+    registry.add(
+        "sim+http",
+        _remote_factory,
+        description="a simulator server shared by several processes (python -m vmmove.sim serve)",
         capabilities=SimBackend.capabilities,
     )
