@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from vmmove.machine import Phase
-from vmmove.model import Progress
+from vmmove.model import MigrationRecord, Progress
 
 __all__ = ["EventKind", "MigrationEvent"]
 
@@ -27,3 +27,6 @@ class MigrationEvent:
     at: float
     progress: Progress | None = None
     message: str = ""
+    #: the record as it stood when the event was emitted: observers (metrics, traces) read
+    #: the backend, mode, outcome and figures here rather than keep copies of their own
+    record: MigrationRecord | None = None

@@ -165,6 +165,7 @@ class MigrationRun:
             at=self.clock.time(),
             progress=self.progress,
             message=message,
+            record=self.record,
         )
         self.events.append(event)
         self.conn.event_log.append(event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from vmmove.cli.commands.demo import demo
 from vmmove.cli.commands.fleet import consolidate, evacuate, rebalance
 from vmmove.cli.commands.inventory import backends, check, hosts, vms
+from vmmove.cli.commands.metrics import metrics
 from vmmove.cli.commands.migrations import attach, cancel, history, migrate, show
 
 COMMANDS = (
@@ -21,4 +22,5 @@ COMMANDS = (
     rebalance,
     consolidate,
     demo,
+    metrics,
 )
