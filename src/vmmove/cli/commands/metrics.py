@@ -44,9 +44,9 @@ def serve(port: int, addr: str) -> None:
         raise UserError(
             "metrics need prometheus_client: pip install 'vmmove[metrics]'", ExitCode.USAGE
         ) from None
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
 
-    journal = Journal()
+    journal = open_journal()  # VMMOVE_JOURNAL: the SQLite file or a PostgreSQL database
     try:
         server = start(port, addr, registry=journal_registry(journal))
     except OSError as exc:
@@ -59,7 +59,7 @@ def serve(port: int, addr: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, ask_stop)
     # One line on stdout, flushed: scripts and tests read the port from it.
-    click.echo(f"serving {server.url} from the journal {journal.path}")
+    click.echo(f"serving {server.url} from {journal!r}")
     try:
         stop.wait()
     finally:
