@@ -287,6 +287,22 @@ class Connection:
         self._sup.submit(run)
         return Migration(run, self._sup)
 
+    def submit(
+        self,
+        vm: str | VMInfo | None = None,
+        to: str | HostInfo | None = None,
+        *,
+        spec: MigrationSpec | None = None,
+        limits: Any = None,
+        **options: Any,
+    ) -> str:
+        """Queue a move for the workers of a PostgreSQL journal (``vmmove worker``); return
+        the queue item's id. Checked like :meth:`migrate` (bad input raises, nothing is
+        queued); ``limits`` (:class:`vmmove.fleet.Limits`) hold across all workers."""
+        from vmmove.worker.queue import submit  # noqa: PLC0415 (psycopg on demand)
+
+        return submit(self, self._spec(vm, to, spec, _given(**options)), limits)
+
     def attach(self, record_id: str) -> Migration:
         """Supervise a migration whose client went away, from its durable record.
 
