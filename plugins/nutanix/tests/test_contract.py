@@ -7,7 +7,7 @@ need an abort, and the cancel test is replaced by what is true here (below).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -23,9 +23,7 @@ from vmmove_nutanix.testing import FakePrism
 
 class TestNutanixContract(BackendContract):
     @pytest.fixture
-    def contract_setup(
-        self, prism: FakePrism, connect: Callable[..., Connection]
-    ) -> Iterator[ContractSetup]:
+    def contract_setup(self, prism: FakePrism, connect: Callable[..., Connection]) -> ContractSetup:
         def fail_cold_step(vm: str, step: str) -> None:
             if step == "move":  # the VM update that pins it to the target fails as a task
                 prism.state.fail_next(vm, "VmUpdate", "injected: the VM update failed")
@@ -38,7 +36,7 @@ class TestNutanixContract(BackendContract):
             return connect(prism, store=store)
 
         conn = connect(prism)
-        yield ContractSetup(
+        return ContractSetup(
             connection=conn,
             running_vm="web-1",
             target="node-b",

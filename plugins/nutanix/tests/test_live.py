@@ -11,6 +11,8 @@ import pytest
 import vmmove
 from vmmove.engine import Connection
 from vmmove.machine import Phase
+from vmmove.model import MigrationSpec
+from vmmove.policy import Policy
 from vmmove_nutanix.testing import FakePrism
 
 MIGRATE = r"/migrate(-to-host)?$"
@@ -96,9 +98,16 @@ def test_the_recheck_after_a_412_refuses_a_vm_that_stopped(
 
     prism.fault("POST", "migrate-to-host", before=shut_down_elsewhere)
     with pytest.raises(vmmove.Conflict, match="powered off"):
-        backend.start(vm, target, None, vmmove.MigrationMode.LIVE,  # type: ignore[arg-type]
-                      policy=None, needs=frozenset(), reservation=None,  # type: ignore[arg-type]
-                      request_id="r-1")
+        backend.start(
+            vm,
+            target,
+            MigrationSpec(vm=vm.id, target=target.id),
+            vmmove.MigrationMode.LIVE,
+            policy=Policy(name="test"),
+            needs=frozenset(),
+            reservation=None,
+            request_id="r-1",
+        )
     assert prism.state.migrations("web-1") == []
 
 
@@ -123,6 +132,6 @@ def test_nutanix_v2_scheme_never_asks_for_v4(
     make_prism: Callable[..., FakePrism], connect: Callable[..., Connection]
 ) -> None:
     prism = make_prism(api="v4.0")  # Prism Central: no v2.0 here
-    with pytest.raises(vmmove.ConnectionFailed, match="does not answer Prism v2.0"):
+    with pytest.raises(vmmove.ConnectionFailed, match=r"does not answer Prism v2\.0"):
         connect(prism, uri=f"nutanix+v2://127.0.0.1:{prism.port}")
     assert not [r for r in prism.app.log if "/api/vmm/" in r.path or "clustermgmt" in r.path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ def test_the_docs_table_is_the_declaration() -> None:
 def test_the_backend_is_registered_with_its_declaration() -> None:
     spec = load_plugins().backends.get("nutanix")
     assert spec.options == OPTIONS
+    assert spec.capabilities is not None
     assert not spec.capabilities.cancel  # migrate tasks cannot be cancelled
     assert [o.name for o in OPTIONS if o.secret] == ["password"]  # what the CLI's secret feeds
 
@@ -47,7 +49,7 @@ def test_the_backend_is_registered_with_its_declaration() -> None:
     ],
 )
 def test_what_is_not_declared_or_not_of_its_kind_is_refused_before_connecting(
-    uri: str, options: dict[str, object], message: str
+    uri: str, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(vmmove.InvalidInput, match=message) as info:
         vmmove.connect(uri, **options)

@@ -85,8 +85,9 @@ class NutanixBackend(Backend):
             timeout=float(options["timeout"]),
         )
         try:
-            self.api = discover(self._http, v2_only=parts.scheme == "nutanix+v2",
-                                page_size=page_size)
+            self.api = discover(
+                self._http, v2_only=parts.scheme == "nutanix+v2", page_size=page_size
+            )
         except BaseException:
             self._http.close()
             raise
@@ -182,8 +183,11 @@ class NutanixBackend(Backend):
         problems: list[Problem] = []
         if native.cluster and target.cluster and native.cluster != target.cluster:
             problems.append(
-                Problem(code="other-cluster", message=f"{target.name} is in another cluster "
-                        f"than {vm.name}: AHV moves VMs within their cluster only")
+                Problem(
+                    code="other-cluster",
+                    message=f"{target.name} is in another cluster "
+                    f"than {vm.name}: AHV moves VMs within their cluster only",
+                )
             )
         if target.state is HostState.MAINTENANCE:
             problems.append(
@@ -191,38 +195,57 @@ class NutanixBackend(Backend):
             )
         if target.free_memory < native.memory and mode is MigrationMode.LIVE:
             problems.append(
-                Problem(code="capacity", message=f"{target.name} has "
-                        f"{target.free_memory >> 20} MiB free; {vm.name} needs "
-                        f"{native.memory >> 20} MiB")
+                Problem(
+                    code="capacity",
+                    message=f"{target.name} has "
+                    f"{target.free_memory >> 20} MiB free; {vm.name} needs "
+                    f"{native.memory >> 20} MiB",
+                )
             )
         names = {h.id: h.name for h in self.api.hosts()} if native.affinity else {}
         allowed = ", ".join(names.get(h, h) for h in native.affinity)
         if mode is MigrationMode.LIVE:
             if native.power != "on":
                 problems.append(
-                    Problem(code="not-running", message=f"{vm.name} is powered "
-                            f"{native.power}: only a running VM moves live")
+                    Problem(
+                        code="not-running",
+                        message=f"{vm.name} is powered "
+                        f"{native.power}: only a running VM moves live",
+                    )
                 )
             if native.gpus:
                 problems.append(
-                    Problem(code="gpu", message=f"{vm.name} has {native.gpus} GPU(s) "
-                            "passed through: AHV cannot live-migrate it")
+                    Problem(
+                        code="gpu",
+                        message=f"{vm.name} has {native.gpus} GPU(s) "
+                        "passed through: AHV cannot live-migrate it",
+                    )
                 )
             elif not native.live_migrate:
                 problems.append(
-                    Problem(code="live-migrate-disallowed", message=f"{vm.name} does not "
-                            "allow live migration (allow_live_migrate / isLiveMigrateCapable)")
+                    Problem(
+                        code="live-migrate-disallowed",
+                        message=f"{vm.name} does not "
+                        "allow live migration (allow_live_migrate / isLiveMigrateCapable)",
+                    )
                 )
             if native.affinity and target.id not in native.affinity:
                 problems.append(
-                    Problem(code="vm-host-affinity", message=f"the VM-host affinity of "
-                            f"{vm.name} allows only {allowed}: not {target.name}")
+                    Problem(
+                        code="vm-host-affinity",
+                        message=f"the VM-host affinity of "
+                        f"{vm.name} allows only {allowed}: not {target.name}",
+                    )
                 )
         elif native.affinity and target.id not in native.affinity:
             problems.append(
-                Problem(severity="warning", code="vm-host-affinity", message=f"the cold "
-                        f"move replaces {vm.name}'s VM-host affinity ({allowed}) with "
-                        f"{target.name}")
+                Problem(
+                    severity="warning",
+                    code="vm-host-affinity",
+                    message=f"the cold "
+                    f"move replaces {vm.name}'s VM-host affinity ({allowed}) with "
+                    f"{target.name}",
+                )
             )
         return problems
 
@@ -254,16 +277,21 @@ class NutanixBackend(Backend):
 
     def _job(self, task: str, vm: str, source: str, target: str, mode: MigrationMode) -> Job:
         self._watcher.watch(task, vm)
-        data = {"task": task, "vm": vm, "source": source, "target": target, "mode": mode.value,
-                "api": self.api.version}
-        return Job(id=task, vm=vm, source=source, target=target, mode=mode,
-                   ref=JobRef(data=data))
+        data = {
+            "task": task,
+            "vm": vm,
+            "source": source,
+            "target": target,
+            "mode": mode.value,
+            "api": self.api.version,
+        }
+        return Job(id=task, vm=vm, source=source, target=target, mode=mode, ref=JobRef(data=data))
 
     def poll(self, job: Job) -> JobStatus:
         """At once, from the watcher's latest read of the task."""
         self._watcher.watch(job.id, job.vm)
         sample = self._watcher.latest(job.id)
-        if sample is None or sample.task is None and sample.error is None:
+        if sample is None or (sample.task is None and sample.error is None):
             # accepted a moment ago, not read yet: Prism queues every task first
             return JobStatus(phase=Phase.REQUESTING, native="QUEUED (not read yet)")
         age = time.monotonic() - sample.at

@@ -132,7 +132,9 @@ class PrismHttp:
                 f"{type(exc).__name__}"
             ) from None
         except requests.exceptions.Timeout:
-            raise ConnectionFailed(f"{method} {path}: no answer within {self.timeout:g} s") from None
+            raise ConnectionFailed(
+                f"{method} {path}: no answer within {self.timeout:g} s"
+            ) from None
         except requests.exceptions.RequestException as exc:
             raise ConnectionFailed(f"{method} {path}: {_reason(exc)}") from None
         return self._answer(method, path, response), response.headers
@@ -145,7 +147,9 @@ class PrismHttp:
             try:
                 return response.json()
             except ValueError:
-                raise ConnectionFailed(f"{method} {path}: Prism answered nonsense (not JSON)")
+                raise ConnectionFailed(
+                    f"{method} {path}: Prism answered nonsense (not JSON)"
+                ) from None
         message = _message(response)
         where = f"{method} {path}"
         if status in (429, 503) and response.headers.get("Retry-After"):

@@ -51,8 +51,7 @@ OPTIONS: tuple[Option, ...] = (
         name="page_size",
         kind="int",
         default=100,
-        doc="entities per page when listing (v4 `$limit`, v2 `count`; Prism allows 1 to 100 "
-        "on v4)",
+        doc="entities per page when listing (v4 `$limit`, v2 `count`; Prism allows 1 to 100 on v4)",
     ),
     Option(
         name="clock_skew",

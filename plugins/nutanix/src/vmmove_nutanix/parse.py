@@ -320,7 +320,8 @@ def v2_vm(raw: Any) -> NativeVM:
         power=power,
         host=_placed(power, host, affinity),
         memory=memory_mb << 20,
-        vcpus=_int(doc, "num_vcpus", what, default=1) * _int(doc, "num_cores_per_vcpu", what, default=1),
+        vcpus=_int(doc, "num_vcpus", what, default=1)
+        * _int(doc, "num_cores_per_vcpu", what, default=1),
         cluster=_text(doc, "cluster_uuid", what, default=""),
         live_migrate=_flag(doc, "allow_live_migrate", what, default=True),
         gpus=len(_list(doc, "gpus_assigned", what)),

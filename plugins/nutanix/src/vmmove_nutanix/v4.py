@@ -119,8 +119,9 @@ class PrismV4:
 
         return self._mutate(vm_id, request_id, send)
 
-    def _place_put(self, vm_id: str, doc: Mapping[str, Any], host_id: str,
-                   headers: dict[str, str]) -> Any:
+    def _place_put(
+        self, vm_id: str, doc: Mapping[str, Any], host_id: str, headers: dict[str, str]
+    ) -> Any:
         body = {**doc, "hostAffinity": {"hosts": [{"extId": host_id}]}}
         return self.http.call("PUT", f"{self._vms}/{_safe(vm_id)}", body=body, headers=headers)[0]
 

@@ -75,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     with prism, tempfile.TemporaryDirectory(prefix="vmmove-prism-") as tmp:
         ca_file = Path(args.ca_file) if args.ca_file else Path(tmp, "prism-ca.pem")
         ca_file.write_text(CA_PEM, encoding="ascii")
-        ready = {"uri": prism.uri, "ca_file": str(ca_file), "user": prism.user, "api": prism.api,
-                 "pid": os.getpid()}
+        ready = {
+            "uri": prism.uri,
+            "ca_file": str(ca_file),
+            "user": prism.user,
+            "api": prism.api,
+            "pid": os.getpid(),
+        }
         secret = args.password if args.show_password else "(--password; see --show-password)"
         sys.stdout.write(
             f"fake Prism ({prism.api}) at {prism.url}\n"

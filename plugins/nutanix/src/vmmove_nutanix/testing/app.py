@@ -24,10 +24,10 @@ from werkzeug.wrappers import Request, Response
 
 from vmmove_nutanix.testing.prism import ApiError, FakeHost, FakeTask, FakeVM, PrismState
 
-__all__ = ["DEFAULT_PASSWORD", "DEFAULT_USER", "Fault", "LoggedRequest", "PrismApp", "V4_VERSIONS"]
+__all__ = ["DEFAULT_PASSWORD", "DEFAULT_USER", "V4_VERSIONS", "Fault", "LoggedRequest", "PrismApp"]
 
 DEFAULT_USER = "admin"
-DEFAULT_PASSWORD = "fake-prism-password"
+DEFAULT_PASSWORD = "fake-prism-password"  # noqa: S105 (the fake's, public)
 V4_VERSIONS = ("v4.0", "v4.0.b1", "v4.0.a1")
 _V2_BASES = ("/api/nutanix/v2.0", "/PrismGateway/services/rest/v2.0")
 _TASK_PREFIX = "ZXJnb24=:"  # v4 task ids carry their service, as Prism's do
@@ -488,7 +488,9 @@ class PrismApp:
 
     def _v2_task_list(self, request: Request) -> Response:
         body = self._body(request)
-        entities = {e.get("entity_id") for e in body.get("entity_list") or [] if isinstance(e, dict)}
+        entities = {
+            e.get("entity_id") for e in body.get("entity_list") or [] if isinstance(e, dict)
+        }
         operations = set(body.get("operation_type_list") or [])
         with self.state.lock:
             self.state.tick()

@@ -152,23 +152,45 @@ class PrismState:
         self._epoch = time.time() - self.clock()
 
     # ---- building an estate -----------------------------------------------------------
-    def add_host(self, name: str, *, cluster: str = "cluster-1", memory: int = 64 * GiB,
-                 cpus: int = 32, maintenance: bool = False) -> FakeHost:
+    def add_host(
+        self,
+        name: str,
+        *,
+        cluster: str = "cluster-1",
+        memory: int = 64 * GiB,
+        cpus: int = 32,
+        maintenance: bool = False,
+    ) -> FakeHost:
         with self.lock:
             host = FakeHost(stable_id(name), name, stable_id(cluster), memory, cpus, maintenance)
             self.hosts[host.id] = host
             return host
 
-    def add_vm(self, name: str, host: str, *, power: str = "ON", memory: int = 2 * GiB,
-               vcpus: int = 2, affinity: tuple[str, ...] = (), live_migrate: bool = True,
-               gpus: int = 0) -> FakeVM:
+    def add_vm(
+        self,
+        name: str,
+        host: str,
+        *,
+        power: str = "ON",
+        memory: int = 2 * GiB,
+        vcpus: int = 2,
+        affinity: tuple[str, ...] = (),
+        live_migrate: bool = True,
+        gpus: int = 0,
+    ) -> FakeVM:
         with self.lock:
             placed = self.host_named(host)
             vm = FakeVM(
-                id=stable_id(name), name=name, cluster=placed.cluster, memory=memory,
-                vcpus=vcpus, power=power, host=placed.id,
+                id=stable_id(name),
+                name=name,
+                cluster=placed.cluster,
+                memory=memory,
+                vcpus=vcpus,
+                power=power,
+                host=placed.id,
                 affinity=[self.host_named(a).id for a in affinity],
-                live_migrate=live_migrate, gpus=gpus,
+                live_migrate=live_migrate,
+                gpus=gpus,
             )
             self.vms[vm.id] = vm
             return vm
@@ -253,13 +275,29 @@ class PrismState:
             raise ApiError(404, f"VM {vm_id} not found")
         return vm
 
-    def _task(self, operation: str, vm: FakeVM, duration: float, effect: Callable[[], None],
-              *, target: str | None = None, request_id: str = "") -> FakeTask:
+    def _task(
+        self,
+        operation: str,
+        vm: FakeVM,
+        duration: float,
+        effect: Callable[[], None],
+        *,
+        target: str | None = None,
+        request_id: str = "",
+    ) -> FakeTask:
         now = self.clock()
         task = FakeTask(
-            id=str(uuid.uuid4()), operation=operation, vm=vm.id, target=target, created=now,
-            wall=self.wall(now), queued=self.timing.queued, duration=duration, effect=effect,
-            fail=self._fail_next.pop((vm.id, operation), None), request_id=request_id,
+            id=str(uuid.uuid4()),
+            operation=operation,
+            vm=vm.id,
+            target=target,
+            created=now,
+            wall=self.wall(now),
+            queued=self.timing.queued,
+            duration=duration,
+            effect=effect,
+            fail=self._fail_next.pop((vm.id, operation), None),
+            request_id=request_id,
         )
         self.tasks[task.id] = task
         return task
@@ -269,8 +307,7 @@ class PrismState:
 
     def _migrating(self, vm: FakeVM) -> bool:
         return any(
-            t.vm == vm.id and not t.done and t.operation == "VmMigrate"
-            for t in self.tasks.values()
+            t.vm == vm.id and not t.done and t.operation == "VmMigrate" for t in self.tasks.values()
         )
 
     def migrate(self, vm_id: str, host_id: str, *, request_id: str = "") -> FakeTask:
@@ -302,8 +339,14 @@ class PrismState:
                 vm.host = target.id
                 vm.touch()
 
-            return self._task("VmMigrate", vm, self.timing.migrate, arrive,
-                              target=target.id, request_id=request_id)
+            return self._task(
+                "VmMigrate",
+                vm,
+                self.timing.migrate,
+                arrive,
+                target=target.id,
+                request_id=request_id,
+            )
 
     def power(self, vm_id: str, transition: str, *, request_id: str = "") -> FakeTask:
         """``transition``: ON, OFF (hard) or ACPI_SHUTDOWN."""
@@ -334,11 +377,11 @@ class PrismState:
             if transition == "ON":
                 return self._task("VmPowerOn", vm, self.timing.power, on, request_id=request_id)
             if transition == "OFF":
-                return self._task("VmPowerOff", vm, self.timing.power, off,
-                                  request_id=request_id)
+                return self._task("VmPowerOff", vm, self.timing.power, off, request_id=request_id)
             if transition == "ACPI_SHUTDOWN":
-                return self._task("VmShutdown", vm, self.timing.shutdown, shutdown,
-                                  request_id=request_id)
+                return self._task(
+                    "VmShutdown", vm, self.timing.shutdown, shutdown, request_id=request_id
+                )
             raise ApiError(400, f"unknown power transition {transition!r}")
 
     def place(self, vm_id: str, hosts: list[str], *, request_id: str = "") -> FakeTask:
@@ -358,5 +401,11 @@ class PrismState:
                 vm.affinity = list(hosts)
                 vm.touch()
 
-            return self._task("VmUpdate", vm, self.timing.place, pin,
-                              target=hosts[0] if hosts else None, request_id=request_id)
+            return self._task(
+                "VmUpdate",
+                vm,
+                self.timing.place,
+                pin,
+                target=hosts[0] if hosts else None,
+                request_id=request_id,
+            )

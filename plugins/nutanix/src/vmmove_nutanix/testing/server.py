@@ -99,8 +99,12 @@ class FakePrism:
             request_handler=_Quiet,
             ssl_context=server_context(),
         )
+        server = self._server
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="vmmove-fake-prism", daemon=True
+            # a short select timeout: shutdown() waits for it (0.5 s by default, per test)
+            target=lambda: server.serve_forever(poll_interval=0.02),
+            name="vmmove-fake-prism",
+            daemon=True,
         )
         self._thread.start()
         return self
