@@ -30,6 +30,7 @@ class _Config:
     uri: str | None = None
     password: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    journal: str | None = None
 
 
 def _config_path(settings: Settings) -> tuple[Path, bool]:
@@ -61,7 +62,7 @@ def _read_config(path: Path, explicit: bool) -> _Config:
         except tomllib.TOMLDecodeError as exc:
             # The decoder names line and column, never the value: no secret leaks here.
             raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"uri", "password", "options"})
+    unknown = sorted(set(data) - {"uri", "password", "options", "journal"})
     if unknown:
         raise InvalidInput(f"config file {path}: unknown key(s) {', '.join(unknown)}")
     uri, options = data.get("uri"), data.get("options", {})
@@ -74,16 +75,39 @@ def _read_config(path: Path, explicit: bool) -> _Config:
     password = options.pop("password", None) or data.get("password")
     if password is not None and not isinstance(password, str):
         raise InvalidInput(f"config file {path}: password must be a string")
-    holds_password = password is not None or (uri is not None and _has_password(uri))
+    journal = data.get("journal")
+    if journal is not None and not isinstance(journal, str):
+        raise InvalidInput(f"config file {path}: journal must be a string")
+    holds_password = (
+        password is not None
+        or (uri is not None and _has_password(uri))
+        or (journal is not None and _has_password(journal))
+    )
     if holds_password and os.name == "posix" and mode & 0o077:
         raise InvalidInput(
             f"config file {path} holds a password but others can read it "
             f"(mode {mode & 0o777:04o}); run: chmod 600 {path}"
         )
-    return _Config(uri=uri, password=password, options=options)
+    return _Config(uri=uri, password=password, options=options, journal=journal)
+
+
+def journal_setting(ctx: click.Context) -> str | None:
+    """The journal: ``$VMMOVE_JOURNAL``, else the config file's ``journal`` (``None``: the
+    default SQLite file)."""
+    settings: Settings = ctx.find_object(Settings) or Settings(None, False, None, False)
+    return os.environ.get("VMMOVE_JOURNAL") or _read_config(*_config_path(settings)).journal
 
 
 def connect(ctx: click.Context) -> Connection:
+    import vmmove  # noqa: PLC0415
+
+    uri, options = connect_options(ctx)
+    journal = None if os.environ.get("VMMOVE_JOURNAL") else journal_setting(ctx)
+    return vmmove.connect(uri, journal=journal, **options)
+
+
+def connect_options(ctx: click.Context) -> tuple[str | None, dict[str, Any]]:
+    """The estate's URI and the backend's options (credentials included) for this command."""
     import vmmove  # noqa: PLC0415
 
     settings: Settings = ctx.find_object(Settings) or Settings(None, False, None, False)
@@ -110,7 +134,7 @@ def connect(ctx: click.Context) -> Connection:
             "vmmove: no --uri, VMMOVE_URI or config file: using the built-in simulator",
             err=True,
         )
-    return vmmove.connect(uri, **options)
+    return uri, options
 
 
 def secret_option(uri: str | None) -> str | None:

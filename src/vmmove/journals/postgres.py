@@ -122,9 +122,9 @@ class PgJournal:
         #: a save needs this much of the lease left: a worker frozen right after a save
         #: still has this long before anyone may adopt the record
         self.margin = self.lease / 3
-        self.retry_for = (
-            retry_for if retry_for is not None else (self.margin if owner else RETRY_FOR)
-        )
+        # An owner retries as long as its lease may last: the fence refuses it after that.
+        self.retry_for = retry_for if retry_for is not None else (lease if owner else RETRY_FOR)
+        self._app = f"vmmove {owner}"[:63] if owner else "vmmove"  # who is who in pg_stat_activity
         self._lock = threading.RLock()
         self._db: psycopg.Connection[Any] | None = None
         self._backoff = threading.Event()  # never set: a pause between reconnects
@@ -157,7 +157,7 @@ class PgJournal:
                 self._dsn,
                 autocommit=True,
                 connect_timeout=_CONNECT_TIMEOUT,
-                application_name="vmmove",
+                application_name=self._app,
             )
         except psycopg.Error as exc:
             raise ConnectionFailed(
@@ -169,7 +169,7 @@ class PgJournal:
     def connect_raw(self) -> psycopg.Connection[Any]:
         """Another connection to the same database (the listener's, a watcher's)."""
         return psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, application_name="vmmove"
+            self._dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, application_name=self._app
         )
 
     def _refused(self, exc: psycopg.Error) -> VMMoveError:

@@ -220,11 +220,13 @@ def _count(
         counts["cluster"][c] = counts["cluster"].get(c, 0) + 1
 
 
-def settle_item(journal: PgJournal, item_id: str, state: str, note: str) -> None:
-    """A claimed move that never became a record (refused at once) ends here."""
+def settle_item(journal: PgJournal, worker: str, item_id: str, state: str, note: str) -> None:
+    """A claimed move that never became a record (refused at once) ends here, only while
+    the claim is still this worker's (a frozen worker may wake up to a claim long gone)."""
     journal.query(
-        "UPDATE vmmove_queue SET state = %s, note = %s, ended_at = now() WHERE id = %s",
-        (state, note, item_id),
+        "UPDATE vmmove_queue SET state = %s, note = %s, ended_at = now() WHERE id = %s "
+        "AND worker = %s AND state = 'claimed' AND record IS NULL",
+        (state, note, item_id, worker),
     )
 
 

@@ -133,11 +133,13 @@ class Worker:
 
     def heartbeat(self) -> None:
         sent = time.monotonic()
+        # Only what this worker drives: a record it dropped must expire for others to adopt.
         rows = self.store.query(
             "WITH w AS (UPDATE vmmove_workers SET seen_at = now() WHERE id = %(me)s) "
             "UPDATE vmmove_records SET lease_until = now() + %(lease)s * interval '1 second' "
-            "WHERE owner = %(me)s AND NOT terminal AND lease_until > now() RETURNING id",
-            {"me": self.id, "lease": self.lease},
+            "WHERE owner = %(me)s AND id = ANY(%(ids)s) AND NOT terminal "
+            "AND lease_until > now() RETURNING id",
+            {"me": self.id, "lease": self.lease, "ids": self.sup.active()},
         )
         held = {r[0] for r in rows}
         self.sup.keep_only(held)
@@ -198,7 +200,9 @@ class Worker:
             return  # the claim went back to the queue meanwhile: someone else has it
         except VMMoveError as exc:
             # Refused at once (the VM is gone, another move holds it...): nothing moved.
-            queue.settle_item(self.store, item.id, "refused", f"{type(exc).__name__}: {exc}")
+            queue.settle_item(
+                self.store, self.id, item.id, "refused", f"{type(exc).__name__}: {exc}"
+            )
         finally:
             self.store.claim.reset(token)
 

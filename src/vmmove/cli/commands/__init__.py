@@ -7,6 +7,7 @@ from vmmove.cli.commands.fleet import consolidate, evacuate, rebalance
 from vmmove.cli.commands.inventory import backends, check, hosts, vms
 from vmmove.cli.commands.metrics import metrics
 from vmmove.cli.commands.migrations import attach, cancel, history, migrate, show
+from vmmove.cli.commands.worker import watch, worker
 
 COMMANDS = (
     backends,
@@ -23,4 +24,6 @@ COMMANDS = (
     consolidate,
     demo,
     metrics,
+    worker,
+    watch,
 )

@@ -156,6 +156,7 @@ def _limits(
 @click.command()
 @click.argument("host")
 @_fleet_options
+@click.option("--queue", is_flag=True, help="Queue the moves for `vmmove worker`s; return.")
 @json_option
 @click.pass_context
 def evacuate(
@@ -170,10 +171,24 @@ def evacuate(
     per_target: int,
     per_cluster: int,
     total: int | None,
+    queue: bool,
     as_json: bool,
 ) -> None:
     """Move every VM off HOST (for maintenance), or say why one cannot move."""
     from vmmove import fleet  # noqa: PLC0415
+
+    if queue and not dry_run:
+        from vmmove.cli.commands.worker import queue_plan  # noqa: PLC0415
+
+        queue_plan(
+            ctx,
+            lambda conn: fleet.evacuate(
+                conn, host, headroom=headroom, policy=policy, max_downtime=max_downtime
+            ),
+            _limits(per_source, per_target, per_cluster, total),
+            as_json,
+        )
+        return
 
     _fleet_run(
         ctx,

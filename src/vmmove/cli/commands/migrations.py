@@ -8,7 +8,7 @@ from datetime import datetime
 
 import click
 
-from vmmove.cli.config import Settings, connect
+from vmmove.cli.config import Settings, connect, journal_setting
 from vmmove.cli.errors import UserError
 from vmmove.cli.live import follow_and_report
 from vmmove.cli.options import json_option, spec_kwargs, spec_options
@@ -19,6 +19,7 @@ from vmmove.outcomes import ExitCode
 @click.command()
 @click.argument("vm")
 @spec_options
+@click.option("--queue", is_flag=True, help="Queue it for the workers of a PostgreSQL journal.")
 @json_option
 @click.pass_context
 def migrate(
@@ -32,9 +33,11 @@ def migrate(
     policy: str,
     max_downtime: int | None,
     bandwidth: int | None,
+    queue: bool,
     as_json: bool,
 ) -> None:
-    """Move VM to another host and watch it. Ctrl-C cancels (before the commit point)."""
+    """Move VM to another host and watch it. Ctrl-C cancels (before the commit point).
+    With --queue: put it in the journal's queue for `vmmove worker` and return."""
     kwargs = spec_kwargs(
         live=live,
         cold=cold,
@@ -44,6 +47,11 @@ def migrate(
         bandwidth=bandwidth,
     )
     with connect(ctx) as conn:
+        if queue:
+            from vmmove.cli.commands.worker import queue_move  # noqa: PLC0415
+
+            queue_move(conn, vm, to, kwargs)
+            return
         migration = conn.migrate(vm, to, **kwargs)
         rec = migration.record
         header = (
@@ -59,10 +67,20 @@ def migrate(
 def cancel(ctx: click.Context, migration_id: str) -> None:
     """Ask migration ID to cancel, wherever it is supervised. Exit 3 if it is past its
     commit point or over."""
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.errors import NotFound  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
 
-    journal = Journal()
-    record = journal.get(migration_id)
+    journal = open_journal(journal_setting(ctx))
+    try:
+        record = journal.get(migration_id)
+    except NotFound:
+        if not hasattr(journal, "channel"):
+            raise
+        from vmmove.worker.queue import cancel_item  # noqa: PLC0415
+
+        # Not a record: a queued move, cancelled here if no worker claimed it yet.
+        click.echo(f"queued move {migration_id}: {cancel_item(journal, migration_id)}")  # type: ignore[arg-type]
+        return
     if not record.phase.cancellable:
         raise UserError(
             f"migration {record.id} cannot be cancelled now ({record.phase.value}; "
@@ -80,11 +98,12 @@ def cancel(ctx: click.Context, migration_id: str) -> None:
 @click.command()
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @json_option
-def history(limit: int, as_json: bool) -> None:
+@click.pass_context
+def history(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Recent migrations from the journal, newest first."""
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
 
-    records = Journal().list(limit=limit)
+    records = open_journal(journal_setting(ctx)).list(limit=limit)
     if as_json:
         print_json(records)
         return
@@ -114,9 +133,9 @@ def history(limit: int, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, migration_id: str, refresh: bool, as_json: bool) -> None:
     """One migration's record: phases with times, policy steps, figures, where the VM is."""
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
 
-    journal = Journal()
+    journal = open_journal(journal_setting(ctx))
     record = journal.get(migration_id)
     if refresh and record.phase.terminal and record.located_at is None:
         settings: Settings = ctx.find_object(Settings) or Settings(None, False, None, False)
@@ -142,9 +161,9 @@ def show(ctx: click.Context, migration_id: str, refresh: bool, as_json: bool) ->
 @click.pass_context
 def attach(ctx: click.Context, migration_id: str, as_json: bool) -> None:
     """Supervise migration ID again after the process that started it died."""
-    from vmmove.journal import Journal  # noqa: PLC0415
+    from vmmove.journals import open_journal  # noqa: PLC0415
 
-    journal = Journal()
+    journal = open_journal(journal_setting(ctx))
     settings: Settings = ctx.find_object(Settings) or Settings(None, False, None, False)
     if settings.uri is None:
         # Reconnect to the estate the record was written for (credentials from env/config).
