@@ -79,8 +79,16 @@ def estate(tmp_path: Path, pg_dsn: str) -> Iterator[Estate]:
     inventory = tmp_path / "estate.toml"
     _estate(inventory)
     sim = subprocess.Popen(
-        [sys.executable, "-m", "vmmove.sim", "serve", "--speed", str(SPEED)]
-        + ["--inventory", str(inventory)],
+        [
+            sys.executable,
+            "-m",
+            "vmmove.sim",
+            "serve",
+            "--speed",
+            str(SPEED),
+            "--inventory",
+            str(inventory),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
