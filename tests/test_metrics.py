@@ -194,3 +194,15 @@ def test_metrics_serve_shows_the_journal_of_other_processes(journal_exporter: st
     assert total(after, "vmmove_phase_duration_seconds_count", phase="transferring") == 2
     assert "_created" not in text  # rebuilt per scrape: no creation time that looks like a reset
     assert "db-1" not in text
+
+
+def test_the_docs_list_every_family_with_its_labels() -> None:
+    page = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    rows = {
+        cells[1].strip("` "): cells[3].strip()
+        for line in page.splitlines()
+        if line.startswith("| `vmmove_") and len(cells := line.split("|")) > 4
+    }
+    assert set(rows) == {f.name for f in FAMILIES}
+    for f in FAMILIES:
+        assert rows[f.name] == ", ".join(f.labels), f.name
