@@ -62,8 +62,16 @@ def run(pg: PostgresServer, n: int, workers: int, args: Any, kill: bool = False)
         inventory = Path(tmp) / "estate.toml"
         sources = write_estate(inventory, n)
         sim = subprocess.Popen(
-            [sys.executable, "-m", "vmmove.sim", "serve", "--speed", str(args.speed)]
-            + ["--inventory", str(inventory)],  # noqa: RUF005
+            [
+                sys.executable,
+                "-m",
+                "vmmove.sim",
+                "serve",
+                "--speed",
+                str(args.speed),
+                "--inventory",
+                str(inventory),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
