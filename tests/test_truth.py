@@ -360,3 +360,29 @@ def test_a_lost_answer_to_a_cold_move_is_looked_for_before_asking_again(
     # Acted on: found by its request id, never asked twice; never received: asked once more.
     assert calls == ([calls[0]] if acted else [calls[0], calls[0]])
     assert any("acted on the move request" in w for w in record.warnings) is acted
+
+
+def test_a_cancel_the_platform_cannot_honour_answers_false_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = estate()
+    caps = dataclasses.replace(conn.backend.capabilities, cancel=False)
+    monkeypatch.setattr(conn.backend, "capabilities", caps)
+    monkeypatch.setattr(conn.backend, "cancel_refusal", "this toy cannot abort its jobs")
+    m = conn.migrate("v", to="b")
+    answers = []
+    for event in m.events():
+        if event.phase is Phase.TRANSFERRING and not answers:
+            answers.append(m.cancel())
+    record = m.wait(0)
+    assert answers == [False]
+    assert record.phase is Phase.COMPLETED  # nothing was pretended: it went on
+    assert [w for w in record.warnings if w.startswith("cancel refused")] == [
+        "cancel refused: this toy cannot abort its jobs; the migration goes on"
+    ]
+    # Before the platform holds a job the engine stops a migration itself.
+    queued = conn.migrate("w", to="b")
+    assert queued.cancel() is True
+    with pytest.raises(vmmove.MigrationCancelled):
+        queued.wait()
+    assert conn.backend.locate(conn.vm("w").id) == "a"

@@ -233,6 +233,9 @@ class Backend(abc.ABC):
     capabilities: Capabilities = Capabilities()
     #: How often the engine polls a running job, in seconds of this backend's clock.
     poll_interval: float = 1.0
+    #: why a started job cannot be cancelled, where ``capabilities.cancel`` is false: the
+    #: record keeps it beside the refused cancel (``Migration.cancel()`` answers ``False``)
+    cancel_refusal: ClassVar[str] = "the platform cannot abort a running migration"
 
     @property
     def clock(self) -> Clock:

@@ -2,7 +2,8 @@
 Central (v4.0) and as Prism Element alone (v2.0).
 
 Nutanix migrate tasks cannot be cancelled (``cancel=False``): the kit skips the tests that
-need an abort, and the cancel test is replaced by what is true here (below).
+need an abort, and its cancel test checks the refusal instead (``cancel()`` answers False,
+the record says why, the migration goes on).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Callable
 import pytest
 
 from vmmove.engine import Connection
+from vmmove.errors import NotSupported
 from vmmove.events import EventKind
 from vmmove.machine import Phase
 from vmmove.model import MigrationMode
 from vmmove.store import RecordStore
-from vmmove.testing.contract import BackendContract, ContractSetup, check_events
+from vmmove.testing.contract import BackendContract, ContractSetup
 from vmmove_nutanix.backend import NO_CANCEL
 from vmmove_nutanix.testing import FakePrism
 
@@ -46,41 +48,15 @@ class TestNutanixContract(BackendContract):
             fail_cold_step=fail_cold_step,
         )
 
-    def test_cancel_before_commit_leaves_vm_on_source(self, setup: ContractSetup) -> None:
-        """Replaced: a Nutanix migration cannot be cancelled. A cancel is not pretended:
-        the migration goes on to its end, the record says why the cancel did nothing, and
-        the VM is where the inventory says."""
+    def test_abort_is_not_pretended(self, setup: ContractSetup) -> None:
+        """The kit's cancel test checks that cancel() answers False with the reason in the
+        record; the backend's own abort refuses too, should anything call it."""
         conn = setup.connection
-        vm = conn.vm(setup.running_vm)
-        target = conn.host(setup.target)
-        m = conn.migrate(vm.id, to=target.id, mode=MigrationMode.LIVE)
-        events = []
-        for event in m.events(timeout=setup.timeout):
-            events.append(event)
-            if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
-                m.cancel()
-        setup.witness.check()
-        check_events(events)
-        record = m.wait(0)
-        assert record.phase is Phase.COMPLETED
-        assert record.vm_host == target.id == conn.vm(vm.id).host
-        assert any("cannot abort" in w for w in record.warnings), record.warnings
         assert not conn.capabilities.cancel
-        with pytest.raises(Exception, match="cannot be cancelled"):
-            conn.backend.abort(m._run.job)  # type: ignore[arg-type]
-        assert "isCancelable" in NO_CANCEL
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="core: Migration.cancel() answers True when the backend declares no cancel; "
-        "needs the core change described in the Nutanix report",
-    )
-    def test_cancel_answers_false_with_a_recorded_reason(self, setup: ContractSetup) -> None:
-        conn = setup.connection
+        assert conn.backend.cancel_refusal == NO_CANCEL
         m = conn.migrate(setup.running_vm, to=setup.target, mode=MigrationMode.LIVE)
-        answered = None
         for event in m.events(timeout=setup.timeout):
             if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
-                answered = m.cancel()
-        assert answered is False
-        assert any("cannot be cancelled" in w for w in m.record.warnings)
+                with pytest.raises(NotSupported, match="cannot be cancelled"):
+                    conn.backend.abort(m._run.job)  # type: ignore[arg-type]
+        assert m.wait(0).phase is Phase.COMPLETED

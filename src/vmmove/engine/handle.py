@@ -63,12 +63,17 @@ class Migration:
         return self._run.record
 
     def cancel(self) -> bool:
-        """Ask for a cancel. ``False`` when it comes too late (past the commit point or done);
-        the outcome is read from :attr:`record`."""
+        """Ask for a cancel. ``False`` when it comes too late (past the commit point or done)
+        or cannot take effect (a platform that cannot abort a started job: the record says
+        why); the outcome is read from :attr:`record`."""
         run = self._run
         with self._sup.cond:
             if not run.phase.cancellable or run.cancel_requested:
                 return run.cancel_requested and not run.phase.terminal
+            refused = run.cancel_refused()
+            if refused is not None:
+                run.refuse_cancel(refused)
+                return False
             run.cancel_requested = True
         self._sup.poke(run)
         return True

@@ -196,6 +196,22 @@ class MigrationRun:
             self.enter(phase, "" if i == len(path) - 1 else INFERRED)
         return True
 
+    def cancel_refused(self) -> str | None:
+        """Why a cancel asked now could not take effect, or ``None`` when it can: before the
+        platform holds a job the engine stops the migration itself; once it does (or may, an
+        answer being lost), only a platform that can abort it can."""
+        if self.backend.capabilities.cancel:
+            return None
+        if self.cold is not None:
+            if self.cold.step in ("stopping", "forcing"):
+                return None  # not moved yet: the core starts it again where it was
+        elif self.job is None and self.lost_start_since is None:
+            return None
+        return self.backend.cancel_refusal
+
+    def refuse_cancel(self, reason: str) -> None:
+        self.warn_once("cancel-refused", f"cancel refused: {reason}; the migration goes on")
+
     def warn(self, message: str) -> None:
         self.save(warnings=(*self.record.warnings, message))
         self.emit(EventKind.WARNING, message)

@@ -70,6 +70,10 @@ class Supervisor:
             return
         for _, _, run in self._heap:
             if run.record.id in ids and run.phase.cancellable and not run.cancel_requested:
+                refused = run.cancel_refused()
+                if refused is not None:
+                    run.refuse_cancel(f"(asked by another process) {refused}")
+                    continue
                 run.cancel_requested = True
                 run.warn("cancel requested by another process")
 

@@ -51,6 +51,7 @@ _POWER = {"on": PowerState.RUNNING, "off": PowerState.STOPPED, "paused": PowerSt
 
 class NutanixBackend(Backend):
     scheme = "nutanix"
+    cancel_refusal = NO_CANCEL
     capabilities = CAPABILITIES
 
     def __init__(self, uri: str, options: Mapping[str, Any]) -> None:
