@@ -23,6 +23,7 @@ import vmmove
 from vmmove.journal import Journal
 from vmmove.machine import Phase
 from vmmove.model import MigrationMode, MigrationSpec
+from vmmove.policy import PRESETS
 from vmmove.sim import SimBackend, parse
 from vmmove.store import MemoryStore
 
@@ -72,7 +73,15 @@ def run_physics_only(n: int) -> float:
         target = backend.host(f"dst-{i % max(n // 10, 1)}")
         spec = MigrationSpec(vm=vm.id, target=target.id)
         jobs.append(
-            backend.start(vm, target, spec, MigrationMode.LIVE, needs=frozenset(), reservation=None)
+            backend.start(
+                vm,
+                target,
+                spec,
+                MigrationMode.LIVE,
+                policy=PRESETS["balanced"],
+                needs=frozenset(),
+                reservation=None,
+            )
         )
     for _ in range(100_000):
         if not jobs:
