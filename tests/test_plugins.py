@@ -52,8 +52,9 @@ def test_autoload_switch_leaves_only_builtins(
     tiny_installed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMMOVE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    schemes = [s.scheme for s in load_plugins(reload=True).backends.all()]
-    assert schemes == ["sim"]
+    specs = load_plugins(reload=True).backends.all()
+    # the built-in simulator alone: in process (sim://) and as a shared server (sim+http://)
+    assert [(s.scheme, s.plugin) for s in specs] == [("sim", "sim"), ("sim+http", "sim")]
 
 
 def test_blocked_plugin_is_not_loaded(
