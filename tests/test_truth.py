@@ -297,6 +297,15 @@ def test_steps_the_platform_decides_count_as_skipped_steps(monkeypatch: pytest.M
     skipped = [s for s in record.steps if not s.applied]
     assert [s.step for s in skipped] == ["'postcopy' is the cluster's call"]
     assert skipped[0].reason == "decided by the platform"
+    assert "'postcopy' is the cluster's call" in record.warnings  # said at the start too
+    # ... and the CLI's summary lists it once, as a skipped step
+    from rich.console import Console
+
+    from vmmove.cli.render import summary
+
+    console = Console(record=True, width=200)
+    summary(console, record)
+    assert console.export_text().count("'postcopy' is the cluster's call") == 1
 
 
 def test_a_cold_move_reports_progress_while_the_vm_moves() -> None:

@@ -121,8 +121,10 @@ def summary(console: Console, record: MigrationRecord) -> None:
     for s in record.steps:
         how = "[green]applied[/]" if s.applied else "[yellow]skipped[/]"
         console.print(f"  {'':<11} {how} {s.step}" + (f" ({s.reason})" if s.reason else ""))
+    listed = {s.step for s in record.steps}  # a step the platform decides is shown once
     for w in record.warnings:
-        console.print(f"  [yellow]warning[/]     {w}")
+        if w not in listed:
+            console.print(f"  [yellow]warning[/]     {w}")
 
 
 def plan_text(console: Console, plan: Any) -> None:
