@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vmmove.plugins import capabilities_markdown, load_plugins
+from vmmove.testing.docs import marked_block
 
 PAGE = Path(__file__).parents[1] / "docs" / "backends" / "index.md"
 #: every backend this repository ships (plugins/*), besides the built-in simulator
@@ -18,11 +19,7 @@ def test_the_capabilities_table_is_generated_from_the_declarations() -> None:
     missing = SHIPPED - {s.plugin for s in specs}
     if missing:  # a partial install (CI installs every plugin under plugins/)
         pytest.skip(f"not installed here: {', '.join(sorted(missing))}")
-    page = PAGE.read_text()
-    block = page.split("<!-- capabilities-table -->\n", 1)[1].split(
-        "<!-- /capabilities-table -->", 1
-    )[0]
-    assert block.strip() == capabilities_markdown(specs), (
+    assert marked_block(PAGE, "capabilities-table") == capabilities_markdown(specs), (
         "regenerate with: python -c 'from vmmove.plugins import *; "
         "print(capabilities_markdown(load_plugins().backends.all()))'"
     )

@@ -3,7 +3,6 @@ refuses what is not declared (the simulator's own options too) before anything c
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 import vmmove
 from vmmove.options import markdown_table
 from vmmove.plugins import load_plugins
+from vmmove.testing.docs import marked_block
 from vmmove_kubevirt.options import OPTIONS
 
 CANARY = "canary-7f3a9e"
@@ -18,11 +18,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "backends" / "kubevirt.md"
 
 
 def test_the_docs_table_is_the_declaration() -> None:
-    block = re.search(
-        r"<!-- options-table -->\n(.*?)\n<!-- /options-table -->", DOC.read_text(), re.S
-    )
-    assert block is not None, f"no options-table block in {DOC}"
-    assert block.group(1) == markdown_table(OPTIONS)
+    assert marked_block(DOC, "options-table") == markdown_table(OPTIONS)
 
 
 def test_the_backend_is_registered_with_its_declaration() -> None:

@@ -232,11 +232,11 @@ def test_the_plugin_serves_qemu_transports_and_named_clusters() -> None:
 
 def test_the_docs_options_table_is_the_declaration() -> None:
     from vmmove.options import markdown_table
+    from vmmove.testing.docs import marked_block
     from vmmove_libvirt.config import OPTIONS
 
-    page = (Path(__file__).parents[3] / "docs" / "backends" / "libvirt.md").read_text()
-    block = page.split("<!-- options-table -->\n", 1)[1].split("\n<!-- /options-table -->", 1)[0]
-    assert block == markdown_table(OPTIONS)
+    page = Path(__file__).parents[3] / "docs" / "backends" / "libvirt.md"
+    assert marked_block(page, "options-table") == markdown_table(OPTIONS)
 
 
 def test_the_registered_options_are_parsed_by_the_core() -> None:

@@ -3,7 +3,6 @@ refuses what is not declared (or not of its kind) before anything connects."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 import vmmove
 from vmmove.options import markdown_table, parse
 from vmmove.plugins import load_plugins
+from vmmove.testing.docs import marked_block
 from vmmove_nutanix.options import OPTIONS
 
 CANARY = "canary-ntnx-3c9d"
@@ -19,11 +19,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "backends" / "nutanix.md"
 
 
 def test_the_docs_table_is_the_declaration() -> None:
-    block = re.search(
-        r"<!-- options-table -->\n(.*?)\n<!-- /options-table -->", DOC.read_text(), re.S
-    )
-    assert block is not None, f"no options-table block in {DOC}"
-    assert block.group(1) == markdown_table(OPTIONS)
+    assert marked_block(DOC, "options-table") == markdown_table(OPTIONS)
 
 
 def test_the_backend_is_registered_with_its_declaration() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from vmmove.errors import (
 from vmmove.options import markdown_table
 from vmmove.options import parse as parse_options
 from vmmove.plugins import load_plugins
+from vmmove.testing.docs import marked_block
 from vmmove_vsphere import faults
 from vmmove_vsphere.options import OPTIONS, Settings, settings
 
@@ -117,10 +117,7 @@ def test_options_from_the_query_and_thumbprint_forms() -> None:
 
 
 def test_docs_options_table_is_the_declaration() -> None:
-    text = DOCS.read_text()
-    found = re.search(r"<!-- options-table -->\n(.*?)\n<!-- /options-table -->", text, re.S)
-    assert found is not None, f"{DOCS} has no options-table block"
-    assert found.group(1) == markdown_table(OPTIONS)
+    assert marked_block(DOCS, "options-table") == markdown_table(OPTIONS)
 
 
 def test_secret_option_never_shows_its_value() -> None:
