@@ -15,9 +15,10 @@ PUBLIC = {
     "MemoryStore", "Migration", "MigrationCancelled", "MigrationError", "MigrationEvent",
     "MigrationFailed", "MigrationMode", "MigrationRecord", "MigrationSpec", "MigrationTimedOut",
     "NotFound", "NotSupported", "Phase", "Policy", "PostcopyFailed", "PowerState",
-    "PrecheckFailed", "Problem", "Progress", "RecordStore", "Reservation", "ReservationRefused",
+    "PrecheckFailed", "Prediction", "Problem", "Progress", "RecordStore", "Reservation",
+    "ReservationRefused",
     "Secret", "Side", "Step", "Storage", "VMInfo", "VMMoveError", "WaitTimeout", "__version__",
-    "attach", "connect", "hookimpl",
+    "attach", "connect", "hookimpl", "predict",
 }  # fmt: skip
 
 

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
         VMInfo,
     )
     from vmmove.policy import PRESETS, Policy, Step
+    from vmmove.prediction import Prediction
+    from vmmove.prediction import predict_migration as predict
     from vmmove.secrets import Secret
     from vmmove.store import MemoryStore, RecordStore
 
@@ -82,6 +84,8 @@ _LAZY = {
         "vmmove.model",
     ),
     **dict.fromkeys(("PRESETS", "Policy", "Step"), "vmmove.policy"),
+    "Prediction": "vmmove.prediction",
+    "predict": "vmmove.prediction:predict_migration",
     "Secret": "vmmove.secrets",
     **dict.fromkeys(("MemoryStore", "RecordStore"), "vmmove.store"),
 }  # fmt: skip
@@ -91,7 +95,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'vmmove' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = module.partition(":")  # "module:attr" where the names differ
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value
     return value
 
@@ -141,6 +146,7 @@ __all__ = [
     "PostcopyFailed",
     "PowerState",
     "PrecheckFailed",
+    "Prediction",
     "Problem",
     "Progress",
     "RecordStore",
@@ -157,6 +163,7 @@ __all__ = [
     "attach",
     "connect",
     "hookimpl",
+    "predict",
 ]
 
 DEFAULT_URI = "sim://"

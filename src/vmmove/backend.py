@@ -328,6 +328,12 @@ class Backend(abc.ABC):
     def abort(self, job: Job) -> None:
         """Ask the platform to abort the job. The outcome is observed through ``poll``."""
 
+    def sample_dirty_rate(self, vm: VMInfo) -> float | None:
+        """Measure how fast the running ``vm`` dirties its memory now, in bytes/s, for a
+        prediction (:meth:`vmmove.Connection.predict`). May take a second or two; ``None``
+        where the platform cannot say. The default is the inventory's own figure."""
+        return vm.dirty_rate
+
     # ---- cold migration primitives (``Capabilities.relocate_stopped``) ----------------
     def power_off(self, vm: VMInfo, *, force: bool) -> None:
         """Ask the platform to stop the VM: a guest shutdown (ACPI), or a hard power-off

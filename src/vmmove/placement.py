@@ -12,20 +12,18 @@ VM groups and requirements are read from :attr:`VMInfo.extra` (comma-separated l
 Where the VMs of a group run comes from :attr:`PlacementContext.groups`
 (:func:`build_context` fills it from an inventory).
 
-:func:`predict` is the migration cost model shared with the fleet planner: the data a
-pre-copy migration sends and how long it takes at a given bandwidth share, and whether it
-converges at all.
+:func:`predict` (from :mod:`vmmove.prediction`, the one migration cost model) ranks hosts
+by what moving there costs.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vmmove.errors import InvalidInput, PrecheckFailed
-from vmmove.model import HostInfo, HostState, MiB, PowerState, Problem, Storage, VMInfo
+from vmmove.model import HostInfo, HostState, Problem, Storage, VMInfo
+from vmmove.prediction import DEFAULT_LINK, Cost, link_of, predict, working_set
 
 __all__ = [
     "DEFAULT_LINK",
@@ -44,9 +42,6 @@ __all__ = [
     "predict",
     "working_set",
 ]
-
-#: Outgoing link assumed for a host that does not say (``extra["link_mib_s"]``): 10 GbE.
-DEFAULT_LINK = 1170.0 * MiB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,32 +82,6 @@ def _names(value: str | None) -> list[str]:
 def groups_of(vm: VMInfo) -> tuple[list[str], list[str]]:
     """The VM's affinity and anti-affinity group names, from ``extra``."""
     return _names(vm.extra.get("affinity")), _names(vm.extra.get("anti_affinity"))
-
-
-def link_of(host: HostInfo | None, default: float = DEFAULT_LINK) -> float:
-    """A host's outgoing link in bytes/s, from ``extra["link_mib_s"]``."""
-    if host is None:
-        return default
-    try:
-        value = float(host.extra.get("link_mib_s", ""))
-    except ValueError:
-        return default
-    return value * MiB if value > 0 else default
-
-
-def working_set(vm: VMInfo) -> int:
-    """Memory the guest keeps rewriting (``extra["working_set_mib"]``), else all of it."""
-    try:
-        return min(int(float(vm.extra["working_set_mib"]) * MiB), vm.memory)
-    except (KeyError, ValueError):
-        return vm.memory
-
-
-def _resident(vm: VMInfo) -> int:
-    try:
-        return min(int(float(vm.extra["resident_mib"]) * MiB), vm.memory)
-    except (KeyError, ValueError):
-        return vm.memory  # zero pages unknown: every page is sent once
 
 
 # ---- filters ----------------------------------------------------------------------------
@@ -204,94 +173,6 @@ def anti_affinity(vm: VMInfo, host: HostInfo, ctx: PlacementContext) -> str | No
                 f"{n} other VM{'s' if many else ''} of group {group} run{'' if many else 's'} there"
             )
     return None
-
-
-# ---- the cost model ---------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Cost:
-    """A predicted migration at a given bandwidth share (see :func:`predict`)."""
-
-    seconds: float  # transfer and pause, without the platform's fixed set-up time
-    data: int  # bytes sent
-    passes: int
-    converges: bool  # pre-copy reaches a pause within the downtime limit
-    rate: float  # bytes/s assumed
-    need: float  # bytes/s below which pre-copy converges slowly or not at all
-
-    def __str__(self) -> str:
-        state = "" if self.converges else ", does not converge"
-        return (
-            f"~{self.seconds:.0f} s, {self.data / (1 << 30):.1f} GiB at "
-            f"{self.rate / MiB:.0f} MiB/s{state}"
-        )
-
-
-def predict(
-    vm: VMInfo,
-    rate: float,
-    *,
-    downtime: Iterable[tuple[int, float]] = ((1, 0.3), (2, 0.5), (4, 1.0)),
-    max_passes: int = 30,
-) -> Cost:
-    """Predict a live pre-copy migration of ``vm`` at ``rate`` bytes/s.
-
-    Pass 1 sends the resident memory (``extra["resident_mib"]``, else all of it); each
-    later pass sends what the guest dirtied meanwhile, at most its working set. A pass that
-    leaves ``pending / rate`` within the downtime limit of that pass switches over.
-    ``downtime`` lists (from pass, seconds) as the policy raises the limit. A migration
-    whose passes stop shrinking does not converge. A stopped VM costs its memory once.
-    """
-    running = vm.power is PowerState.RUNNING
-    dirty = float(vm.dirty_rate or 0.0) if running else 0.0
-    return _predict(
-        dirty,
-        working_set(vm),
-        _resident(vm),
-        max(rate, 1.0),
-        limits=tuple(sorted(downtime)),
-        max_passes=max_passes,
-    )
-
-
-@functools.lru_cache(maxsize=16384)
-def _predict(
-    dirty: float,
-    ws: int,
-    resident: int,
-    rate: float,
-    *,
-    limits: tuple[tuple[int, float], ...],
-    max_passes: int,
-) -> Cost:
-    d_max = max((s for _, s in limits), default=0.3)
-    need = 0.0 if dirty <= 0 else min(dirty / 0.8, ws / d_max)
-    size = float(resident)
-    if dirty <= 0:
-        return Cost(
-            seconds=size / rate, data=resident, passes=1, converges=True, rate=rate, need=need
-        )
-    seconds = data = 0.0
-    n = 0
-    for n in range(1, max_passes + 1):
-        t = size / rate
-        seconds += t
-        data += size
-        pending = min(float(ws), dirty * t)
-        limit = max((s for i, s in limits if i <= n), default=0.3)
-        if pending / rate <= limit:
-            seconds += pending / rate
-            return Cost(
-                seconds=seconds,
-                data=int(data + pending),
-                passes=n,
-                converges=True,
-                rate=rate,
-                need=need,
-            )
-        if n > 1 and pending >= size * 0.999:
-            break  # passes stopped shrinking: it stalls
-        size = pending
-    return Cost(seconds=math.inf, data=int(data), passes=n, converges=False, rate=rate, need=need)
 
 
 # ---- weighers ---------------------------------------------------------------------------

@@ -109,12 +109,24 @@ class SetBandwidth:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AutoConverge:
-    """Throttle the guest's vCPUs so it dirties memory slower than it is sent."""
+    """Throttle the guest's vCPUs so it dirties memory slower than it is sent. ``initial``
+    and ``increment`` (percent) set the first throttle and its step per pass where the
+    platform takes them (libvirt's ``auto_converge.initial``/``.increment``; QEMU's own
+    default is 20 then +10); ``None`` leaves the platform's."""
 
+    initial: int | None = None
+    increment: int | None = None
+    #: the engine chooses ``initial`` and ``increment`` from the measured dirty and transfer
+    #: rates (:func:`vmmove.prediction.sized_throttle`) instead of creeping up from 20 %
+    sized: bool = False
     capability = "auto_converge"
 
     def __str__(self) -> str:
-        return "auto-converge"
+        if self.sized:
+            return "auto-converge(sized)"
+        if self.initial is None and self.increment is None:
+            return "auto-converge"
+        return f"auto-converge({self.initial or 20}%+{self.increment or 10}%)"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,6 +188,9 @@ class Policy:
     shutdown_timeout: float = 120.0
     boot_timeout: float = 300.0
     description: str = ""
+    #: the longest switch-over pause (ms) the steps may allow unless the caller's
+    #: ``max_downtime`` says otherwise (``None``: the steps' own); presets keep to 1 s
+    pause_cap_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -188,6 +203,8 @@ class Policy:
         )
         if not all(limit > 0 for limit in limits):
             raise InvalidInput("policy budgets and timeouts must be positive")
+        if self.pause_cap_ms is not None and self.pause_cap_ms <= 0:
+            raise InvalidInput("pause_cap_ms must be positive")
         for step in self.steps:
             if not isinstance(step, Step):
                 raise InvalidInput(f"policy steps must be Step, not {type(step).__name__}")
@@ -205,6 +222,10 @@ class Policy:
                 raise InvalidInput("SetDowntime.ms must be positive")
             if isinstance(act, SetBandwidth) and act.mib_s <= 0:
                 raise InvalidInput("SetBandwidth.mib_s must be positive")
+            if isinstance(act, AutoConverge) and not all(
+                v is None or 1 <= v <= 99 for v in (act.initial, act.increment)
+            ):
+                raise InvalidInput("AutoConverge.initial and .increment are percent, 1..99")
 
     @property
     def needs(self) -> frozenset[str]:
@@ -221,16 +242,19 @@ def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:
 
 
 def _presets() -> dict[str, Policy]:
-    # Downtime limits bound the *expected* pause at the (possibly capped) pre-copy rate; the
-    # stop-and-copy runs uncapped at link speed, so under a bandwidth cap a generous limit
-    # costs far less real downtime than its number (QEMU 10, 32 MiB/s cap: a 5 s limit paused
-    # 193 ms). Balanced raises it far only when pre-copy alone cannot converge.
+    # No preset lets the guest pause longer than 1 s on its own (pause_cap_ms): on a real
+    # link the stop-and-copy pays the link like every other byte, so a 5 s limit is a 5 s
+    # freeze. Beyond that a preset throttles the guest (auto-converge, its first throttle
+    # sized from the measured rates) or switches to post-copy; the caller's max_downtime
+    # can allow a longer pause, and then balanced's emergency step uses it.
     balanced = _steps(
         (AtIteration(n=2), SetDowntime(ms=500)),
         (AtIteration(n=4), SetDowntime(ms=1_000)),
-        (DirtyRateAbove(share=0.8), SetDowntime(ms=5_000)),
+        (DirtyRateAbove(share=0.8), AutoConverge(sized=True)),
+        (DirtyRateAbove(share=0.8, from_iteration=3), SetDowntime(ms=5_000)),
         (Stalled(seconds=30), AutoConverge()),
     )
+    capped = 1_000
     return {
         p.name: p
         for p in (
@@ -244,13 +268,15 @@ def _presets() -> dict[str, Policy]:
                     (AtIteration(n=3), SetDowntime(ms=500)),
                     (AtIteration(n=5), SetDowntime(ms=1_000)),
                 ),
+                pause_cap_ms=capped,
                 description="small downtime steps, never post-copy, abort at budget",
             ),
             Policy(
                 name="balanced",
                 steps=balanced,
-                description="downtime steps, a large one if pre-copy cannot converge, "
-                "auto-converge on a stall; never post-copy",
+                pause_cap_ms=capped,
+                description="downtime steps to 1 s, auto-converge sized from the measured "
+                "rates if pre-copy cannot converge; never post-copy",
             ),
             Policy(
                 name="converge",
@@ -260,16 +286,19 @@ def _presets() -> dict[str, Policy]:
                     (AtIteration(n=4), PostCopy()),
                     (Stalled(seconds=20), PostCopy()),
                 ),
+                pause_cap_ms=capped,
                 description="downtime steps, then post-copy: always converges",
             ),
             Policy(
                 name="minimal-downtime",
                 steps=_steps((AtIteration(n=2), PostCopy())),
+                pause_cap_ms=capped,
                 description="post-copy after the first pass: the shortest pause",
             ),
             Policy(
                 name="cold-fallback",
                 steps=(*balanced, Step(trigger=BudgetShare(share=0.8), action=ColdFallback())),
+                pause_cap_ms=capped,
                 description="balanced, then stop-move-start if it still will not converge",
             ),
         )

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from vmmove.backend import JobRef
-from vmmove.errors import ConnectionFailed, InvalidInput, NotFound
+from vmmove.errors import ConnectionFailed, InvalidInput, NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
-from vmmove.policy import PRESETS
+from vmmove.policy import PRESETS, AtIteration, AutoConverge, Policy, Step
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -760,3 +760,35 @@ def _check(backend: Any, vm: Any, target: Any, spec: MigrationSpec) -> list[Any]
     """The backend's pre-check with the mode and policy resolved, as the engine calls it."""
     mode = MigrationMode.LIVE if spec.mode is MigrationMode.AUTO else spec.mode
     return list(backend.check(vm, target, spec, mode=mode, policy=PRESETS["balanced"]))
+
+
+def test_auto_converge_throttle_goes_with_the_call_and_cannot_change_later(
+    cluster: Any,
+) -> None:
+    backend, fake = cluster()
+    dom = fake.hosts["qemu+tcp://a/system"].doms.get(UUID) or FakeDom(
+        fake.hosts["qemu+tcp://a/system"]
+    )
+    own = Policy(
+        name="throttle",
+        steps=(Step(trigger=AtIteration(n=2), action=AutoConverge(initial=60, increment=15)),),
+    )
+    job = backend.start(
+        vm_on("a"),
+        host_info("b"),
+        MigrationSpec(vm=UUID),
+        MigrationMode.LIVE,
+        policy=own,
+        needs=frozenset({"auto_converge"}),
+        reservation=None,
+        request_id="req-ac",
+    )
+    wait_for(lambda: bool(dom.calls) and dom.calls[-1][0] == "migrate")
+    _, _, params, _ = dom.calls[-1]
+    assert (params["auto_converge.initial"], params["auto_converge.increment"]) == (60, 15)
+    # a throttle sized mid-flight (the engine's AutoConverge(sized)) is not pretended
+    with pytest.raises(NotSupported, match="only when the migration starts"):
+        backend.tune(job, AutoConverge(initial=88, increment=10))
+    assert backend.tune(job, AutoConverge()) is None  # armed at start: QEMU's own rule
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)

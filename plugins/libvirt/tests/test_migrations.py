@@ -124,19 +124,24 @@ def test_a_target_that_cannot_hold_the_vm_is_refused_before_anything_moves(
 
 
 def test_dirty_at_link_rate_completes_under_the_default_policy(guests: Any, connect: Any) -> None:
+    """balanced never allows a pause over 1 s: a guest dirtying at the link's rate converges
+    by being throttled (auto-converge, armed at the start), not by a long stop-and-copy.
+    How long that takes is the benchmark's to report (libvirt_convergence.py)."""
     guests.create("vt-busy", wait_beats=3, **BUSY)
     conn = connect()
     m = conn.migrate("vt-busy", to=HOST_B, mode=MigrationMode.LIVE, bandwidth=LINK)
-    run(m)
+    run(m, timeout=300)
     record = m.wait(0)
     assert record.policy == "balanced"
     assert record.phase is Phase.COMPLETED
     assert record.vm_host == HOST_B
-    applied = [s.step for s in record.steps if s.applied]
-    assert any("dirty-rate" in s and "5000ms" in s for s in applied), record.steps
+    # The 5 s step is held to the preset's 1 s cap; a throttle sized mid-flight is not
+    # pretended on libvirt (it takes the throttle with the call).
+    downtimes = [s for s in record.steps if "5000ms" in s.step]
+    assert all(not s.applied or "pause cap 1000 ms" in s.reason for s in downtimes), downtimes
+    sized = [s for s in record.steps if "auto-converge(sized)" in s.step]
+    assert all(not s.applied and "only when the migration starts" in s.reason for s in sized)
     figures = record.figures
-    assert figures.total_time is not None
-    assert figures.total_time < 2 * BOUND  # the benchmark holds it to 1.2x
     assert figures.downtime_ms is not None
     assert figures.downtime_ms < 1000
     guests.assert_alive_and_intact("vt-busy")

@@ -45,6 +45,7 @@ from vmmove.policy import (
     Policy,
     resolve,
 )
+from vmmove.prediction import Prediction, predict_migration
 from vmmove.store import MemoryStore, RecordStore
 
 if TYPE_CHECKING:
@@ -225,6 +226,45 @@ class Connection:
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
             return precheck(self, info, spec, policy)[2]
+
+    @_keywords_checked
+    def predict(
+        self,
+        vm: str | VMInfo | None = None,
+        to: str | HostInfo | None = None,
+        *,
+        spec: MigrationSpec | None = None,
+        policy: str | Policy | None = None,
+        bandwidth: int | None = None,
+        max_downtime: int | None = None,
+    ) -> Prediction:
+        """Predict a live migration before it starts (nothing moves): total time, pause, data,
+        whether it converges and which policy steps fire, from a dirty-rate sample the
+        backend takes now and the link between the hosts (:mod:`vmmove.prediction`). The
+        target is chosen as :meth:`migrate` would when none is named; ``PrecheckFailed``
+        when no host can take the VM."""
+        options = _given(
+            mode=MigrationMode.LIVE, policy=policy, bandwidth=bandwidth, max_downtime=max_downtime
+        )
+        spec = self._spec(vm, to, spec, options)
+        pol = resolve(spec.policy, self.plugins.policies)
+        info = self.backend.vm(spec.vm)
+        with self._sup.cond:
+            _, target, problems = precheck(self, info, spec, pol)
+        if target is None:
+            raise PrecheckFailed(f"no host can take {info.name}", problems)
+        if info.power is PowerState.RUNNING:
+            sampled = self.backend.sample_dirty_rate(info)
+            if sampled is not None:
+                info = replace(info, dirty_rate=sampled)
+        return predict_migration(
+            info,
+            self.backend.host(info.host),
+            target,
+            pol,
+            bandwidth=spec.bandwidth,
+            max_downtime=spec.max_downtime,
+        )
 
     @_keywords_checked
     def migrate(

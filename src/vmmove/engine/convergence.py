@@ -13,9 +13,11 @@ from vmmove.errors import (
     PostcopyFailed,
 )
 from vmmove.machine import Phase
+from vmmove.model import MiB
 from vmmove.policy import (
     Abort,
     AtIteration,
+    AutoConverge,
     BudgetShare,
     ColdFallback,
     DirtyRateAbove,
@@ -23,6 +25,7 @@ from vmmove.policy import (
     Stalled,
     Step,
 )
+from vmmove.prediction import sized_throttle
 
 if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
@@ -118,13 +121,26 @@ def apply_step(run: MigrationRun, step: Step) -> None:
         return
     note = ""
     if isinstance(action, SetDowntime):
-        cap = run.spec.max_downtime
+        cap, whose = run.spec.max_downtime, "max_downtime"
+        if cap is None:
+            cap, whose = run.policy.pause_cap_ms, f"the {run.policy.name} policy's pause cap"
         if cap is not None and action.ms > cap:
-            action, note = SetDowntime(ms=cap), f"clamped to max_downtime {cap} ms"
-        if action.ms <= run.downtime_ms:
-            # Policies raise the limit; a later, smaller step never lowers it.
-            run.record_step(step, applied=False, reason=f"limit is {run.downtime_ms} ms already")
-            return
+            action, note = SetDowntime(ms=cap), f"clamped to {whose} {cap} ms"
+    elif isinstance(action, AutoConverge) and action.sized:
+        dirty, rate = run.progress.dirty_rate, run.progress.transfer_rate
+        if dirty and rate:
+            first, more = sized_throttle(dirty, rate)
+            action = AutoConverge(initial=first, increment=more)
+            note = (
+                f"throttle {first}% then +{more}% a pass, sized from {dirty / MiB:.1f} MiB/s "
+                f"dirtied against {rate / MiB:.1f} MiB/s sent"
+            )
+        else:
+            action, note = AutoConverge(), "no measured rates to size it: the platform's own"
+    if isinstance(action, SetDowntime) and action.ms <= run.downtime_ms:
+        # Policies raise the limit; a later, smaller step never lowers it.
+        run.record_step(step, applied=False, reason=f"limit is {run.downtime_ms} ms already")
+        return
     try:
         soon = run.backend.tune(run.job, action)
     except NotSupported as exc:

@@ -30,7 +30,7 @@ The package: :mod:`~vmmove.fleet.plan` (the plan model), :mod:`~vmmove.fleet.pla
 from __future__ import annotations
 
 from vmmove.fleet.executor import Executor, execute
-from vmmove.fleet.plan import Move, Plan, Stay, downtime_schedule, overcommits
+from vmmove.fleet.plan import Move, Plan, Stay, overcommits
 from vmmove.fleet.planners import (
     consolidate,
     evacuate,
@@ -42,6 +42,7 @@ from vmmove.fleet.planners import (
     rebalance,
 )
 from vmmove.fleet.report import Attempt, FleetEvent, Limits, Outcome, Report
+from vmmove.prediction import downtime_schedule
 
 __all__ = [
     "Attempt",

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmmove.errors import PrecheckFailed, VMMoveError, WaitTimeout
-from vmmove.fleet.plan import Move, Plan, Stay, downtime_schedule, memory_limit
+from vmmove.fleet.plan import Move, Plan, Stay, memory_limit
 from vmmove.fleet.planning import plural, resolve_policy
 from vmmove.fleet.report import Attempt, FleetEvent, Limits, Outcome, Report
 from vmmove.fleet.tasks import Task, busy, time_left
@@ -22,6 +22,7 @@ from vmmove.machine import Phase
 from vmmove.model import HostInfo, PowerState, VMInfo
 from vmmove.placement import best, build_context, link_of, predict, working_set
 from vmmove.policy import Policy
+from vmmove.prediction import downtime_schedule
 
 if TYPE_CHECKING:
     from vmmove.engine import Connection, Migration

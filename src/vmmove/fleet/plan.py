@@ -2,8 +2,8 @@
 
 :class:`Move` (one planned migration, why, where, predicted cost), :class:`Stay` (a VM
 that cannot move, and why), :class:`Plan` (ordered moves, stays, hosts emptied, figures
-before and after); :func:`overcommits` replays a plan against host capacity and
-:func:`downtime_schedule` says how a policy raises the downtime limit pass by pass.
+before and after); :func:`overcommits` replays a plan against host capacity. Each move's
+cost comes from :mod:`vmmove.prediction`, the one migration cost model.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vmmove.model import HostInfo, MigrationMode
-from vmmove.placement import Cost
-from vmmove.policy import AtIteration, Policy, SetDowntime
+from vmmove.prediction import Cost
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,17 +156,3 @@ def overcommits(plan: Plan, hosts: Iterable[HostInfo]) -> list[tuple[int, str, i
 def memory_limit(host: HostInfo, headroom: float) -> int:
     """Memory a host may hold: what the ``memory`` placement filter allows."""
     return host.capacity.memory - int(host.capacity.memory * headroom)
-
-
-def downtime_schedule(
-    policy: Policy, max_downtime: int | None = None
-) -> tuple[tuple[int, float], ...]:
-    """(from pass, seconds) as ``policy`` raises the downtime limit pass by pass (only the
-    steps triggered by the pass count; emergency steps are not planned on)."""
-    cap = max_downtime / 1000 if max_downtime else None
-    out = [(1, min(0.3, cap) if cap else 0.3)]
-    for step in policy.steps:
-        if isinstance(step.trigger, AtIteration) and isinstance(step.action, SetDowntime):
-            s = step.action.ms / 1000
-            out.append((step.trigger.n, min(s, cap) if cap else s))
-    return tuple(sorted(out))

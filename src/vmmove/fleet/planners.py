@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from vmmove.errors import NotFound, PrecheckFailed
-from vmmove.fleet.plan import Move, Plan, Stay, downtime_schedule, memory_limit
+from vmmove.fleet.plan import Move, Plan, Stay, memory_limit
 from vmmove.fleet.planning import (
     assign,
     check_cluster,
@@ -39,6 +39,7 @@ from vmmove.placement import (
     predict,
 )
 from vmmove.policy import Policy
+from vmmove.prediction import downtime_schedule
 
 if TYPE_CHECKING:
     from vmmove.engine import Connection

@@ -551,6 +551,10 @@ class SimBackend(Backend):
                 if not sj.auto_converge_allowed:
                     raise NotSupported("auto-converge must be enabled when the job starts")
                 sj.auto_converge = True
+                if action.initial is not None:
+                    sj.throttle_first = action.initial / 100
+                if action.increment is not None:
+                    sj.throttle_step = action.increment / 100
             elif isinstance(action, PostCopy):
                 if not sj.postcopy_allowed:
                     raise NotSupported("post-copy must be enabled when the job starts")

@@ -6,7 +6,8 @@ the previous one, ``min(working_set, dirty_rate * (1 - throttle) * pass_time)``.
 of a pass the job switches over once ``pending / rate <= downtime_limit`` (as QEMU decides,
 at the capped pre-copy rate); the stop-and-copy itself runs uncapped at the link's speed,
 so the real pause is shorter than the limit allowed. Auto-converge throttles the guest
-20 % at the first pass that did not converge, then 10 % more per pass, up to 99 %.
+20 % at the first pass that did not converge, then 10 % more per pass, up to 99 % (or as
+the policy's step sets them: initial and increment).
 
 Every migration from one host shares that host's link: rates are water-filled (a job
 capped below its fair share leaves the rest to the others). Time advances link by link
@@ -55,6 +56,8 @@ class SimJob:
     downtime_limit: float = DEFAULT_DOWNTIME_MS / 1000
     auto_converge: bool = False
     auto_converge_allowed: bool = False
+    throttle_first: float = THROTTLE_FIRST  # auto-converge's first throttle, and its step
+    throttle_step: float = THROTTLE_STEP
     postcopy_allowed: bool = False
     recheck: bool = False  # limits changed mid-pass: test for switchover at once
     # -- state --
@@ -236,7 +239,8 @@ def _events(job: SimJob, link: Link, on_end: _EndHook) -> None:
             return
         if job.auto_converge:
             job.throttle = min(
-                THROTTLE_MAX, THROTTLE_FIRST if job.throttle == 0 else job.throttle + THROTTLE_STEP
+                THROTTLE_MAX,
+                job.throttle_first if job.throttle == 0 else job.throttle + job.throttle_step,
             )
         _new_pass(job, pending)
     elif state == "switch" and job.timer <= _EPS:

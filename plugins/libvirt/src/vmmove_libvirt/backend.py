@@ -780,6 +780,7 @@ class LibvirtBackend(Backend):
                 source=source,
                 dest=dest,
                 spec=spec,
+                policy=policy,
                 needs=needs,
                 request_id=request_id,
                 common=common,
@@ -887,6 +888,7 @@ class LibvirtBackend(Backend):
         source: HostConn,
         dest: HostConn,
         spec: MigrationSpec,
+        policy: Policy,
         needs: frozenset[str],
         request_id: str,
         common: dict[str, Any],
@@ -919,6 +921,15 @@ class LibvirtBackend(Backend):
             params[lv.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
         if spec.bandwidth is not None:
             params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] = spec.bandwidth
+        throttle = next(
+            (s.action for s in policy.steps if isinstance(s.action, AutoConverge)), None
+        )
+        if auto_converge and throttle is not None:
+            # A policy's own first throttle and step (a sized one is known only mid-flight).
+            if throttle.initial is not None:
+                params[lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = throttle.initial
+            if throttle.increment is not None:
+                params[lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = throttle.increment
         # The downtime limit starts at QEMU's default, or at the cap if lower; set it every time,
         # since a limit left by an earlier, failed migration would otherwise carry over.
         downtime = min(QEMU_DEFAULT_DOWNTIME_MS, spec.max_downtime or QEMU_DEFAULT_DOWNTIME_MS)
@@ -982,6 +993,12 @@ class LibvirtBackend(Backend):
         elif isinstance(action, AutoConverge):
             if not st.auto_converge:
                 raise NotSupported("auto-converge must be enabled when the job starts")
+            if action.initial is not None or action.increment is not None:
+                # libvirt takes auto_converge.initial/.increment with the call, not later.
+                raise NotSupported(
+                    "libvirt sets auto-converge's throttle only when the migration starts: "
+                    "QEMU throttles by its own rule (20 % then +10 % a pass)"
+                )
             return None  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
         elif isinstance(action, PostCopy):
             if not st.postcopy_enabled:

@@ -4,6 +4,7 @@ pre-checks, nothing moves)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,9 +17,15 @@ from vmmove.cli.render import (
     plain,
     print_json,
     rate_text,
+    seconds_text,
     size_text,
 )
 from vmmove.outcomes import ExitCode
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from vmmove.prediction import Prediction
 
 
 @click.command()
@@ -127,6 +134,12 @@ def vms(ctx: click.Context, as_json: bool) -> None:
 @click.command()
 @click.argument("vm")
 @spec_options
+@click.option(
+    "--predict",
+    "with_prediction",
+    is_flag=True,
+    help="also predict the live migration: time, pause, data, converges, policy steps",
+)
 @json_option
 @click.pass_context
 def check(
@@ -140,6 +153,7 @@ def check(
     policy: str,
     max_downtime: int | None,
     bandwidth: int | None,
+    with_prediction: bool,
     as_json: bool,
 ) -> None:
     """Run the pre-checks for moving VM, without moving anything. Exit 3 if refused."""
@@ -151,11 +165,17 @@ def check(
         max_downtime=max_downtime,
         bandwidth=bandwidth,
     )
+    prediction = None
     with connect(ctx) as conn:
         problems = conn.check(vm, to, **kwargs)
-    refused = any(p.severity == "error" for p in problems)
+        refused = any(p.severity == "error" for p in problems)
+        if with_prediction and not refused:
+            prediction = conn.predict(
+                vm, to, policy=policy, bandwidth=bandwidth, max_downtime=max_downtime
+            )
     if as_json:
-        print_json({"vm": vm, "target": to, "ok": not refused, "problems": problems})
+        out = {"vm": vm, "target": to, "ok": not refused, "problems": problems}
+        print_json({**out, "prediction": prediction} if with_prediction else out)
     else:
         console = new_console()
         where = f" to {to}" if to else ""
@@ -166,5 +186,27 @@ def check(
         for p in problems:
             color = "red" if p.severity == "error" else "yellow"
             console.print(f"  [{color}]{p.severity:<7}[/] {p.code:<16} {p.message}")
+        if prediction is not None:
+            prediction_text(console, prediction)
     if refused:
         ctx.exit(ExitCode.REFUSED)
+
+
+def prediction_text(console: Console, p: Prediction) -> None:
+    verdict = "converges" if p.converges else "[red]does not converge[/]"
+    how = " with post-copy" if p.postcopy else ""
+    console.print(f"  prediction  {verdict}{how} under policy {p.policy}")
+    rows = [
+        ("total time", seconds_text(p.total_time)),
+        ("pause", "-" if p.downtime_ms is None else f"{p.downtime_ms:.0f} ms"),
+        ("data sent", size_text(p.data)),
+        ("passes", str(p.passes)),
+        ("link", rate_text(p.rate)),
+        ("dirty rate", rate_text(p.dirty_rate)),
+    ]
+    for label, value in rows:
+        console.print(f"  {label:<11} {value}")
+    for step in p.steps:
+        console.print(f"  {'':<11} fires {step}")
+    for note in p.basis:
+        console.print(f"  [dim]{'':<11} {note}[/]")

@@ -1,0 +1,380 @@
+"""Predicting a migration before it starts: one model for the caller, placement and the fleet.
+
+:func:`predict` is the pre-copy cost model the placement weigher and the fleet planners use:
+pass 1 sends the resident memory, each later pass what the guest dirtied meanwhile (at most
+its working set), and a pass whose leftovers fit the downtime limit of that pass switches
+over. :func:`predict_migration` walks a whole :class:`~vmmove.policy.Policy` over the same
+passes: which steps fire and when, auto-converge's throttle, post-copy, the caller's caps,
+and says what it assumed (:attr:`Prediction.basis`).
+
+Inputs are what the inventory knows: the VM's dirty rate (a platform sample, libvirt's
+dirty-rate calculation; the simulator's model), its working set and resident memory
+(``extra``), and the link between the hosts (``extra["link_mib_s"]``, else 10 GbE).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from vmmove.model import HostInfo, MiB, PowerState, VMInfo
+from vmmove.policy import (
+    Abort,
+    AtIteration,
+    AutoConverge,
+    BudgetShare,
+    ColdFallback,
+    DirtyRateAbove,
+    Policy,
+    PostCopy,
+    SetBandwidth,
+    SetDowntime,
+    Stalled,
+    Step,
+)
+
+__all__ = [
+    "DEFAULT_LINK",
+    "Cost",
+    "Prediction",
+    "downtime_schedule",
+    "link_of",
+    "predict",
+    "predict_migration",
+    "resident",
+    "sized_throttle",
+    "working_set",
+]
+
+#: Outgoing link assumed for a host that does not say (``extra["link_mib_s"]``): 10 GbE.
+DEFAULT_LINK = 1170.0 * MiB
+#: QEMU's defaults: the downtime limit, and auto-converge's first throttle and its step.
+QEMU_DOWNTIME_S = 0.3
+AC_INITIAL, AC_INCREMENT, AC_MAX = 20, 10, 99
+#: The pause of a post-copy switch: device state only (QEMU ~5 ms on a LAN).
+POSTCOPY_PAUSE_S = 0.005
+SWITCH_OVERHEAD_S = 0.02
+
+
+def link_of(host: HostInfo | None, default: float = DEFAULT_LINK) -> float:
+    """A host's outgoing link in bytes/s, from ``extra["link_mib_s"]``."""
+    if host is None:
+        return default
+    try:
+        value = float(host.extra.get("link_mib_s", ""))
+    except ValueError:
+        return default
+    return value * MiB if value > 0 else default
+
+
+def working_set(vm: VMInfo) -> int:
+    """Memory the guest keeps rewriting (``extra["working_set_mib"]``), else all of it."""
+    try:
+        return min(int(float(vm.extra["working_set_mib"]) * MiB), vm.memory)
+    except (KeyError, ValueError):
+        return vm.memory
+
+
+def resident(vm: VMInfo) -> int:
+    """Memory pass 1 sends (``extra["resident_mib"]``), else all of it."""
+    try:
+        return min(int(float(vm.extra["resident_mib"]) * MiB), vm.memory)
+    except (KeyError, ValueError):
+        return vm.memory  # zero pages unknown: every page is sent once
+
+
+def downtime_schedule(
+    policy: Policy, max_downtime: int | None = None
+) -> tuple[tuple[int, float], ...]:
+    """(from pass, seconds) as ``policy`` raises the downtime limit pass by pass (only the
+    steps triggered by the pass count; emergency steps are not planned on)."""
+    cap_ms = max_downtime if max_downtime else policy.pause_cap_ms
+    cap = cap_ms / 1000 if cap_ms else None
+    out = [(1, min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S)]
+    for step in policy.steps:
+        if isinstance(step.trigger, AtIteration) and isinstance(step.action, SetDowntime):
+            s = step.action.ms / 1000
+            out.append((step.trigger.n, min(s, cap) if cap else s))
+    return tuple(sorted(out))
+
+
+def sized_throttle(dirty: float, rate: float) -> tuple[int, int]:
+    """Auto-converge's first throttle and its step (percent) for a guest dirtying ``dirty``
+    bytes/s over a transfer of ``rate`` bytes/s: at once the throttle that leaves the guest a
+    quarter of the rate (a pass then shrinks the rest fourfold), instead of QEMU's creep from
+    20 % by 10 % a pass; the step is larger when the first throttle is already high."""
+    if dirty <= 0 or rate <= 0:
+        return AC_INITIAL, AC_INCREMENT
+    initial = math.ceil(100 * (1 - 0.25 * rate / dirty))
+    initial = max(AC_INITIAL, min(initial, AC_MAX))
+    increment = max(AC_INCREMENT, min((AC_MAX - initial) // 2, 30))
+    return initial, increment
+
+
+# ---- the pre-copy cost model -----------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cost:
+    """A predicted migration at a given bandwidth share (see :func:`predict`)."""
+
+    seconds: float  # transfer and pause, without the platform's fixed set-up time
+    data: int  # bytes sent
+    passes: int
+    converges: bool  # pre-copy reaches a pause within the downtime limit
+    rate: float  # bytes/s assumed
+    need: float  # bytes/s below which pre-copy converges slowly or not at all
+
+    def __str__(self) -> str:
+        state = "" if self.converges else ", does not converge"
+        return (
+            f"~{self.seconds:.0f} s, {self.data / (1 << 30):.1f} GiB at "
+            f"{self.rate / MiB:.0f} MiB/s{state}"
+        )
+
+
+def predict(
+    vm: VMInfo,
+    rate: float,
+    *,
+    downtime: Iterable[tuple[int, float]] = ((1, 0.3), (2, 0.5), (4, 1.0)),
+    max_passes: int = 30,
+) -> Cost:
+    """Predict a live pre-copy migration of ``vm`` at ``rate`` bytes/s.
+
+    ``downtime`` lists (from pass, seconds) as the policy raises the limit. A migration
+    whose passes stop shrinking does not converge. A stopped VM costs its memory once.
+    """
+    running = vm.power is PowerState.RUNNING
+    dirty = float(vm.dirty_rate or 0.0) if running else 0.0
+    return _predict(
+        dirty,
+        working_set(vm),
+        resident(vm),
+        max(rate, 1.0),
+        limits=tuple(sorted(downtime)),
+        max_passes=max_passes,
+    )
+
+
+@functools.lru_cache(maxsize=16384)
+def _predict(
+    dirty: float,
+    ws: int,
+    resident: int,
+    rate: float,
+    *,
+    limits: tuple[tuple[int, float], ...],
+    max_passes: int,
+) -> Cost:
+    d_max = max((s for _, s in limits), default=QEMU_DOWNTIME_S)
+    need = 0.0 if dirty <= 0 else min(dirty / 0.8, ws / d_max)
+    size = float(resident)
+    if dirty <= 0:
+        return Cost(
+            seconds=size / rate, data=resident, passes=1, converges=True, rate=rate, need=need
+        )
+    seconds = data = 0.0
+    n = 0
+    for n in range(1, max_passes + 1):
+        t = size / rate
+        seconds += t
+        data += size
+        pending = min(float(ws), dirty * t)
+        limit = max((s for i, s in limits if i <= n), default=QEMU_DOWNTIME_S)
+        if pending / rate <= limit:
+            seconds += pending / rate
+            return Cost(
+                seconds=seconds,
+                data=int(data + pending),
+                passes=n,
+                converges=True,
+                rate=rate,
+                need=need,
+            )
+        if n > 1 and pending >= size * 0.999:
+            break  # passes stopped shrinking: it stalls
+        size = pending
+    return Cost(seconds=math.inf, data=int(data), passes=n, converges=False, rate=rate, need=need)
+
+
+# ---- a whole policy over the same passes -------------------------------------------------
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prediction:
+    """What a live migration is predicted to do, before it starts."""
+
+    vm: str
+    source: str
+    target: str
+    policy: str
+    rate: float  # bytes/s of the link assumed
+    dirty_rate: float  # bytes/s the guest was measured (or assumed) to dirty
+    converges: bool  # ends within the policy's limits (post-copy counts)
+    total_time: float | None  # seconds of transfer and pause; None: it does not end
+    downtime_ms: float | None  # the switch-over pause
+    data: int  # bytes sent
+    passes: int
+    postcopy: bool  # the policy switches it to post-copy
+    steps: tuple[str, ...]  # the policy steps predicted to fire, in order
+    basis: tuple[str, ...]  # what the prediction assumed, to judge it by
+
+    @property
+    def bound(self) -> float:
+        """Seconds the memory that must cross takes at the link rate alone."""
+        return self.data / self.rate if self.rate > 0 else math.inf
+
+
+def predict_migration(
+    vm: VMInfo,
+    source: HostInfo | None,
+    target: HostInfo,
+    policy: Policy,
+    *,
+    bandwidth: int | None = None,
+    max_downtime: int | None = None,
+    max_passes: int = 60,
+) -> Prediction:
+    """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
+
+    The link is the slower of the two hosts' (``bandwidth`` MiB/s caps it). Triggers map onto
+    passes: ``AtIteration`` from its pass; ``DirtyRateAbove`` once the guest (throttled, if
+    auto-converge runs) dirties that share of the rate; ``Stalled`` once passes stop
+    shrinking for its seconds; ``BudgetShare`` at that share of the completion budget.
+    ``SetDowntime`` raises the limit (never above ``max_downtime``), ``AutoConverge``
+    throttles from the next pass (QEMU's 20 % then +10 % a pass, or the step's own),
+    ``PostCopy`` switches at the end of the pass, ``Abort``/``ColdFallback`` end the live
+    attempt. Fixed set-up time of the platform is not included.
+    """
+    basis: list[str] = []
+    rate = min(link_of(source), link_of(target))
+    basis.append(f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else 10 GbE)")
+    if bandwidth:
+        rate = min(rate, bandwidth * MiB)
+        basis.append(f"capped at {bandwidth} MiB/s by the caller")
+    running = vm.power is PowerState.RUNNING
+    dirty = float(vm.dirty_rate or 0.0) if running else 0.0
+    if running and vm.dirty_rate is None:
+        basis.append("dirty rate not measured: assumed 0 (the prediction is a lower bound)")
+    elif running:
+        basis.append(f"dirty rate {dirty / MiB:.1f} MiB/s (the platform's sample)")
+    ws, size = working_set(vm), float(resident(vm))
+    cap_ms = max_downtime if max_downtime else policy.pause_cap_ms
+    cap = cap_ms / 1000 if cap_ms else None
+    budget = policy.budget(vm.memory)
+
+    limit = min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S
+    fired: list[Step] = []
+    throttle = 0.0
+    throttle_step = 0.0
+    elapsed = data = 0.0
+    stalled_since: float | None = None
+    smallest = math.inf
+
+    def fire(step: Step) -> None:
+        nonlocal limit, rate, throttle_step
+        fired.append(step)
+        act = step.action
+        if isinstance(act, SetDowntime):
+            limit = max(limit, min(act.ms / 1000, cap) if cap else act.ms / 1000)
+        elif isinstance(act, SetBandwidth):
+            rate = min(rate, act.mib_s * MiB)
+        elif isinstance(act, AutoConverge) and throttle_step == 0:
+            throttle_step = -1.0  # starts with the next pass
+
+    def outcome(converges: bool, pause: float | None, *, postcopy: bool = False) -> Prediction:
+        return Prediction(
+            vm=vm.id,
+            source=source.id if source else vm.host,
+            target=target.id,
+            policy=policy.name,
+            rate=rate,
+            dirty_rate=dirty,
+            converges=converges,
+            total_time=elapsed if converges else None,
+            downtime_ms=pause * 1000 if pause is not None else None,
+            data=int(data),
+            passes=n,
+            postcopy=postcopy,
+            steps=tuple(str(s) for s in fired),
+            basis=tuple(basis),
+        )
+
+    n = 0
+    for n in range(1, max_passes + 1):
+        if throttle_step < 0:  # auto-converge armed last pass: QEMU's first throttle now
+            ac = next(s.action for s in fired if isinstance(s.action, AutoConverge))
+            assert isinstance(ac, AutoConverge)
+            if ac.sized:
+                first, more = sized_throttle(dirty, rate)
+            else:
+                first, more = ac.initial or AC_INITIAL, ac.increment or AC_INCREMENT
+            throttle, throttle_step = first / 100, more / 100
+        elif throttle_step > 0:
+            throttle = min(throttle + throttle_step, AC_MAX / 100)
+        guest = dirty * (1 - throttle)
+        # The engine sees pass n begin (and the rate measured over pass n-1): steps fire
+        # now, and a platform tests for switch-over at once when its limits change.
+        stalled = None if stalled_since is None else elapsed - stalled_since
+        now_fired = [
+            step
+            for step in policy.steps
+            if step not in fired
+            and _holds(
+                step, n=n, guest=guest, rate=rate, elapsed=elapsed, budget=budget, stalled=stalled
+            )
+        ]
+        for step in now_fired:
+            fire(step)
+            if isinstance(step.action, (Abort, ColdFallback)):
+                basis.append(f"the live attempt ends at {step}")
+                return outcome(False, None)
+        if any(isinstance(s.action, PostCopy) for s in now_fired):
+            elapsed += POSTCOPY_PAUSE_S + size / rate  # the rest, pulled over the link
+            data += size
+            return outcome(True, POSTCOPY_PAUSE_S, postcopy=True)
+        if now_fired and n > 1 and size / rate <= limit:
+            pause = size / rate + SWITCH_OVERHEAD_S
+            elapsed += pause
+            data += size
+            return outcome(True, pause)
+        t = size / rate
+        elapsed += t
+        data += size
+        pending = min(float(ws), guest * t)
+        if pending / rate <= limit:
+            pause = pending / rate + SWITCH_OVERHEAD_S
+            elapsed += pause
+            data += pending
+            return outcome(True, pause)
+        if pending < smallest * 0.999:
+            smallest, stalled_since = pending, None
+        elif stalled_since is None:
+            stalled_since = elapsed - t
+        if elapsed > budget:
+            basis.append("the completion budget runs out")
+            return outcome(False, None)
+        size = pending
+    basis.append(f"no switch-over within {max_passes} passes")
+    return outcome(False, None)
+
+
+def _holds(
+    step: Step,
+    *,
+    n: int,
+    guest: float,
+    rate: float,
+    elapsed: float,
+    budget: float,
+    stalled: float | None,
+) -> bool:
+    trig = step.trigger
+    if isinstance(trig, AtIteration):
+        return n >= trig.n
+    if isinstance(trig, DirtyRateAbove):
+        return n >= trig.from_iteration and guest >= trig.share * rate
+    if isinstance(trig, Stalled):
+        return stalled is not None and stalled >= trig.seconds
+    if isinstance(trig, BudgetShare):
+        return elapsed >= trig.share * budget
+    return False
