@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 HOST_A = "vmmove-host-a"
 HOST_B = "vmmove-host-b"
 IDLE = {"memory_mib": 256, "wss_mib": 64, "dirty_mib_s": 0}
-LINK = 32  # MiB/s: the migration bandwidth cap stands for the link
+LINK = 32  # MiB/s: the testbed's lan link (and the bandwidth cap the tests also set)
 #: A guest that rewrites its 128 MiB working set at the link's rate: under QEMU's defaults
 #: (300 ms downtime limit) pre-copy never converges.
 BUSY = {"memory_mib": 256, "wss_mib": 128, "dirty_mib_s": LINK}
@@ -358,7 +358,7 @@ def test_hosts_behind_local_sockets_need_a_migration_address(guests: Any, testbe
     with vmmove.connect(
         "libvirt://lab",
         hosts=hosts,
-        migration_address=f"{HOST_B}=127.0.0.1",
+        migration_address=f"{HOST_B}={testbed.addresses[1]}",
         store=MemoryStore(),
     ) as conn:
         record = conn.migrate("vt-sock", to=HOST_B, mode=MigrationMode.LIVE).wait(120)
@@ -367,12 +367,13 @@ def test_hosts_behind_local_sockets_need_a_migration_address(guests: Any, testbe
 
 
 def test_the_same_host_under_another_uri_is_refused_at_precheck(guests: Any, testbed: Any) -> None:
-    """``qemu+tcp://localhost:16600`` is host a again: known by its URI, and refused as a
-    target for a's VMs by host UUID before anything starts. A paused VM is located nowhere."""
+    """Host a under its management address is host a again: known by its URI, and refused
+    as a target for a's VMs by host UUID before anything starts. A paused VM is located
+    nowhere."""
     import vmmove
     from vmmove.store import MemoryStore
 
-    alias = testbed.uris[0].replace("127.0.0.1", "localhost")
+    alias = testbed.uris[0].replace(testbed.addresses[0], testbed.hosts[0].mgmt_address)
     guests.create("vt-alias", paused=True, **IDLE)
     with vmmove.connect(
         "libvirt://lab", hosts=" ".join([*testbed.uris, alias]), store=MemoryStore()
@@ -412,3 +413,7 @@ def test_the_inventory_shows_a_guest_dirty_rate_once_libvirt_measured_it(
     assert calm is not None, seen
     # QEMU's page sampling is noisy (Poisson) under TCG: order, not exact figures.
     assert dirty > 4 * MiB > calm, seen
+    # A prediction takes a sample of its own, now, and says so.
+    predicted = conn.predict("vt-dirty", to=HOST_B)
+    assert predicted.dirty_rate > 4 * MiB, predicted
+    assert any("the platform's sample" in note for note in predicted.basis)
