@@ -1,18 +1,52 @@
-"""One supervisor loop for all migrations of a connection."""
+"""One supervisor loop for all migrations of a connection.
+
+Extension point: a store shared with other processes (a worker's PostgreSQL journal) may
+carry a :class:`StepGuard` as ``store.step_guard``; the loop then asks it, each step, whether
+it may act at all and on which runs, and tells it which runs it lost and how many ended. A
+run whose ``advance`` raises :class:`RunLost` is dropped from the loop, never advanced again.
+Without a guard the loop is the single-process one, unchanged.
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vmmove.clock import Clock, VirtualClock
 from vmmove.store import RecordStore
 
 if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
+
+
+log = logging.getLogger("vmmove.engine")
+
+
+class RunLost(BaseException):
+    """This process may no longer act on a run: another one holds it now (a worker's lost
+    lease). A ``BaseException`` so that the engine's ``except Exception`` guards let it pass
+    instead of recording a failure in a record that is no longer ours."""
+
+
+class StepGuard(Protocol):
+    """What the loop asks of a store shared with other processes (``store.step_guard``).
+    Every method is called with the supervisor lock held, except :meth:`stepped`."""
+
+    def pause(self) -> float | None:
+        """Seconds of the clock to wait before acting on anything (``None``: act now)."""
+
+    def keeps(self, run: MigrationRun) -> bool:
+        """Whether this process may still act on ``run`` (``False``: :meth:`lost` follows)."""
+
+    def lost(self, run: MigrationRun) -> None:
+        """``run`` left the loop for good (refused by :meth:`keeps`, or :class:`RunLost`)."""
+
+    def stepped(self, ended: int) -> None:
+        """A step ended ``ended`` runs (> 0): slots are free (called without the lock)."""
 
 
 class Supervisor:
@@ -46,20 +80,40 @@ class Supervisor:
 
     def _step(self) -> float | None:
         """Advance everything due; return the next due time (``None``: nothing left)."""
+        ended = 0
         with self.cond:
             self._take_requests()
             now = self.clock.now()
+            guard: StepGuard | None = getattr(self.store, "step_guard", None)
+            wait = None if guard is None else guard.pause()
+            if wait is not None:  # e.g. a lease not known to be ours: act on nothing
+                self.cond.notify_all()
+                return now + wait if self._heap else None
             advanced: set[int] = set()
             while self._heap and self._heap[0][0] <= now:
                 _, _, run = heapq.heappop(self._heap)
                 if run.phase.terminal or id(run) in advanced:
                     continue  # a poke left a duplicate entry
                 advanced.add(id(run))
-                due = run.advance(now)
+                if guard is not None and not guard.keeps(run):
+                    guard.lost(run)
+                    continue
+                try:
+                    due = run.advance(now)
+                except RunLost as exc:
+                    log.warning("migration %s: %s; no longer acting on it", run.record.id, exc)
+                    if guard is not None:
+                        guard.lost(run)
+                    continue
                 if due is not None:
                     heapq.heappush(self._heap, (due, next(self._seq), run))
+                elif run.phase.terminal:
+                    ended += 1
             self.cond.notify_all()
-            return self._heap[0][0] if self._heap else None
+            due_next = self._heap[0][0] if self._heap else None
+        if guard is not None and ended:
+            guard.stepped(ended)
+        return due_next
 
     def _take_requests(self) -> None:
         """Cancels asked for by other processes through the journal (``vmmove cancel ID``)."""

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerrors
 
+from vmmove.engine.supervisor import RunLost
 from vmmove.errors import Conflict, ConnectionFailed, InvalidInput, NotFound, VMMoveError
 from vmmove.journal import record_from_json, record_to_json
 from vmmove.journals import redact_dsn, scrub
@@ -43,11 +44,12 @@ RETRY_FOR = 30.0
 _CONNECT_TIMEOUT = 5
 
 
-class LeaseLost(BaseException):
+class LeaseLost(RunLost):
     """This worker no longer holds the lease on a record: it must stop acting on it.
 
-    A ``BaseException`` on purpose: it must pass through the engine's ``except Exception``
-    guards, which would otherwise record a failure in a record that is no longer ours."""
+    A ``BaseException`` (through :class:`RunLost`) on purpose: it must pass through the
+    engine's ``except Exception`` guards, which would otherwise record a failure in a record
+    that is no longer ours; the supervisor loop drops the run."""
 
     def __init__(self, record: str, message: str) -> None:
         super().__init__(message)
@@ -132,6 +134,10 @@ class PgJournal:
         self.claim: ContextVar[str | None] = ContextVar(f"vmmove-claim-{id(self)}", default=None)
         #: statements sent (each one round trip), for the benchmarks
         self.round_trips = 0
+        # VM -> monotonic time until which this owner's lease on its record surely lasts
+        self._held: dict[str, float] = {}
+        #: the supervisor's guard (a worker's :class:`vmmove.worker.supervisor.LeaseGuard`)
+        self.step_guard: Any = None
         self._cancels: set[str] | None = None  # kept by the listener once it runs
         self._shared: dict[str, Any] = {"listener": None}  # one listener for all twins
         db = self._connect()
@@ -275,12 +281,15 @@ class PgJournal:
         }
         # A worker's start of a queue item: only while the claim is still its own.
         sql = _BEGIN_CLAIMED if params["item"] is not None else _BEGIN
+        sent = time.monotonic()
         try:
             rows = self.query(sql, params, record=record.id)
         except pgerrors.UniqueViolation:
             raise self._conflict(record) from None
         if not rows:
             raise LeaseLost(record.id, f"the claim on queue item {params['item']} was lost")
+        if self.owner:
+            self._hold(record.vm, sent + self.lease)
 
     def _conflict(self, record: MigrationRecord) -> Conflict:
         rows = self.query(
@@ -314,9 +323,29 @@ class PgJournal:
         }
         # The end frees the VM, clears a cancel request and closes the queue item.
         sql = _SAVES[bool(self.owner), terminal]
+        sent = time.monotonic()
         rows = self.query(sql, params, record=record.id)
-        if not rows and self.owner:
+        if not self.owner:
+            return
+        if not rows:
+            self._held.pop(record.vm, None)
             raise LeaseLost(record.id, f"worker {self.owner} lost its lease on {record.id}")
+        # The fence held: at least `margin` of the lease was left when the save ran.
+        self._hold(record.vm, sent + self.margin)
+
+    def _hold(self, vm: str, until: float) -> None:
+        self._held[vm] = max(self._held.get(vm, 0.0), until)
+
+    def renewed(self, vms: set[str], until: float) -> None:
+        """A heartbeat renewed the leases on these VMs' records until at least ``until``
+        (monotonic: the time it was sent plus the lease)."""
+        for vm in vms:
+            self._hold(vm, until)
+
+    def holds(self, vm: str, for_s: float) -> bool:
+        """Whether this owner's lease on ``vm``'s record surely lasts ``for_s`` s more. A
+        lease is only ever extended by its owner, so every bound seen stays valid."""
+        return time.monotonic() + for_s < self._held.get(vm, 0.0)
 
     def get(self, record_id: str) -> MigrationRecord:
         rows = self.query("SELECT body FROM vmmove_records WHERE id = %s", (record_id,))
@@ -346,12 +375,15 @@ class PgJournal:
         """This client now supervises ``record``: a worker takes the lease (already its own
         after a take-over), anyone else only a record no live worker holds."""
         if self.owner:
+            sent = time.monotonic()
             rows = self.query(
                 "UPDATE vmmove_records SET owner = %(owner)s, "
                 "lease_until = now() + %(lease)s * interval '1 second' WHERE id = %(id)s "
                 "AND (owner = %(owner)s OR owner IS NULL OR lease_until < now()) RETURNING id",
                 {"owner": self.owner, "lease": self.lease, "id": record.id},
             )
+            if rows:
+                self._hold(record.vm, sent + self.lease)
         else:
             rows = self.query(
                 "UPDATE vmmove_records SET owner = NULL, lease_until = NULL WHERE id = %s "

@@ -8,7 +8,6 @@ share one time line. ``?client=NAME`` names this client in the server's action l
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -58,7 +57,7 @@ class RemoteSimBackend(Backend):
         self._host, self._port, self._timeout = host, port, timeout
         self.client = client or f"pid-{os.getpid()}"
         self._lock = threading.Lock()
-        self._http: http.client.HTTPConnection | None = None
+        self._http: tuple[socket.socket, Any] | None = None
         t_send = time.monotonic()
         info = self._get("/clock")
         t_back = time.monotonic()
@@ -93,27 +92,28 @@ class RemoteSimBackend(Backend):
         return self._clock
 
     # ---- transport -----------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> tuple[socket.socket, Any]:
         if self._http is None:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._http = conn
+            sock = socket.create_connection((self._host, self._port), timeout=self._timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._http = (sock, sock.makefile("rb"))
         return self._http
 
     def _request(self, method: str, path: str, body: bytes | None) -> Any:
+        # HTTP/1.1 by hand, as the server speaks it: http.client parses every answer's
+        # headers with the email package, most of a call's CPU on both sides.
+        payload = body or b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
         with self._lock:
             try:
-                conn = self._connection()
-                headers = {"Content-Type": "application/json"} if body is not None else {}
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                if self._http is not None:
-                    self._http.close()
-                    self._http = None
+                sock, rfile = self._connection()
+                sock.sendall(head.encode("ascii") + payload)
+                data = _read_answer(rfile)
+            except (OSError, ValueError) as exc:
+                self._drop()
                 raise ConnectionFailed(
                     f"simulator server {self._host}:{self._port} unreachable: {exc}"
                 ) from None
@@ -121,6 +121,13 @@ class RemoteSimBackend(Backend):
             return json.loads(data)
         except ValueError:
             raise ConnectionFailed("simulator server answered something that is not JSON") from None
+
+    def _drop(self) -> None:
+        if self._http is not None:
+            sock, rfile = self._http
+            rfile.close()
+            sock.close()
+            self._http = None
 
     def _get(self, path: str) -> Any:
         return self._request("GET", path, None)
@@ -245,6 +252,27 @@ class RemoteSimBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            if self._http is not None:
-                self._http.close()
-                self._http = None
+            self._drop()
+
+
+def _read_answer(rfile: Any) -> bytes:
+    """The body of one HTTP/1.1 answer (framed by Content-Length, as the server sends)."""
+    status = rfile.readline(65536)
+    if not status.startswith(b"HTTP/1."):
+        raise ValueError("the connection closed" if not status else "not an HTTP answer")
+    length = None
+    while True:
+        header = rfile.readline(65536)
+        if header in (b"\r\n", b"\n"):
+            break
+        if not header:
+            raise ValueError("the connection closed mid-answer")
+        name, _, value = header.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length is None:
+        raise ValueError("an answer without Content-Length")
+    data: bytes = rfile.read(length)
+    if len(data) < length:
+        raise ValueError("the connection closed mid-answer")
+    return data

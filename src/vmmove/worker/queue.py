@@ -4,8 +4,8 @@
 Concurrency limits hold across all workers because they are counted in the database: a
 queue item holds its slot from its claim until its record ends (the terminal save closes
 it in the same statement). Claims are serialised per estate by an advisory lock, since a
-limit is a count over many rows that ``SKIP LOCKED`` alone cannot guard; the rows
-themselves are read ``FOR UPDATE SKIP LOCKED`` so a cancel in flight never blocks a claim.
+limit is a count over many rows that ``SKIP LOCKED`` alone cannot guard; the rows are read
+without row locks and claimed by an ``UPDATE`` that re-checks each is still queued.
 Items are claimed in submission order (a fleet plan's order: longest first, link-aware),
 skipping those whose source, target or cluster is full.
 """
@@ -27,7 +27,15 @@ if TYPE_CHECKING:
     from vmmove.fleet import Limits, Plan
     from vmmove.journals.postgres import PgJournal
 
-__all__ = ["Item", "cancel_item", "claim", "journal_of", "submit", "submit_plan"]
+__all__ = [
+    "Item",
+    "cancel_item",
+    "claim",
+    "journal_of",
+    "requeue_dead_claims",
+    "submit",
+    "submit_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,7 @@ def cancel_item(journal: PgJournal, item_id: str) -> str:
 
 
 def _fits(row: tuple[Any, ...], counts: dict[str, dict[str, int]], total: int) -> bool:
-    _, _, source, target, clusters, _, max_source, max_target, max_cluster, max_total = row
+    _, source, target, clusters, max_source, max_target, max_cluster, max_total = row
     if max_total is not None and total >= max_total:
         return False
     if max_source is not None and counts["source"].get(source, 0) >= max_source:
@@ -159,22 +167,30 @@ def _fits(row: tuple[Any, ...], counts: dict[str, dict[str, int]], total: int) -
     return True
 
 
-def claim(journal: PgJournal, worker: str, want: int, lease: float) -> list[Item]:
-    """Claim up to ``want`` queued moves within every limit, for ``worker``."""
+def requeue_dead_claims(journal: PgJournal, lease: float) -> None:
+    """Claims of a worker that died before it began the record go back to the queue."""
+    journal.query(
+        "UPDATE vmmove_queue q SET state = 'queued', worker = NULL, attempts = attempts + 1 "
+        "WHERE estate = %s AND state = 'claimed' AND record IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM vmmove_workers w WHERE w.id = q.worker "
+        "AND w.seen_at > now() - %s * interval '1 second')",
+        (journal.estate, lease),
+    )
+
+
+_PAGE = 200  # queued rows read at a time: enough to fill a worker past full hosts
+
+
+def claim(journal: PgJournal, worker: str, want: int) -> tuple[list[Item], bool]:
+    """Claim up to ``want`` queued moves within every limit, for ``worker``. Also says
+    whether queued moves were left behind because a limit was full (another worker's end
+    may free them)."""
     if want <= 0:
-        return []
+        return [], False
     estate = journal.estate
     with journal.transaction() as db:
         db.execute(
             "SELECT pg_advisory_xact_lock(hashtext('vmmove-claim'), hashtext(%s))", (estate,)
-        )
-        # Claims of a worker that died before it began the record go back to the queue.
-        db.execute(
-            "UPDATE vmmove_queue q SET state = 'queued', worker = NULL, attempts = attempts + 1 "
-            "WHERE estate = %s AND state = 'claimed' AND record IS NULL AND NOT EXISTS "
-            "(SELECT 1 FROM vmmove_workers w WHERE w.id = q.worker "
-            "AND w.seen_at > now() - %s * interval '1 second')",
-            (estate, lease),
         )
         counts: dict[str, dict[str, int]] = {"source": {}, "target": {}, "cluster": {}}
         held = db.execute(
@@ -185,29 +201,42 @@ def claim(journal: PgJournal, worker: str, want: int, lease: float) -> list[Item
         for source, target, clusters in held:
             _count(counts, source, target, clusters)
         total = len(held)
-        rows = db.execute(
-            "SELECT id, vm, source, target, clusters, spec, max_source, max_target, "
-            "max_cluster, max_total FROM vmmove_queue WHERE estate = %s AND state = 'queued' "
-            "ORDER BY seq LIMIT 1000 FOR UPDATE SKIP LOCKED",
-            (estate,),
-        ).fetchall()
-        picked: list[Item] = []
-        for row in rows:
-            if len(picked) >= want:
+        picked: list[str] = []
+        left = False
+        after = -1
+        # Not FOR UPDATE: the advisory lock already serialises claims, and locking every
+        # row read would write each of them; the UPDATE below re-checks the state instead.
+        while len(picked) < want:
+            rows = db.execute(
+                "SELECT seq, id, source, target, clusters, max_source, max_target, "
+                "max_cluster, max_total FROM vmmove_queue WHERE estate = %s "
+                "AND state = 'queued' AND seq > %s ORDER BY seq LIMIT %s",
+                (estate, after, _PAGE),
+            ).fetchall()
+            for row in rows:
+                if len(picked) >= want:
+                    break
+                if not _fits(row[1:], counts, total):
+                    left = True  # held back by a limit, not by this worker's capacity
+                    continue
+                _count(counts, row[2], row[3], row[4])
+                total += 1
+                picked.append(row[1])
+            if len(rows) < _PAGE:
                 break
-            if not _fits(row, counts, total):
-                continue
-            _count(counts, row[2], row[3], row[4])
-            total += 1
-            picked.append(Item(id=row[0], vm=row[1], spec={**json.loads(row[5]), "target": row[3]}))
+            after = rows[-1][0]
+        items: list[Item] = []
         if picked:
-            db.execute(
+            # A cancel of a queued move may have come first: only the still-queued ones.
+            claimed = db.execute(
                 "UPDATE vmmove_queue SET state = 'claimed', worker = %s, claimed_at = now() "
-                "WHERE id = ANY(%s)",
-                (worker, [p.id for p in picked]),
-            )
-    journal.round_trips += 5
-    return picked
+                "WHERE id = ANY(%s) AND state = 'queued' RETURNING id, vm, target, spec",
+                (worker, picked),
+            ).fetchall()
+            order = {item_id: i for i, item_id in enumerate(picked)}
+            for item_id, vm, target, spec in sorted(claimed, key=lambda r: order[r[0]]):
+                items.append(Item(id=item_id, vm=vm, spec={**json.loads(spec), "target": target}))
+    return items, left
 
 
 def _count(

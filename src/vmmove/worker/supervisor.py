@@ -1,93 +1,62 @@
-"""A worker's supervisor loop: the connection's, acting only while the worker's lease is
-fresh, and dropping (never driving again) a run whose lease it lost."""
+"""A worker's guard on the engine's supervisor loop (:class:`vmmove.engine.supervisor.StepGuard`,
+installed as the journal's ``step_guard``): the loop acts only while the worker's lease is
+fresh, and drops for good a run whose lease was lost."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vmmove.engine.supervisor import Supervisor
-from vmmove.journals.postgres import LeaseLost
-
 if TYPE_CHECKING:
-    from vmmove.engine import Connection
     from vmmove.engine.run import MigrationRun
+
+__all__ = ["LeaseGuard"]
 
 log = logging.getLogger("vmmove.worker")
 
 
-class WorkerSupervisor(Supervisor):
-    def __init__(self, conn: Connection, on_change: Callable[[], None]) -> None:
-        super().__init__(conn.clock, conn.store)
-        self.conn = conn
-        self.on_change = on_change
+class LeaseGuard:
+    """Every method but :meth:`stepped` runs with the supervisor lock held."""
+
+    def __init__(self, retry: float, on_end: Callable[[], None]) -> None:
+        self.retry = retry  # seconds of the clock between checks while stale
+        self.on_end = on_end
         #: monotonic time until which the lease is surely ours (set by each heartbeat)
         self.fresh_until = 0.0
-        self.dropped: set[str] = set()
-        self.lost = threading.Event()  # set once any run was dropped (tests)
+        # record -> the connections (by id) in which this worker acts on it no more. Keyed
+        # by connection: a record lost in one may be adopted again, through another.
+        self.gone: dict[str, set[int]] = {}
+        self.lost_any = threading.Event()  # set once any run was dropped (tests)
 
     def fresh(self) -> bool:
         return time.monotonic() < self.fresh_until
 
-    def _step(self) -> float | None:
-        with self.cond:
-            self._take_requests()
-            now = self.clock.now()
-            if not self.fresh():
-                # The lease may have lapsed (the process was frozen, the database gone):
-                # act on nothing until a heartbeat says which records are still ours.
-                self.cond.notify_all()
-                return now + self.conn.backend.poll_interval if self._heap else None
-            advanced: set[int] = set()
-            ended = False
-            while self._heap and self._heap[0][0] <= now:
-                _, _, run = heapq.heappop(self._heap)
-                if run.phase.terminal or id(run) in advanced or run.record.id in self.dropped:
-                    continue
-                advanced.add(id(run))
-                try:
-                    due = run.advance(now)
-                except LeaseLost as exc:
-                    log.warning("record %s: %s; no longer acting on it", run.record.id, exc)
-                    self._drop(run)
-                    continue
-                if due is not None:
-                    heapq.heappush(self._heap, (due, next(self._seq), run))
-                ended = ended or run.phase.terminal
-            self.cond.notify_all()
-            due_next = self._heap[0][0] if self._heap else None
-        if ended:
-            self.on_change()  # a slot is free: claim more
-        return due_next
+    # ---- StepGuard -------------------------------------------------------------------------
+    def pause(self) -> float | None:
+        # The lease may have lapsed (the process was frozen, the database gone): act on
+        # nothing until a heartbeat says which records are still ours.
+        return None if self.fresh() else self.retry
 
-    def _drop(self, run: MigrationRun) -> None:
-        """Called with the lock held: forget the run, act on it never again."""
-        self.dropped.add(run.record.id)
-        self.conn._runs.pop(run.record.id, None)
-        self.conn.ledger.settle(run)
-        self.lost.set()
+    def keeps(self, run: MigrationRun) -> bool:
+        return id(run.conn) not in self.gone.get(run.record.id, ())
 
-    def keep_only(self, held: set[str]) -> list[str]:
-        """After a heartbeat: drop every run not in ``held``; return their ids."""
-        with self.cond:
-            gone = [
-                r
-                for r in list(self.conn._runs.values())
-                if not r.phase.terminal and r.record.id not in held
-            ]
-            for run in gone:
-                log.warning("record %s: lease lost; no longer acting on it", run.record.id)
-                self._drop(run)
-            return [r.record.id for r in gone]
+    def lost(self, run: MigrationRun) -> None:
+        self.revoke(run.record.id, id(run.conn))
+        run.conn.ledger.settle(run)  # its slot and claims are free
+        self.lost_any.set()
 
-    def active(self) -> list[str]:
-        with self.cond:
-            return [r.record.id for r in self.conn._runs.values() if not r.phase.terminal]
+    def stepped(self, ended: int) -> None:
+        self.on_end()  # slots are free: claim more
 
-    def resume(self) -> None:
-        """The lease is fresh again: let the loop act at once."""
-        self._wake.set()
+    # ---- the worker's side -----------------------------------------------------------------
+    def revoke(self, record_id: str, conn: int) -> None:
+        """Act on ``record_id`` in connection ``conn`` never again (dropped when next due)."""
+        if conn not in self.gone.setdefault(record_id, set()):
+            log.warning("record %s: lease lost; no longer acting on it", record_id)
+            self.gone[record_id].add(conn)
+
+    def acts_on(self, record_id: str, conn: int) -> bool:
+        return conn not in self.gone.get(record_id, ())

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import vmmove
 from vmmove.errors import InvalidInput, VMMoveError
@@ -29,7 +29,12 @@ from vmmove.journals.postgres import LeaseLost, PgJournal
 from vmmove.machine import Phase
 from vmmove.model import MigrationMode, MigrationSpec
 from vmmove.worker import queue
-from vmmove.worker.supervisor import WorkerSupervisor
+from vmmove.worker.fenced import FencedBackend
+from vmmove.worker.supervisor import LeaseGuard
+
+if TYPE_CHECKING:
+    from vmmove.backend import Backend
+    from vmmove.engine import Connection, Migration
 
 __all__ = ["Worker"]
 
@@ -55,14 +60,22 @@ class Worker:
         self.capacity = capacity
         self.lease = lease
         self.heartbeat_every = lease / 3
+        self._uri = uri
+        self._options = dict(options or {})
         store = PgJournal(journal, owner=self.id, lease=lease)
-        self.conn = vmmove.connect(uri, store=store, **dict(options or {}))
+        self.conn = vmmove.connect(uri, store=store, **self._options)
         self.store: PgJournal = self.conn.store  # type: ignore[assignment]
-        self.sup = WorkerSupervisor(self.conn, self.wake_up)
-        self.conn._sup = self.sup  # the worker's loop: lease-aware
+        self.guard = LeaseGuard(self.conn.backend.poll_interval, self.wake_up)
+        self.store.step_guard = self.guard  # the supervisor loop asks it each step
+        self.conn.backend = cast("Backend", FencedBackend(self.conn.backend, self.store))
+        #: every connection this worker drives runs in (a second one only to adopt again a
+        #: record this worker once lost: the first still holds the stale run)
+        self.conns = [self.conn]
+        self.running: dict[str, Migration] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.draining = False
+        self.blocked = False  # the last claim left queued moves behind (limits were full)
         self.adopted: list[tuple[str, float]] = []  # (record, monotonic time), for figures
         self.store.query(
             "INSERT INTO vmmove_workers (id, host, pid, estate) VALUES (%s, %s, %s, %s) "
@@ -80,7 +93,10 @@ class Worker:
     def _notified(self, message: dict[str, Any]) -> None:
         kind = message.get("k")
         if kind in ("queue", "connected") or (
-            kind == "rec" and message.get("phase") in ("completed", "failed", "cancelled")
+            kind == "rec"
+            and self.blocked  # another's end frees a limit only for moves held back by one
+            and message.get("owner") != self.id
+            and message.get("phase") in ("completed", "failed", "cancelled")
         ):
             self._wake.set()
 
@@ -96,22 +112,29 @@ class Worker:
     def run(self, *, until_idle: bool = False) -> None:
         """Work until :meth:`stop` (or, with ``until_idle``, until the estate's queue holds
         nothing queued or running and no record is in flight)."""
+        next_beat = 0.0
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                self.tick()
-                if self.draining and not self.sup.active():
+                beat = time.monotonic() >= next_beat
+                if beat:
+                    next_beat = time.monotonic() + self.heartbeat_every
+                self.tick(beat=beat)
+                if self.draining and not self.active():
                     break
-                if until_idle and not self.sup.active() and self.idle():
+                if until_idle and not self.active() and self.idle():
                     break
-                self._wake.wait(self.heartbeat_every)  # the heartbeat's period
+                self._wake.wait(max(0.0, next_beat - time.monotonic()))
         finally:
             self.close()
 
-    def tick(self) -> None:
+    def tick(self, *, beat: bool = True) -> None:
+        """The heartbeat and take-over every ``heartbeat_every`` s; a claim at every wake."""
         try:
-            self.heartbeat()
-            self.take_over()
+            if beat:
+                self.heartbeat()
+                self.take_over()
+                queue.requeue_dead_claims(self.store, self.lease)
             if not self.draining:
                 self.fill()
         except (LeaseLost, VMMoveError) as exc:
@@ -131,6 +154,15 @@ class Worker:
             return False
         return int(rows[0][0]) == 0
 
+    def active(self) -> list[str]:
+        """The records this worker drives now."""
+        for record_id, handle in list(self.running.items()):
+            if handle.record.phase.terminal or not self.guard.acts_on(
+                record_id, id(handle.connection)
+            ):
+                self.running.pop(record_id, None)
+        return list(self.running)
+
     def heartbeat(self) -> None:
         sent = time.monotonic()
         # Only what this worker drives: a record it dropped must expire for others to adopt.
@@ -138,13 +170,15 @@ class Worker:
             "WITH w AS (UPDATE vmmove_workers SET seen_at = now() WHERE id = %(me)s) "
             "UPDATE vmmove_records SET lease_until = now() + %(lease)s * interval '1 second' "
             "WHERE owner = %(me)s AND id = ANY(%(ids)s) AND NOT terminal "
-            "AND lease_until > now() RETURNING id",
-            {"me": self.id, "lease": self.lease, "ids": self.sup.active()},
+            "AND lease_until > now() RETURNING id, vm",
+            {"me": self.id, "lease": self.lease, "ids": self.active()},
         )
         held = {r[0] for r in rows}
-        self.sup.keep_only(held)
-        self.sup.fresh_until = sent + self.lease - self.store.margin
-        self.sup.resume()
+        for record_id, handle in list(self.running.items()):
+            if record_id not in held:
+                self.guard.revoke(record_id, id(handle.connection))
+        self.store.renewed({str(r[1]) for r in rows}, sent + self.lease)
+        self.guard.fresh_until = sent + self.lease - self.store.margin
 
     def take_over(self) -> list[str]:
         rows = self.store.query(
@@ -164,20 +198,36 @@ class Worker:
             log.info("worker %s adopts record %s", self.id, record_id)
             self.adopted.append((record_id, time.monotonic()))
             try:
-                handle = self.conn.attach(record_id)
+                handle = self._conn_for(record_id).attach(record_id)
             except LeaseLost:
                 continue
             except VMMoveError as exc:
                 log.warning("worker %s: cannot adopt %s: %s", self.id, record_id, exc)
                 continue
             record = handle.record
-            if record.phase is Phase.CANCELLED and record.error == _NOTHING_STARTED:
+            if not record.phase.terminal:
+                self.running[record_id] = handle
+            elif record.phase is Phase.CANCELLED and record.error == _NOTHING_STARTED:
                 queue.requeue_record(self.store, record_id)  # nothing happened: try again
         return ids
 
+    def _conn_for(self, record_id: str) -> Connection:
+        """A connection that holds no stale run of ``record_id`` (one it lost before)."""
+        for conn in self.conns:
+            if self.guard.acts_on(record_id, id(conn)):
+                return conn
+        conn = vmmove.connect(self._uri, store=self.store, **self._options)
+        conn.backend = cast("Backend", FencedBackend(conn.backend, self.store))
+        self.conns.append(conn)
+        return conn
+
     def fill(self) -> None:
-        free = self.capacity - len(self.sup.active())
-        for item in queue.claim(self.store, self.id, free, self.lease):
+        free = self.capacity - len(self.active())
+        if free <= 0:
+            return
+        items, left = queue.claim(self.store, self.id, free)
+        self.blocked = left
+        for item in items:
             self._start(item)
 
     def _start(self, item: queue.Item) -> None:
@@ -195,7 +245,8 @@ class Worker:
         )
         token = self.store.claim.set(item.id)
         try:
-            self.conn.migrate(spec=spec)
+            handle = self.conn.migrate(spec=spec)
+            self.running[handle.id] = handle
         except LeaseLost:
             return  # the claim went back to the queue meanwhile: someone else has it
         except VMMoveError as exc:
@@ -207,10 +258,12 @@ class Worker:
             self.store.claim.reset(token)
 
     def close(self) -> None:
-        self.sup.close()
+        for conn in self.conns:
+            conn.detach()
         with contextlib.suppress(LeaseLost, VMMoveError):
             self.store.query("UPDATE vmmove_workers SET stopped = true WHERE id = %s", (self.id,))
-        self.conn.backend.close()
+        for conn in self.conns:
+            conn.backend.close()
         self.store.close()
 
 
