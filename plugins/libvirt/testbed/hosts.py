@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -41,7 +43,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,11 +71,58 @@ HOST_DIRS = {
 }
 
 UNSHARE = "/usr/bin/unshare"
+NSENTER = "/usr/bin/nsenter"
 LIBVIRTD = "/usr/sbin/libvirtd"
 VIRSH = "virsh"
 IPTABLES = "iptables"
-#: Our own iptables chain (jumped to from INPUT): a cut link is a pair of DROP rules in it.
+IP = "ip"
+TC = "tc"
+#: Our own iptables chain in each host's network namespace: a cut link is DROP rules in it.
 LINK_CHAIN = "VMMOVE-TESTBED"
+NETNS_DIR = "/run/netns"
+NETNS_PREFIX = "vmmove-"  # + <tag>-<host>: the tag is a hash of the state dir
+LINK_MTU = 9000  # jumbo frames, as migration networks use: fewer frames for the wire to carry
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkProfile:
+    """The link between the hosts, shaped both ways.
+
+    rate: a tbf token bucket on each host's egress, counted on the wire (Ethernet frames of a
+    9000-byte MTU: TCP's goodput is ~99 % of it). Delay, jitter and loss: this machine's kernel
+    has no netem, so a "wire" process (``hosts.py wire``) in a namespace of its own forwards
+    the frames between the two hosts' veths, each after half the RTT (± ``jitter_ms``, in
+    order) and drops ``loss_pct`` of them, each way."""
+
+    name: str
+    rate_mib_s: Optional[float]  # None: unshaped (memory speed)
+    rtt_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+
+    @property
+    def shaped(self) -> bool:
+        return self.rate_mib_s is not None
+
+    def describe(self) -> str:
+        if not self.shaped:
+            return f"{self.name}: unshaped veth"
+        extra = f", jitter {self.jitter_ms:g} ms" if self.jitter_ms else ""
+        extra += f", loss {self.loss_pct:g} % each way" if self.loss_pct else ""
+        return f"{self.name}: {self.rate_mib_s:g} MiB/s, RTT {self.rtt_ms:g} ms{extra}"
+
+
+PROFILES = {
+    "lan": LinkProfile("lan", 32.0, rtt_ms=0.5),
+    "wan": LinkProfile("wan", 32.0, rtt_ms=10.0, jitter_ms=0.5, loss_pct=0.1),
+    "fat": LinkProfile("fat", None),
+}
+DEFAULT_PROFILE = "lan"
+
+
+def profile_default() -> str:
+    """$VMMOVE_TESTBED_PROFILE, else lan."""
+    return os.environ.get("VMMOVE_TESTBED_PROFILE") or DEFAULT_PROFILE
 
 
 class TestbedError(RuntimeError):
@@ -91,6 +142,7 @@ def state_dir_default() -> Path:
 # heartbeats
 # --------------------------------------------------------------------------------------------------
 _HB_RE = re.compile(r"HB ((?:[a-z_]+=\d+ ?)+)")
+_TICK_RE = re.compile(r"(?:^|[^A-Z])T seq=(\d+) w=(\d+) g=(\d+)")
 _START_RE = re.compile(r"VMMOVE-GUEST START")
 _PANIC_RE = re.compile(r"Kernel panic|BUG:|Oops", re.I)
 
@@ -105,6 +157,11 @@ class Heartbeats:
     bad: int = 0  # total bad pages (sum over boots of the cumulative counter)
     bad_lines: list = dataclasses.field(default_factory=list)  # "BAD page=..." lines
     panic_lines: list = dataclasses.field(default_factory=list)
+    # Guest's own clock, this boot: the longest main-loop stall (throttling, post-copy faults;
+    # not the stop-and-copy pause, during which the guest's clock stops too), and tick lines.
+    max_gap_ms: int = 0
+    ticks: int = 0
+    pages_written: int = 0  # from the latest tick line (or HB written_mib)
 
     @property
     def latest_seq(self) -> int:
@@ -124,6 +181,7 @@ def parse_heartbeats(text: str) -> Heartbeats:
             hb.bad += boot_bad
             boot_bad = 0
             hb.boots += 1
+            hb.max_gap_ms = hb.ticks = hb.pages_written = 0
             continue
         m = _HB_RE.search(line)
         if m:
@@ -131,6 +189,13 @@ def parse_heartbeats(text: str) -> Heartbeats:
             hb.count += 1
             hb.latest = fields
             boot_bad = max(boot_bad, fields.get("bad", 0))
+            hb.max_gap_ms = max(hb.max_gap_ms, fields.get("max_gap_ms", 0))
+            hb.pages_written = max(hb.pages_written, fields.get("written_mib", 0) * 256)
+            continue
+        t = _TICK_RE.search(line)
+        if t:
+            hb.ticks += 1
+            hb.pages_written = int(t.group(2))
             continue
         if "BAD page=" in line:
             hb.bad_lines.append(line[line.index("BAD page=") :])
@@ -163,6 +228,131 @@ def wait_heartbeat(
                 f"no heartbeat seq>={min_seq} in {path} after {timeout:.0f}s (latest {hb.latest})"
             )
         time.sleep(poll)
+
+
+class ConsoleWatch:
+    """Timestamps a guest's console lines as they arrive (a thread polling the file every
+    ``poll`` s): what an observer outside the guest sees, including the stop-and-copy pause that
+    the guest's own clock cannot see. Start the guest with ``tick_ms`` (e.g. 20) for a fine
+    grain. ``pause(t0, t1)``: the longest silence overlapping [t0, t1], minus one tick;
+    ``work(t0, t1, rate)``: pages the guest wrote in [t0, t1] against ``rate`` pages/s."""
+
+    def __init__(self, path: os.PathLike | str, tick_ms: int, poll: float = 0.002) -> None:
+        self.path = str(path)
+        self.tick_s = tick_ms / 1000.0
+        self.poll = poll
+        self.samples: list[tuple[float, int]] = []  # (host monotonic, pages written)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"console {path}")
+
+    def __enter__(self) -> "ConsoleWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        pos, buf = 0, ""
+        while not self._stop.is_set():
+            try:
+                with open(self.path, "r", errors="replace") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+            except FileNotFoundError:
+                chunk = ""
+            now = time.monotonic()
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split("\n")
+                for line in lines:
+                    m = _TICK_RE.search(line)
+                    if m:
+                        self.samples.append((now, int(m.group(2))))
+            time.sleep(self.poll)
+
+    def rate(self, t0: float, t1: float) -> Optional[float]:
+        """Pages/s the guest wrote between t0 and t1 (its own pace when nothing disturbs it)."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    def pause(self, t0: float, t1: float) -> Optional[float]:
+        """Longest silence (s) between two tick lines, for silences that overlap [t0, t1],
+        minus the tick interval itself; None without ticks."""
+        times = [s[0] for s in self.samples]
+        gaps = [b - a for a, b in zip(times, times[1:]) if b >= t0 and a <= t1]
+        if not gaps:
+            return None
+        return max(0.0, max(gaps) - self.tick_s)
+
+    def work(self, t0: float, t1: float) -> Optional[int]:
+        """Pages written between the last tick at or before t0 and the first at or after t1."""
+        before = [s for s in self.samples if s[0] <= t0]
+        after = [s for s in self.samples if s[0] >= t1]
+        if not before or not after:
+            return None
+        return after[0][1] - before[-1][1]
+
+
+def wire(ifaces: list[str], delay_ms: float, jitter_ms: float, loss_pct: float) -> int:
+    """Forward every frame between two interfaces (raw sockets), each after ``delay_ms`` ± a
+    uniform ``jitter_ms``, in order per direction (a link does not reorder), dropping
+    ``loss_pct`` % of them. The virtio-net header (PACKET_VNET_HDR) travels with each frame, so
+    checksums a veth left to offload are finished by the kernel on the other side."""
+    import random
+    import select
+    from collections import deque
+
+    sol_packet, packet_vnet_hdr, packet_ignore_outgoing = 263, 15, 23
+    with contextlib.suppress(OSError):  # a late wake-up is added delay: run ahead of the guests
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    socks = []
+    for name in ifaces:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.setsockopt(sol_packet, packet_vnet_hdr, 1)
+        s.setsockopt(sol_packet, packet_ignore_outgoing, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        s.bind((name, 0))
+        s.setblocking(False)
+        socks.append(s)
+    delay, jitter, loss = delay_ms / 1000, jitter_ms / 1000, loss_pct / 100
+    queues: list[deque] = [deque(), deque()]  # frames read from socks[i], due to leave on the other
+    last_due = [0.0, 0.0]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        now = time.monotonic()
+        due = [q[0][0] for q in queues if q]
+        timeout = max(0.0, min(due) - now) if due else 1.0
+        ready, _, _ = select.select(socks, [], [], timeout)
+        now = time.monotonic()
+        for i, s in enumerate(socks):
+            if s not in ready:
+                continue
+            for _ in range(256):
+                try:
+                    frame = s.recv(65600)
+                except BlockingIOError:
+                    break
+                if loss and random.random() < loss:
+                    continue
+                at = max(
+                    now + delay + (random.uniform(-jitter, jitter) if jitter else 0), last_due[i]
+                )
+                last_due[i] = at
+                queues[i].append((at, frame))
+        now = time.monotonic()
+        for i, q in enumerate(queues):
+            out = socks[1 - i]
+            while q and q[0][0] <= now:
+                try:
+                    out.send(q.popleft()[1])
+                except (BlockingIOError, OSError):
+                    pass  # a full queue drops the frame, as a switch would
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,10 +399,10 @@ def _kill_pid(pid: int, must_contain: Iterable[str], timeout: float = 10.0) -> b
     return not _alive(pid)
 
 
-def _port_open(port: int) -> bool:
+def _port_open(address: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((address, port)) == 0
 
 
 def _virsh(uri: str, *args: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -224,14 +414,93 @@ def _virsh(uri: str, *args: str, timeout: float = 60.0, check: bool = True) -> s
     return p.stdout
 
 
-def _iptables(*args: str, check: bool = True) -> int:
-    """Run iptables (waiting for its lock); the exit status, or TestbedError if check fails."""
+def _in_netns(netns: str) -> list[str]:
+    """Command prefix that runs the rest inside ``netns`` (nsenter execs in place: same PID)."""
+    return [NSENTER, f"--net={NETNS_DIR}/{netns}"]
+
+
+def _iptables(netns: str, *args: str, check: bool = True) -> int:
+    """Run iptables in ``netns`` (waiting for its lock); the exit status, or TestbedError."""
     if shutil.which(IPTABLES) is None:
         raise TestbedError("iptables is missing: run plugins/libvirt/testbed/setup.sh")
-    p = subprocess.run([IPTABLES, "-w", "10", *args], capture_output=True, text=True, timeout=30)
+    p = subprocess.run(
+        [*_in_netns(netns), IPTABLES, "-w", "10", *args], capture_output=True, text=True, timeout=30
+    )
     if check and p.returncode != 0:
-        raise TestbedError(f"iptables {' '.join(args)}: {p.stderr.strip()}")
+        raise TestbedError(f"iptables (netns {netns}) {' '.join(args)}: {p.stderr.strip()}")
     return p.returncode
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise TestbedError(f"{' '.join(argv)}: {p.stderr.strip()}")
+    return p
+
+
+# A tiny TCP sink/source run inside a host's namespace by measure_link(): prints READY, then
+# for each connection reads one command byte: "p" (a connect for the RTT: close), "s" (sink:
+# 8-byte length, read it all, answer the seconds from first to last byte) or "r" (source:
+# 8-byte length, send that many bytes).
+_PROBE_SERVER = r"""
+import socket, struct, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64)
+print("READY", flush=True)
+while True:
+    c, _ = s.accept()
+    cmd = c.recv(1)
+    if cmd in (b"s", b"r"):
+        n = struct.unpack("!Q", c.recv(8, socket.MSG_WAITALL))[0]
+    if cmd == b"s":
+        got, first = 0, None
+        while got < n:
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            if first is None:
+                first = time.monotonic()
+            got += len(b)
+        c.sendall(("%d %.6f\n" % (got, time.monotonic() - first)).encode())
+    elif cmd == b"r":
+        buf = b"\0" * (1 << 20)
+        left = n
+        while left > 0:
+            left -= c.send(buf[: min(left, len(buf))])
+    elif cmd == b"q":
+        break
+    c.close()
+"""
+_PROBE_CLIENT = r"""
+import json, socket, statistics, struct, sys, time
+addr, port, mib, pings = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def conn():
+    return socket.create_connection((addr, port), timeout=30)
+rtts = []
+for _ in range(pings):
+    t = time.monotonic(); c = conn(); rtts.append(time.monotonic() - t)
+    c.sendall(b"p"); c.close()
+n = mib << 20
+c = conn(); c.sendall(b"s" + struct.pack("!Q", n))
+buf = b"\0" * (1 << 20); left = n
+while left > 0:
+    left -= c.send(buf[: min(left, len(buf))])
+got, secs = c.makefile().readline().split(); c.close()
+up = int(got) / float(secs) / (1 << 20)
+c = conn(); c.sendall(b"r" + struct.pack("!Q", n))
+got, first = 0, None
+while got < n:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    if first is None:
+        first = time.monotonic()
+    got += len(b)
+down = got / (time.monotonic() - first) / (1 << 20); c.close()
+c = conn(); c.sendall(b"q"); c.close()
+print(json.dumps({"rtt_ms": statistics.median(rtts) * 1000, "rtt_ms_max": max(rtts) * 1000,
+                  "up_mib_s": up, "down_mib_s": down}))
+"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,7 +528,7 @@ CN = {cn}
 basicConstraints = critical, CA:FALSE
 keyUsage = digitalSignature, keyEncipherment
 extendedKeyUsage = {purpose}
-subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectAltName = DNS:localhost, IP:127.0.0.1{ips}
 """
 
 
@@ -273,7 +542,7 @@ def _new_key_args(key: str) -> list[str]:
     return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key]
 
 
-def make_pki(root: Path) -> None:
+def make_pki(root: Path, ips: Iterable[str] = ()) -> None:
     """Write, under ``root``: ``host/`` (a daemon's /etc/pki: CA, server and client pairs),
     ``client/`` (a client's pkipath: cacert, clientcert, clientkey) and ``untrusting/`` (the
     a client of another CA, which did not sign the server's certificate)."""
@@ -289,7 +558,10 @@ def make_pki(root: Path) -> None:
     leaves = (("server", "serverAuth", "ca"), ("client", "clientAuth", "ca"),
               ("other-client", "clientAuth", "other-ca"))  # fmt: skip
     for leaf, purpose, ca in leaves:
-        (work / f"{leaf}.cnf").write_text(_LEAF_EXT.format(cn=f"vmmove-{leaf}", purpose=purpose))
+        sans = "".join(f", IP:{ip}" for ip in ips)  # the hosts' addresses in their namespaces
+        (work / f"{leaf}.cnf").write_text(
+            _LEAF_EXT.format(cn=f"vmmove-{leaf}", purpose=purpose, ips=sans)
+        )
         _openssl("req", "-new", *_new_key_args(f"{leaf}.key"), "-config", f"{leaf}.cnf",
                  "-out", f"{leaf}.csr", cwd=work)  # fmt: skip
         _openssl("x509", "-req", "-in", f"{leaf}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
@@ -337,10 +609,18 @@ class Host:
     reaper_pid: int = 0  # the subreaper that started libvirtd and reaps its orphaned QEMUs
     # reapers of earlier libvirtd instances (restart_host): each stays while QEMUs it adopted run
     old_reapers: list = dataclasses.field(default_factory=list)
+    netns: str = ""  # the host's network namespace (libvirtd and its QEMUs run in it)
+    address: str = ""  # its end of the shaped link: migration streams and peer connections
+    mgmt_address: str = ""  # its end of the unshaped management veth from the root namespace
+    mgmt_veth: str = ""  # that veth's name in the root namespace
 
+    # The one place the hosts' URIs are made. The client (root namespace) reaches `address`
+    # through the host's management veth (a /32 route); the other host reaches it over the
+    # shaped link. So the URI a client hands to the source daemon for a peer-to-peer migration,
+    # and the migration stream to that address, both cross the link.
     @property
     def uri(self) -> str:
-        return f"qemu+tcp://127.0.0.1:{self.port}/system"
+        return f"qemu+tcp://{self.address}:{self.port}/system"
 
     @property
     def tls_port(self) -> int:
@@ -348,7 +628,7 @@ class Host:
 
     @property
     def tls_uri(self) -> str:
-        return f"qemu+tls://127.0.0.1:{self.tls_port}/system"
+        return f"qemu+tls://{self.address}:{self.tls_port}/system"
 
     @property
     def socket_uri(self) -> str:
@@ -381,7 +661,8 @@ listen_tls = 1
 tls_port = "{h.tls_port}"
 auth_tls = "none"
 listen_tcp = 1
-listen_addr = "127.0.0.1"
+# every address of the host's own network namespace: the link, the management veth, lo
+listen_addr = "0.0.0.0"
 tcp_port = "{h.port}"
 auth_tcp = "none"
 auth_unix_ro = "none"
@@ -427,8 +708,20 @@ class Testbed:
         state_dir: os.PathLike | str | None = None,
         ports: Iterable[int] = DEFAULT_PORTS,
         cache: os.PathLike | str | None = None,
+        profile: str | None = None,
     ):
         self.state_dir = Path(state_dir or state_dir_default())
+        name = profile or profile_default()
+        if name not in PROFILES:
+            raise TestbedError(f"unknown link profile {name!r}; known: {', '.join(PROFILES)}")
+        self.profile = PROFILES[name]
+        # Names and addresses of this testbed's namespaces, veths and subnet derive from its
+        # state dir, so two testbeds (another state dir) can run side by side.
+        self.tag = hashlib.sha1(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
+        self.subnet = f"10.213.{16 + int(self.tag, 16) % 224}"  # a /24; link .0/25, mgmt .128/25
+        ports = list(ports)
+        if len(ports) != 2:
+            raise TestbedError("the testbed's link is a veth pair: exactly two hosts")
         self.cache = Path(cache or cache_dir())
         self.emulator = str(self.cache / "bin" / "qemu-system-x86_64-10")
         self.kernel = str(self.cache / "guest" / "vmlinuz")
@@ -449,15 +742,32 @@ class Testbed:
                         uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}.vmmove-testbed.invalid")
                     ),
                     dir=str(self.state_dir / f"host-{n}"),
+                    netns=f"{NETNS_PREFIX}{self.tag}-{n}",
+                    address=f"{self.subnet}.{1 + i}",
+                    mgmt_address=f"{self.subnet}.{128 + 4 * i + 2}",
+                    mgmt_veth=f"vmm{self.tag}{n}",
                 )
             )
         self._procs: dict[str, subprocess.Popen] = {}
         self._retired: list[subprocess.Popen] = []  # reapers of restarted daemons
+        self.wire_netns = f"{NETNS_PREFIX}{self.tag}-wire"
+        self.wire_pid = 0
 
     # ---- properties ------------------------------------------------------------------------------
     @property
     def uris(self) -> list[str]:
         return [h.uri for h in self.hosts]
+
+    @property
+    def _wired(self) -> bool:
+        """A wire process carries the frames (delay, jitter or loss to emulate)."""
+        p = self.profile
+        return p.shaped and bool(p.rtt_ms or p.jitter_ms or p.loss_pct)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Each host's address on the link (what its URI names)."""
+        return [h.address for h in self.hosts]
 
     @property
     def socket_uris(self) -> list[str]:
@@ -498,19 +808,21 @@ class Testbed:
         warm: bool = True,
         reuse: bool = False,
         timeout: float = 60.0,
+        profile: str | None = None,
     ) -> "Testbed":
         """Start the hosts and wait until each answers (and has probed the emulator, if warm).
 
         Hosts left over from an earlier run in the same state dir are stopped first (by their
         recorded PIDs), unless reuse=True and they are all alive, in which case they are attached.
         """
-        tb = cls(state_dir, ports, cache)
+        tb = cls(state_dir, ports, cache, profile)
         tb._check_artifacts()
         prev = cls._load(tb.state_dir)
         if prev is not None:
             if (
                 reuse
                 and [h.port for h in prev.hosts] == [h.port for h in tb.hosts]
+                and prev.profile == tb.profile
                 and all(h.alive() for h in prev.hosts)
             ):
                 return prev
@@ -535,13 +847,12 @@ class Testbed:
     def _check_artifacts(self) -> None:
         missing = [
             p
-            for p in (self.emulator, self.kernel, self.initrd, LIBVIRTD, UNSHARE)
+            for p in (self.emulator, self.kernel, self.initrd, LIBVIRTD, UNSHARE, NSENTER)
             if not os.path.exists(p)
         ]
-        if missing or not shutil.which(VIRSH):
-            raise TestbedError(
-                f"missing {missing or [VIRSH]}: run plugins/libvirt/testbed/setup.sh first"
-            )
+        missing += [t for t in (VIRSH, IP, TC) if not shutil.which(t)]
+        if missing:
+            raise TestbedError(f"missing {missing}: run plugins/libvirt/testbed/setup.sh first")
 
     def _prepare_host_dir(self, h: Host) -> None:
         d = Path(h.dir)
@@ -576,16 +887,14 @@ class Testbed:
 
     def _start(self, warm: bool, timeout: float) -> None:
         t0 = time.monotonic()
-        for h in self.hosts:
-            for port in (h.port, h.tls_port):
-                if _port_open(port):
-                    raise TestbedError(f"127.0.0.1:{port} is already in use")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        make_pki(self.pki_dir)
+        ips = [a for h in self.hosts for a in (h.address, h.mgmt_address)]
+        make_pki(self.pki_dir, ips)
         (self.state_dir / "consoles").mkdir(exist_ok=True)
         for target in HOST_DIRS.values():  # mount points
             os.makedirs(target, exist_ok=True)
         try:
+            self._net_up()
             for h in self.hosts:
                 self._prepare_host_dir(h)
                 self._launch(h)
@@ -618,6 +927,7 @@ class Testbed:
                     "--pid-file",
                     f"{h.dir}/reaper.pid",
                     "--",
+                    *_in_netns(h.netns),
                     UNSHARE,
                     "--mount",
                     "--uts",
@@ -695,7 +1005,7 @@ class Testbed:
                     f"libvirtd for host {h.name} exited; see {h.log} and {h.dir}/log/libvirtd.log:\n"
                     + _tail(h.log)
                 )
-            if _port_open(h.port):
+            if _port_open(h.address, h.port):
                 try:
                     _virsh(h.uri, "uri", timeout=10)
                     return
@@ -755,36 +1065,190 @@ class Testbed:
             except subprocess.TimeoutExpired:
                 pass
         self._retired = []
+        self._net_down()
         if self.state_file.exists():
             self.state_file.unlink()
 
-    # ---- the migration link ----------------------------------------------------------------------
+    # ---- the link ------------------------------------------------------------------------------
+    def _net_up(self) -> None:
+        """Namespaces, the link (a veth pair between them, shaped on both ends) and one
+        unshaped management veth per host from the root namespace (the client's way in)."""
+        self._net_down()  # leftovers of a killed run of this testbed (same names)
+        used = _run(IP, "-4", "-o", "addr").stdout + _run(IP, "-4", "route").stdout
+        if f" {self.subnet}." in used:
+            raise TestbedError(f"{self.subnet}.0/24 is already in use here (another testbed?)")
+        a, b = self.hosts
+        for ns in [h.netns for h in self.hosts] + ([self.wire_netns] if self._wired else []):
+            _run(IP, "netns", "add", ns)
+            _run(IP, "-n", ns, "link", "set", "lo", "up")
+        if self._wired:  # host a's link0 <-> wa ~wire process~ wb <-> host b's link0
+            for h, end in ((a, "wa"), (b, "wb")):
+                _run(IP, "link", "add", "link0", "netns", h.netns, "mtu", str(LINK_MTU),
+                     "type", "veth", "peer", "name", end, "netns", self.wire_netns,
+                     "mtu", str(LINK_MTU))  # fmt: skip
+                _run(IP, "-n", self.wire_netns, "link", "set", end, "up")
+        else:  # fat: one veth pair, nothing in between
+            _run(IP, "link", "add", "link0", "netns", a.netns, "type", "veth",
+                 "peer", "name", "link0", "netns", b.netns)  # fmt: skip
+        for i, h in enumerate(self.hosts):
+            ns, root_end = ("ip", "-n", h.netns), f"{self.subnet}.{128 + 4 * i + 1}"
+            _run(*ns, "addr", "add", f"{h.address}/25", "dev", "link0")
+            _run(IP, "link", "add", h.mgmt_veth, "type", "veth",
+                 "peer", "name", "mgmt0", "netns", h.netns)  # fmt: skip
+            _run(IP, "addr", "add", f"{root_end}/30", "dev", h.mgmt_veth)
+            _run(*ns, "addr", "add", f"{h.mgmt_address}/30", "dev", "mgmt0")
+            for dev in ("link0", "mgmt0"):
+                _run(*ns, "link", "set", dev, "up")
+            _run(IP, "link", "set", h.mgmt_veth, "up")
+            _run(IP, "route", "add", f"{h.address}/32", "via", h.mgmt_address)
+            self._shape(h)
+        if self._wired:
+            p = self.profile
+            log = open(self.state_dir / "wire.log", "ab")
+            with log:
+                proc = subprocess.Popen(
+                    [*_in_netns(self.wire_netns), sys.executable, os.path.abspath(__file__),
+                     "wire", "--tag", self.tag, "--delay-ms", f"{p.rtt_ms / 2:g}",
+                     "--jitter-ms", f"{p.jitter_ms:g}", "--loss-pct", f"{p.loss_pct:g}",
+                     "wa", "wb"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                )  # fmt: skip
+            self.wire_pid = proc.pid
+            self._procs["wire"] = proc
+            # Up when a frame crosses: host a's TCP connect to b's closed port is refused.
+            deadline = time.monotonic() + 10
+            while True:
+                r = _run(*_in_netns(a.netns), sys.executable, "-c",
+                         "import socket,sys; s=socket.socket(); s.settimeout(0.5); "
+                         f"sys.exit(s.connect_ex(('{b.address}', 9)) != 111)",
+                         check=False)  # fmt: skip
+                if r.returncode == 0:
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise TestbedError(
+                        f"the link's wire did not come up; see {self.state_dir}/wire.log"
+                    )
+
+    def _shape(self, h: Host) -> None:
+        """netem (delay, jitter, loss) with a tbf child (rate) on the host's end of the link:
+        every byte leaving the host, stop-and-copy and post-copy page requests included."""
+        p = self.profile
+        # BBR, if the kernel has it: CUBIC's window collapses under random loss (0.1 % at 10 ms
+        # caps one flow near 6 MiB/s), which would measure TCP, not the link.
+        if "bbr" in Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text():
+            _run(*_in_netns(h.netns), "sysctl", "-qw", "net.ipv4.tcp_congestion_control=bbr")
+        if not p.shaped:
+            return
+        # One MTU per frame (no 64 KiB GSO bursts): the wire loses and delays frames, not bursts.
+        _run(IP, "-n", h.netns, "link", "set", "link0", "gso_max_segs", "1")
+        bits = int(p.rate_mib_s * 8 * 1024 * 1024)
+        _run(TC, "-n", h.netns, "qdisc", "add", "dev", "link0", "root", "tbf",
+             "rate", f"{bits}bit", "burst", "64kb", "latency", "50ms")  # fmt: skip
+
+    def _net_down(self) -> None:
+        """Stop the wire (by PID); remove this testbed's namespaces and root-side veths (by
+        their names: ours only)."""
+        if self.wire_pid:
+            _kill_pid(self.wire_pid, ("wire", f"--tag {self.tag}"), timeout=5)
+            p = self._procs.pop("wire", None)
+            if p is not None:
+                p.wait(timeout=5)
+            self.wire_pid = 0
+        prefix = f"{NETNS_PREFIX}{self.tag}-"
+        try:
+            names = os.listdir(NETNS_DIR)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name.startswith(prefix):
+                _run(IP, "netns", "del", name, check=False)
+        links = _run(IP, "-o", "link", "show", check=False).stdout
+        for h in self.hosts:
+            # A namespace outlives its name while a process (a stray QEMU) still holds it.
+            if f" {h.mgmt_veth}@" in links or f" {h.mgmt_veth}:" in links:
+                _run(IP, "link", "del", h.mgmt_veth, check=False)
+
+    def measure_link(self, mib: int = 32, pings: int = 20, port: int = 5201) -> dict:
+        """Goodput both ways over the link (``mib`` MiB each, plain TCP from host a's namespace
+        to host b's) and the median TCP connect time (one RTT)."""
+        a, b = self.hosts
+        server = subprocess.Popen(
+            [*_in_netns(b.netns), sys.executable, "-c", _PROBE_SERVER, b.address, str(port)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            if server.stdout is None or server.stdout.readline().strip() != "READY":
+                raise TestbedError("link probe server did not start")
+            out = subprocess.run(
+                [*_in_netns(a.netns), sys.executable, "-c", _PROBE_CLIENT, b.address, str(port),
+                 str(mib), str(pings)],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise TestbedError(f"link probe failed: {out.stderr.strip()}")
+            result = json.loads(out.stdout)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait()
+        result["profile"] = self.profile.name
+        return result
+
+    def check_link(self, tolerance: float = 0.10, mib: int = 32) -> dict:
+        """measure_link(), and TestbedError unless both directions' goodput is within
+        ``tolerance`` of the profile's rate and the RTT within 0.3 ms (or 10 %) of its own."""
+        m = self.measure_link(mib)
+        p = self.profile
+        problems = []
+        if p.shaped:
+            for way in ("up_mib_s", "down_mib_s"):
+                if abs(m[way] - p.rate_mib_s) > tolerance * p.rate_mib_s:
+                    problems.append(
+                        f"{way} {m[way]:.1f} MiB/s, not {p.rate_mib_s:g} ± {tolerance:.0%}"
+                    )
+            if abs(m["rtt_ms"] - p.rtt_ms) > max(0.3, 0.1 * p.rtt_ms):
+                problems.append(f"RTT {m['rtt_ms']:.2f} ms, not {p.rtt_ms:g}")
+        if problems:
+            raise TestbedError(f"link {p.describe()}: " + "; ".join(problems))
+        return m
+
     def cut_link(self, index: int) -> None:
-        """Cut host ``index``'s migration network: every TCP segment to or from its migration
-        ports on loopback is dropped, both ways, silently (no RST: to QEMU the wire just goes
-        dark). libvirt's own connections (the hosts' TCP ports) stay up, as a separate
-        management network would. ``heal_links()`` undoes it; ``stop()`` does too."""
+        """Cut host ``index``'s migration streams: every TCP segment to or from its migration
+        ports is dropped in its namespace, both ways, silently (no RST: to QEMU the wire just
+        goes dark). libvirt's own connections (the hosts' TCP ports) stay up, as on a separate
+        management network. ``heal_links()`` undoes it; ``stop()`` does too."""
         h = self.hosts[index]
         ports = f"{h.migration_port_min}:{h.migration_port_max}"
-        if _iptables("-n", "-L", LINK_CHAIN, check=False) != 0:
-            _iptables("-N", LINK_CHAIN)
-        if _iptables("-C", "INPUT", "-j", LINK_CHAIN, check=False) != 0:
-            _iptables("-I", "INPUT", "1", "-j", LINK_CHAIN)
+        if _iptables(h.netns, "-n", "-L", LINK_CHAIN, check=False) != 0:
+            _iptables(h.netns, "-N", LINK_CHAIN)
+        for hook in ("INPUT", "OUTPUT"):
+            if _iptables(h.netns, "-C", hook, "-j", LINK_CHAIN, check=False) != 0:
+                _iptables(h.netns, "-I", hook, "1", "-j", LINK_CHAIN)
         for direction in ("--dport", "--sport"):
-            _iptables("-A", LINK_CHAIN, "-i", "lo", "-p", "tcp", direction, ports, "-j", "DROP")
+            _iptables(h.netns, "-A", LINK_CHAIN, "-p", "tcp", direction, ports, "-j", "DROP")
 
     def heal_links(self) -> None:
-        """Remove every cut (our chain and the jump to it); a no-op when nothing was cut."""
+        """Remove every cut (our chain and the jumps to it); a no-op when nothing was cut."""
         if shutil.which(IPTABLES) is None:
             return
-        while _iptables("-D", "INPUT", "-j", LINK_CHAIN, check=False) == 0:
-            pass
-        _iptables("-F", LINK_CHAIN, check=False)
-        _iptables("-X", LINK_CHAIN, check=False)
+        for h in self.hosts:
+            if not os.path.exists(f"{NETNS_DIR}/{h.netns}"):
+                continue
+            for hook in ("INPUT", "OUTPUT"):
+                while _iptables(h.netns, "-D", hook, "-j", LINK_CHAIN, check=False) == 0:
+                    pass
+            _iptables(h.netns, "-F", LINK_CHAIN, check=False)
+            _iptables(h.netns, "-X", LINK_CHAIN, check=False)
 
     # ---- state file ------------------------------------------------------------------------------
     def _save(self) -> None:
-        data = {"cache": str(self.cache), "hosts": [dataclasses.asdict(h) for h in self.hosts]}
+        data = {
+            "cache": str(self.cache),
+            "profile": self.profile.name,
+            "wire_pid": self.wire_pid,
+            "hosts": [dataclasses.asdict(h) for h in self.hosts],
+        }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_file)
@@ -795,16 +1259,25 @@ class Testbed:
             data = json.loads((state_dir / "state.json").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        tb = cls(state_dir, [h["port"] for h in data["hosts"]], data.get("cache"))
+        tb = cls(
+            state_dir, [h["port"] for h in data["hosts"]], data.get("cache"), data.get("profile")
+        )
         tb.hosts = [Host(**h) for h in data["hosts"]]
+        tb.wire_pid = data.get("wire_pid", 0)
         return tb
 
     def status(self) -> dict:
-        out = {"state_dir": str(self.state_dir), "emulator": self.emulator, "hosts": []}
+        out = {
+            "state_dir": str(self.state_dir),
+            "emulator": self.emulator,
+            "link": self.profile.describe(),
+            "hosts": [],
+        }
         for h in self.hosts:
             st = {
                 "name": h.name,
                 "uri": h.uri,
+                "netns": h.netns,
                 "pid": h.pid,
                 "alive": h.alive(),
                 "hostname": h.hostname,
@@ -833,6 +1306,7 @@ class Testbed:
         hb_ms: int = 1000,
         extra_cmdline: str = "",
         fresh_console: bool = True,
+        tick_ms: int = 0,
     ) -> str:
         """TCG test-guest XML: kernel + initramfs, serial console appended to a file, no disk/NIC.
 
@@ -846,7 +1320,7 @@ class Testbed:
             open(console, "w").close()
         cmdline = (
             f"console=ttyS0 quiet panic=-1 wss_mib={int(wss_mib)} dirty_mib_s={int(dirty_mib_s)} "
-            f"hb_ms={int(hb_ms)} {extra_cmdline}"
+            f"hb_ms={int(hb_ms)} {f'tick_ms={int(tick_ms)} ' if tick_ms else ''}{extra_cmdline}"
         ).strip()
         return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
@@ -928,6 +1402,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["reaper"]:  # internal: python3 hosts.py reaper --pid-file F -- cmd...
         sep = argv.index("--")
         return reaper(argv[argv.index("--pid-file") + 1], argv[sep + 1 :])
+    if argv[:1] == ["wire"]:  # internal: started by Testbed in the wire namespace
+        w = argparse.ArgumentParser()
+        for opt in ("--delay-ms", "--jitter-ms", "--loss-pct"):
+            w.add_argument(opt, type=float, default=0.0)
+        w.add_argument("--tag", default="")
+        w.add_argument("ifaces", nargs=2)
+        wa = w.parse_args(argv[1:])
+        return wire(wa.ifaces, wa.delay_ms, wa.jitter_ms, wa.loss_pct)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--state-dir", default=None, help=f"default $VMMOVE_TESTBED_STATE or {DEFAULT_STATE}"
@@ -940,8 +1422,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="comma-separated TCP ports, one per host",
     )
     s.add_argument("--no-warm", action="store_true", help="skip the emulator capability probe")
+    s.add_argument(
+        "--profile",
+        default=None,
+        choices=sorted(PROFILES),
+        help=f"the link between the hosts (default $VMMOVE_TESTBED_PROFILE or {DEFAULT_PROFILE})",
+    )
     s.add_argument("--restart", action="store_true", help="restart even if already running")
     sub.add_parser("stop", help="destroy domains and stop the hosts started from this state dir")
+    lc = sub.add_parser("link-check", help="measure the running testbed's link against its profile")
+    lc.add_argument("--mib", type=int, default=64)
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")
     x = sub.add_parser("xml", help="print a test-guest domain XML")
@@ -957,8 +1447,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cmd == "start":
         ports = [int(p) for p in args.ports.split(",")]
         t0 = time.monotonic()
-        tb = Testbed.start(args.state_dir, ports, warm=not args.no_warm, reuse=not args.restart)
+        tb = Testbed.start(
+            args.state_dir,
+            ports,
+            warm=not args.no_warm,
+            reuse=not args.restart,
+            profile=args.profile,
+        )
         how = "started" if tb._procs else "already running"
+        print(f"link {tb.profile.describe()}")
         for h in tb.hosts:
             print(f"host {h.name}: {h.uri} pid={h.pid} hostname={h.hostname} {how}")
         print(
@@ -973,6 +1470,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         pids = [h.pid for h in tb.hosts]
         tb.stop()
         print(f"stopped libvirtd pids {pids} in {time.monotonic() - t0:.1f}s")
+    elif args.cmd == "link-check":
+        tb = Testbed.attach(args.state_dir)
+        try:
+            m = tb.check_link(mib=args.mib)
+            ok = 0
+        except TestbedError as exc:
+            print(exc)
+            m, ok = tb.measure_link(args.mib), 1
+        print(f"link {tb.profile.describe()}")
+        print(
+            f"a->b {m['up_mib_s']:.1f} MiB/s, b->a {m['down_mib_s']:.1f} MiB/s, "
+            f"RTT {m['rtt_ms']:.2f} ms (max {m['rtt_ms_max']:.2f})"
+        )
+        return ok
     elif args.cmd == "status":
         tb = Testbed._load(Path(args.state_dir or state_dir_default()))
         if tb is None:

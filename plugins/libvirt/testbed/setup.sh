@@ -36,6 +36,7 @@ SYSTEM_PKGS=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   libvirt-dev pkg-config python3-dev
   gcc libc6-dev cpio util-linux iptables openssl
+  iproute2  # ip netns, veth and tc: the shaped link between the hosts
 )
 # Shared libraries the bookworm-backports QEMU 10 binary links against beyond what the Debian 12
 # QEMU 7.2 install pulls in. Currently none (checked with ldd on QEMU 10.0.2); the ldd check in

@@ -56,13 +56,19 @@ def lv() -> Any:
     return libvirt
 
 
+#: The link between the hosts: ``lan`` (32 MiB/s, 0.5 ms RTT) unless VMMOVE_TESTBED_PROFILE
+#: names another (``wan``, ``fat``: unshaped).
+PROFILE = os.environ.get("VMMOVE_TESTBED_PROFILE") or "lan"
+
+
 @pytest.fixture(scope="session")
 def testbed(hostsmod: ModuleType, lv: Any) -> Iterator[Any]:
-    """Both hosts, started for the session (or reused when ``VMMOVE_TESTBED_REUSE=1`` and
-    ``hosts.py start`` left them running: then they are left running too)."""
+    """Both hosts, each in its own network namespace, joined by a link shaped to ``PROFILE``,
+    started for the session (or reused when ``VMMOVE_TESTBED_REUSE=1`` and ``hosts.py start``
+    left them running with that profile: then they are left running too)."""
     reuse = os.environ.get("VMMOVE_TESTBED_REUSE") == "1"
     try:
-        tb = hostsmod.Testbed.start(reuse=reuse)
+        tb = hostsmod.Testbed.start(reuse=reuse, profile=PROFILE)
     except hostsmod.TestbedError as exc:
         pytest.fail(f"libvirt testbed unavailable: {exc} (run plugins/libvirt/testbed/setup.sh)")
     started = bool(tb._procs)
@@ -152,6 +158,18 @@ class Guests:
     def wait_beat(self, name: str, seq: int, timeout: float = 90.0) -> Any:
         return self.hm.wait_heartbeat(self.console(name), seq, timeout=timeout)
 
+    def wait_boot(self, name: str, boots: int, seq: int, timeout: float = 90.0) -> Any:
+        """Wait until the console shows boot number ``boots`` beating up to ``seq``."""
+        hb = None
+
+        def there() -> bool:
+            nonlocal hb
+            hb = self.heartbeats(name)
+            return bool(hb.boots >= boots and hb.latest_seq >= seq)
+
+        assert self.wait_until(there, timeout, step=0.2), hb
+        return hb
+
     def assert_alive_and_intact(self, name: str, more: int = 3, timeout: float = 60.0) -> Any:
         """The guest keeps beating (``more`` new heartbeats) and its page check found no
         corrupt page, on one boot, without a kernel panic."""
@@ -218,7 +236,7 @@ def fault_row(guests: Guests, fault_table: Any) -> Callable[[str, str, Any, str]
 
 @pytest.fixture(scope="session")
 def cluster_uri(testbed: Any) -> str:
-    """Both hosts in one URI: ``qemu+tcp://127.0.0.1:16600,127.0.0.1:16601/system``."""
+    """Both hosts in one URI: ``qemu+tcp://10.213.X.1:16600,10.213.X.2:16601/system``."""
     authorities = ",".join(uri.split("/")[2] for uri in testbed.uris)
     return f"qemu+tcp://{authorities}/system"
 

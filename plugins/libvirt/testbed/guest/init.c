@@ -30,6 +30,17 @@
  *   passes       completed passes over the whole working set (after the initial fill)
  *   last_mib     MiB written since the previous heartbeat (the dirty rate actually achieved)
  *   t_ms         guest monotonic time since init started
+ *   gap_ms       longest stall of the main loop since the previous heartbeat, by the guest's clock
+ *                (throttling, post-copy page faults); 0 below 2 work slices
+ *   max_gap_ms   the same, since READY
+ *
+ *   tick_ms=N        (default 0: off) also print a short line every N ms of guest time:
+ *   T seq=7 w=40960 g=12
+ *                    w = pages written so far (initial fill included), g = longest loop stall in ms
+ *                    since the previous tick, by the guest's clock. The testbed timestamps these lines
+ *                    as they arrive: the guest's own clock stops while QEMU pauses the VM (the virtual
+ *                    clock does not run during stop-and-copy), so only an outside clock sees that
+ *                    pause, as a user of the guest would.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -134,6 +145,12 @@ static void write_page(uint64_t page)
     pages_written++;
 }
 
+/* A stall in ms: a loop turn longer than twice its normal length, else 0 (scheduling noise). */
+static uint64_t stall_ms(uint64_t turn_ns, uint64_t normal_ns)
+{
+    return turn_ns > 2 * normal_ns ? turn_ns / 1000000 : 0;
+}
+
 static void sleep_until(uint64_t t)
 {
     struct timespec ts = {.tv_sec = (time_t)(t / 1000000000ull), .tv_nsec = (long)(t % 1000000000ull)};
@@ -148,6 +165,9 @@ int main(void)
     long hb_ms = env_long("hb_ms", 1000);
     if (hb_ms < 10)
         hb_ms = 10;
+    long tick_ms = env_long("tick_ms", 0);
+    if (tick_ms && tick_ms < 5)
+        tick_ms = 5;
 
     out("VMMOVE-GUEST START wss_mib=%ld dirty_mib_s=%ld hb_ms=%ld\n", wss_mib, dirty_mib_s, hb_ms);
     const uint64_t t0 = now_ns();
@@ -168,12 +188,27 @@ int main(void)
 
     const uint64_t pages_per_s = (uint64_t)dirty_mib_s * (1024 * 1024 / PAGE);
     const uint64_t hb_ns = (uint64_t)hb_ms * 1000000ull;
+    /* The loop's normal turn: a work slice, or (idle) the next heartbeat or tick. */
+    uint64_t sleep_ns = (npages && pages_per_s) ? (uint64_t)TICK_NS : hb_ns;
+    if (tick_ms && (uint64_t)tick_ms * 1000000ull < sleep_ns)
+        sleep_ns = (uint64_t)tick_ms * 1000000ull;
     uint64_t seq = 0, passes = 0, cursor = 0, last_written = pages_written;
     uint64_t window_start = now_ns(), window_done = 0; /* dirty-rate accounting */
     uint64_t next_hb = window_start + hb_ns;
+    const uint64_t tick_ns = (uint64_t)tick_ms * 1000000ull;
+    uint64_t next_tick = tick_ns ? window_start + tick_ns : UINT64_MAX, tick_seq = 0;
+    uint64_t prev_loop = window_start, gap_hb = 0, gap_tick = 0, gap_max = 0;
 
     for (;;) {
         uint64_t t = now_ns();
+        /* A stall: time between two loop turns beyond what the loop itself asked to sleep. */
+        if (t - prev_loop > gap_hb)
+            gap_hb = t - prev_loop;
+        if (t - prev_loop > gap_tick)
+            gap_tick = t - prev_loop;
+        if (t - prev_loop > gap_max)
+            gap_max = t - prev_loop;
+        prev_loop = t;
         if (npages && pages_per_s) {
             uint64_t target = (uint64_t)((double)(t - window_start) * (double)pages_per_s / 1e9);
             /* After a long stall (e.g. the VM was paused) don't try to catch up with a burst. */
@@ -193,6 +228,14 @@ int main(void)
             }
         }
         t = now_ns();
+        if (t >= next_tick) {
+            out("T seq=%llu w=%llu g=%llu\n", (unsigned long long)++tick_seq,
+                (unsigned long long)pages_written, (unsigned long long)(gap_tick / 1000000));
+            gap_tick = 0;
+            next_tick += tick_ns;
+            if (next_tick <= t)
+                next_tick = t + tick_ns;
+        }
         if (t >= next_hb) {
             if (npages && !pages_per_s) { /* idle: verify only (reads do not dirty memory) */
                 for (uint64_t pg = 0; pg < npages; pg++)
@@ -202,11 +245,13 @@ int main(void)
             seq++;
             const uint64_t mib_pages = 1024 * 1024 / PAGE;
             out("HB seq=%llu bad=%llu written_mib=%llu checked_mib=%llu passes=%llu last_mib=%llu "
-                "wss_mib=%ld dirty_mib_s=%ld t_ms=%llu\n",
+                "wss_mib=%ld dirty_mib_s=%ld t_ms=%llu gap_ms=%llu max_gap_ms=%llu\n",
                 (unsigned long long)seq, (unsigned long long)bad,
                 (unsigned long long)(pages_written / mib_pages), (unsigned long long)(pages_checked / mib_pages),
                 (unsigned long long)passes, (unsigned long long)((pages_written - last_written) / mib_pages),
-                wss_mib, dirty_mib_s, (unsigned long long)((t - t0) / 1000000));
+                wss_mib, dirty_mib_s, (unsigned long long)((t - t0) / 1000000),
+                (unsigned long long)stall_ms(gap_hb, sleep_ns), (unsigned long long)stall_ms(gap_max, sleep_ns));
+            gap_hb = 0;
             last_written = pages_written;
             bad_reported = 0;
             next_hb += hb_ns;
@@ -218,6 +263,8 @@ int main(void)
             wake = next_hb;
         if (wake > next_hb)
             wake = next_hb;
+        if (wake > next_tick)
+            wake = next_tick;
         sleep_until(wake);
     }
 }
