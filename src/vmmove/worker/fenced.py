@@ -1,9 +1,10 @@
 """A worker's backend: every call that changes the estate is made only while this worker's
 lease on the VM's record is known to last at least :data:`CALL_MARGIN` of the lease more.
 
-A fenced save proves the lease had a third of its length left when the save was sent; a
-worker frozen between that save (the start intent, say) and the platform call for longer
-than a third of the lease could have its record adopted meanwhile. Checked here, right
+What is known: a lease begun, adopted or renewed at monotonic time t lasts until t + lease
+at least; a fenced save sent at t proves it lasts until t + lease/3. A worker frozen between
+its start-intent save and the platform call past the lease could have its record adopted
+meanwhile. Checked here, right
 before the call, on the monotonic clock, such a worker makes no call after it wakes: it
 raises :class:`LeaseLost`, and the supervisor drops the run. What remains is a freeze
 between this check and the request leaving the process, longer than ``CALL_MARGIN``.
