@@ -43,7 +43,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import statistics
 import sys
 import threading
 import time
@@ -144,7 +143,9 @@ def state_dir_default() -> Path:
 _HB_RE = re.compile(r"HB ((?:[a-z_]+=\d+ ?)+)")
 _TICK_RE = re.compile(r"(?:^|[^A-Z])T seq=(\d+) w=(\d+) g=(\d+)")
 _START_RE = re.compile(r"VMMOVE-GUEST START")
-_PANIC_RE = re.compile(r"Kernel panic|BUG:|Oops", re.I)
+# Case matters: "..MP-BIOS bug: 8254 timer not connected" is a boot warning a slow TCG boot
+# prints, not a kernel BUG.
+_PANIC_RE = re.compile(r"Kernel panic|\bBUG:|Oops")
 
 
 @dataclasses.dataclass
@@ -241,7 +242,8 @@ class ConsoleWatch:
         self.path = str(path)
         self.tick_s = tick_ms / 1000.0
         self.poll = poll
-        self.samples: list[tuple[float, int]] = []  # (host monotonic, pages written)
+        # (host monotonic, pages written, longest loop stall by the guest's clock in ms)
+        self.samples: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"console {path}")
 
@@ -270,7 +272,7 @@ class ConsoleWatch:
                 for line in lines:
                     m = _TICK_RE.search(line)
                     if m:
-                        self.samples.append((now, int(m.group(2))))
+                        self.samples.append((now, int(m.group(2)), int(m.group(3))))
             time.sleep(self.poll)
 
     def rate(self, t0: float, t1: float) -> Optional[float]:
@@ -288,6 +290,12 @@ class ConsoleWatch:
         if not gaps:
             return None
         return max(0.0, max(gaps) - self.tick_s)
+
+    def stall(self, t0: float, t1: float) -> Optional[float]:
+        """Longest loop stall (s) the guest's own clock saw in ticks arriving in [t0, t1 + 1 s]
+        (throttling, post-copy faults), minus the tick interval; None without ticks."""
+        gs = [s[2] for s in self.samples if t0 <= s[0] <= t1 + 1.0]
+        return max(0.0, max(gs) / 1000.0 - self.tick_s) if gs else None
 
     def work(self, t0: float, t1: float) -> Optional[int]:
         """Pages written between the last tick at or before t0 and the first at or after t1."""

@@ -3,7 +3,7 @@
 
 Starts both hosts (hosts.py), then for each scenario: define + start a TCG test guest on host A,
 wait for its heartbeats, live-migrate it to host B with
-``migrateToURI3(B, {VIR_MIGRATE_PARAM_URI: 'tcp://127.0.0.1'}, LIVE | PEER2PEER)`` while another
+``migrateToURI3(B, {VIR_MIGRATE_PARAM_URI: "tcp://<B on the link>"}, LIVE | PEER2PEER)`` while another
 thread polls jobStats(), check the heartbeats continue on B with bad=0, print the figures, and
 tear everything down by PID.
 
@@ -148,8 +148,8 @@ def run_scenario(
     # LISTEN_ADDRESS: otherwise the destination QEMU listens on all addresses (qemu.conf's
     # migration_address refuses a loopback address).
     params = {
-        libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1",
-        libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1",
+        libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{tb.addresses[1]}",
+        libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: tb.addresses[1],
     }
     if bandwidth:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth  # MiB/s
