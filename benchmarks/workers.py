@@ -301,10 +301,17 @@ def main() -> None:
         f"migrations              {n} (speed {args.speed:g}x, capacity {args.capacity}/worker, "
         f"{args.per_host} per source and per target host, {one['sources']} of each)"
     )
-    print(
-        f"limits                  1 worker is bound by its capacity ({args.capacity}); the "
-        f"estate's limits allow {room} in flight >= 3 x {args.capacity}"
+    f = one["flight"]
+    binds = (
+        f"its capacity ({args.capacity}: at most {f['per_worker']} seen in flight, hosts at "
+        f"most {max(f['per_source'], f['per_target'])} of {args.per_host})"
+        if f["per_worker"] >= args.capacity
+        and max(f["per_source"], f["per_target"]) < args.per_host
+        else "the estate's limits, not its capacity"
     )
+    enough = ">=" if room >= 3 * args.capacity else "< (the estate binds 3 workers)"
+    print(f"limits                  1 worker is bound by {binds}")
+    print(f"{'':<24}the estate's limits allow {room} in flight {enough} 3 x {args.capacity}")
     show("1 worker", one, n)
     show("3 workers", three, n)
     print(f"ratio 1/3               {one['wall'] / three['wall']:.2f}x  (target >= 2.5x)")

@@ -168,13 +168,16 @@ def _fits(row: tuple[Any, ...], counts: dict[str, dict[str, int]], total: int) -
 
 
 def requeue_dead_claims(journal: PgJournal, lease: float) -> None:
-    """Claims of a worker that died before it began the record go back to the queue."""
+    """Claims not begun go back to the queue: their worker died first, or a lease went by
+    (the claim committed but its answer was lost with the connection: the worker never
+    saw it). A late begin of a requeued claim finds it gone and starts nothing."""
     journal.query(
         "UPDATE vmmove_queue q SET state = 'queued', worker = NULL, attempts = attempts + 1 "
-        "WHERE estate = %s AND state = 'claimed' AND record IS NULL AND NOT EXISTS "
+        "WHERE estate = %(e)s AND state = 'claimed' AND record IS NULL AND ("
+        "claimed_at < now() - %(lease)s * interval '1 second' OR NOT EXISTS "
         "(SELECT 1 FROM vmmove_workers w WHERE w.id = q.worker "
-        "AND w.seen_at > now() - %s * interval '1 second')",
-        (journal.estate, lease),
+        "AND w.seen_at > now() - %(lease)s * interval '1 second'))",
+        {"e": journal.estate, "lease": lease},
     )
 
 
