@@ -256,7 +256,11 @@ class ConsoleWatch:
         self._thread.join()
 
     def _run(self) -> None:
-        pos, buf = 0, ""
+        try:  # only what arrives from now on: older lines have no arrival time worth keeping
+            pos = os.path.getsize(self.path)
+        except FileNotFoundError:
+            pos = 0
+        buf = ""
         while not self._stop.is_set():
             try:
                 with open(self.path, "r", errors="replace") as f:
