@@ -76,6 +76,12 @@ class Tracker:
             tr = self._traces.get(record.id)
             if tr is None:
                 tr = self._traces[record.id] = self._begin(record, event.at)
+            if not tr.root.is_recording():
+                # No SDK behind the API (or it samples this one out): nothing to record,
+                # and a migration costs no more than without the extra.
+                if record.phase.terminal:
+                    del self._traces[record.id]
+                return
             self._events(tr, record)
             if record.phase is not tr.phase:
                 self._enter(tr, record, event.at)
