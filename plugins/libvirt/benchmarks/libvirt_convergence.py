@@ -319,6 +319,8 @@ class Bench:
         row = holder[0]
         row.run = label
         row.pages_ok = self.settle(name, restarted="cold" in row.outcome)
+        if "cold" in row.outcome:
+            row.work_lost_pct = None  # it restarted: its page counter started over
         log(
             f"  {label}: {row.outcome}, {row.wall:.1f} s, pause {fmt(row.pause_ms, '.0f')} ms, "
             f"downtime {fmt(row.downtime_ms, '.0f')} ms, work lost {fmt(row.work_lost_pct)} %"
