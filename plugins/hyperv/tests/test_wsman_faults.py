@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
@@ -14,30 +13,12 @@ import winrm
 from winrm.protocol import Protocol
 
 from vmmove_hyperv.testing.shell import Output
+from vmmove_hyperv.testing.shell import ScriptedShell as Stub
 from vmmove_hyperv.testing.wsman import Call, WinRMServer
 
 USER, PASSWORD = "Administrator", "s3cret-Pa55"
 Transport = Literal["basic", "ntlm", "ssl", "kerberos", "credssp"]
 WAIT = 10.0  # generous bound on event waits; they return as soon as the event happens
-
-
-@dataclass
-class Stub:
-    """A PowerShell that answers from a table and can be held until released."""
-
-    answers: dict[str, Output] = field(default_factory=dict)
-    seen: list[tuple[str, str]] = field(default_factory=list)
-    hold: threading.Event | None = None
-    started: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self, host: str, script: str) -> Output:
-        with self.lock:
-            self.seen.append((host, script))
-        self.started.set()
-        if self.hold is not None:
-            self.hold.wait(WAIT)
-        return self.answers.get(script, Output(stdout=f"{host}: {script}\n"))
 
 
 @pytest.fixture
