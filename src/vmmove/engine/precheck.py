@@ -11,6 +11,7 @@ from vmmove.model import (
     MigrationSpec,
     PowerState,
     Problem,
+    Problems,
     VMInfo,
 )
 from vmmove.placement import choose, explain
@@ -31,10 +32,8 @@ def precheck(
     """Every pre-check, the engine's and the backend's; chooses the target if needed."""
     backend = conn.backend
     caps = backend.capabilities
-    problems: list[Problem] = []
-
-    def refuse(code: str, message: str, severity: str = "error") -> None:
-        problems.append(Problem(code=code, message=message, severity=severity))  # type: ignore[arg-type]
+    problems = Problems()
+    refuse = problems.add
 
     mode = spec.mode
     if mode is MigrationMode.AUTO:
