@@ -25,7 +25,18 @@ __all__ = ["Stream", "parse"]
 MARKER = "#< CLIXML"
 _ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 #: The lines PowerShell adds after an error's message: where it happened and its category.
-_TRAILER = re.compile(r"^(At line:\d+|At .+:\d+ char:\d+|\+ |\s+\+ |~+$|\s*$)")
+_TRAILER = re.compile(r"^(At line:\d+|At .+:\d+ char:\d+|\+ |\s+\+ |\s*$)")
+#: PowerShell's underline of the failing code ("    ~~~~~"): a trailer only right after one
+_UNDERLINE = re.compile(r"^\s*~+\s*$")
+
+
+def _trailers(lines: list[str]) -> list[bool]:
+    """Which lines belong to an error record's position/category trailer."""
+    out: list[bool] = []
+    for line in lines:
+        after = bool(out) and out[-1] and bool(lines[len(out) - 1].strip())
+        out.append(bool(_TRAILER.match(line)) or (after and bool(_UNDERLINE.match(line))))
+    return out
 
 
 @dataclass
@@ -72,14 +83,15 @@ def parse(stderr: str) -> Stream:
 
 def _records(lines: list[str]) -> list[str]:
     """One message per error record: the lines up to its position/category trailer."""
-    if not any(line.strip() and _TRAILER.match(line) for line in lines):
+    trailer = _trailers(lines)
+    if not any(line.strip() and t for line, t in zip(lines, trailer, strict=True)):
         # No position lines: a writer that puts one message per line.
         return [" ".join(line.split()) for line in lines if line.strip()]
     messages: list[str] = []
     current: list[str] = []
     in_trailer = False
-    for line in lines:
-        if _TRAILER.match(line):
+    for line, is_trailer in zip(lines, trailer, strict=True):
+        if is_trailer:
             in_trailer = bool(current) or in_trailer
             continue
         if in_trailer and current:
