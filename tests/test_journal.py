@@ -55,6 +55,7 @@ def test_every_transition_is_on_disk_and_round_trips(journal: str) -> None:
         record = m.wait()
     assert seen
     assert all(seen)
+    assert record.predicted is not None  # the forecast is kept with the record, too
     stored = open_journal(journal).get(record.id)
     assert stored == record
     assert record_from_json(record_to_json(record)) == record

@@ -116,6 +116,21 @@ def test_scrape_during_and_after_simulated_migrations(endpoint: MetricsServer) -
     assert delta("vmmove_migration_precopy_iterations_sum") == sum(
         r.figures.iterations or 0 for r in done
     )
+    # Predicted vs measured: each completed live move against its own forecast.
+    forecasts = [(r, r.predicted) for r in done if r.predicted is not None]
+    assert len(forecasts) == 2  # the simulator's inventory has a dirty rate for both
+    assert delta(
+        "vmmove_migration_predictions_total", predicted="converges", outcome="completed"
+    ) == sum(f.total_time is not None for _, f in forecasts)
+    for quantity, measured, predicted in (
+        ("duration", "total_time", "total_time"),
+        ("downtime", "downtime_ms", "downtime_ms"),
+        ("data_sent", "data_sent", "data_sent"),
+    ):
+        ratios = [getattr(r.figures, measured) / getattr(f, predicted) for r, f in forecasts]
+        name = "vmmove_migration_prediction_ratio"
+        assert delta(f"{name}_count", quantity=quantity) == len(ratios), quantity
+        assert delta(f"{name}_sum", quantity=quantity) == pytest.approx(sum(ratios)), quantity
     steps = Counter(
         (action_of(s.step), "applied" if s.applied else "skipped") for r in records for s in r.steps
     )

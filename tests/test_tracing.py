@@ -91,6 +91,10 @@ def test_live_migration_is_a_child_of_the_callers_span(spans: InMemorySpanExport
     assert attrs["vmmove.vm.name"] == "db-1"
     assert attrs["vmmove.vm_host"] == "host-b"
     assert attrs["vmmove.iterations"] == record.figures.iterations
+    assert record.predicted is not None
+    assert record.predicted.total_time is not None
+    assert attrs["vmmove.predicted.converges"] is True
+    assert attrs["vmmove.predicted.total_time_s"] == record.predicted.total_time
     assert not [e for e in root.events if e.name == "exception"]
 
 

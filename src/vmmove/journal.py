@@ -115,12 +115,7 @@ def record_to_json(record: MigrationRecord) -> str:
             "warnings": list(r.warnings),
             "error": r.error,
             "error_type": r.error_type,
-            "figures": {
-                "total_time": f.total_time,
-                "downtime_ms": f.downtime_ms,
-                "data_sent": f.data_sent,
-                "iterations": f.iterations,
-            },
+            "figures": _figures(f),
             "job_ref": dict(r.job_ref),
             "created_at": r.created_at,
             "updated_at": r.updated_at,
@@ -132,8 +127,18 @@ def record_to_json(record: MigrationRecord) -> str:
             "problems": [
                 {"code": p.code, "message": p.message, "severity": p.severity} for p in r.problems
             ],
+            "predicted": None if r.predicted is None else _figures(r.predicted),
         }
     )
+
+
+def _figures(f: Figures) -> dict[str, Any]:
+    return {
+        "total_time": f.total_time,
+        "downtime_ms": f.downtime_ms,
+        "data_sent": f.data_sent,
+        "iterations": f.iterations,
+    }
 
 
 def record_from_json(text: str) -> MigrationRecord:
@@ -153,6 +158,9 @@ def record_from_json(text: str) -> MigrationRecord:
                 # Records written before these fields existed have neither key.
                 "problems": tuple(Problem(**p) for p in body.get("problems", ())),
                 "vm_power": None if body.get("vm_power") is None else PowerState(body["vm_power"]),
+                "predicted": (
+                    None if body.get("predicted") is None else Figures(**body["predicted"])
+                ),
             }
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -273,6 +273,11 @@ class MigrationRecord:
     #: the VM's power state when the record ended, from the inventory (a cold move that
     #: could not start the VM again says ``stopped`` here; ``None``: not read)
     vm_power: PowerState | None = None
+    #: what a live migration was predicted to cost when its target was chosen, in the same
+    #: figures as ``figures`` (``total_time`` ``None``: predicted not to end within the
+    #: policy's limits). Set only where the inventory had a dirty-rate sample: a prediction
+    #: that assumed an idle guest would be a lower bound, not a forecast.
+    predicted: Figures | None = None
 
     @property
     def done(self) -> bool:

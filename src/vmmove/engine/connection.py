@@ -225,7 +225,7 @@ class Connection:
         policy = resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
-            return precheck(self, info, spec, policy)[2]
+            return precheck(self, info, spec, policy).problems
 
     @_keywords_checked
     def predict(
@@ -250,17 +250,17 @@ class Connection:
         pol = resolve(spec.policy, self.plugins.policies)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
-            _, target, problems = precheck(self, info, spec, pol)
-        if target is None:
-            raise PrecheckFailed(f"no host can take {info.name}", problems)
+            checked = precheck(self, info, spec, pol)
+        if checked.target is None:
+            raise PrecheckFailed(f"no host can take {info.name}", checked.problems)
         if info.power is PowerState.RUNNING:
             sampled = self.backend.sample_dirty_rate(info)
             if sampled is not None:
                 info = replace(info, dirty_rate=sampled)
         return predict_migration(
             info,
-            self.backend.host(info.host),
-            target,
+            checked.source,
+            checked.target,
             pol,
             bandwidth=spec.bandwidth,
             max_downtime=spec.max_downtime,

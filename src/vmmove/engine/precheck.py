@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vmmove.errors import PrecheckFailed
 from vmmove.model import (
@@ -22,13 +22,23 @@ if TYPE_CHECKING:
     from vmmove.engine.run import MigrationRun
 
 
+class Checked(NamedTuple):
+    """What the pre-checks found: the mode to run, the target (``None``: no host can take
+    the VM) and the problems; ``source`` is the VM's host as read for them."""
+
+    mode: MigrationMode
+    target: HostInfo | None
+    problems: list[Problem]
+    source: HostInfo
+
+
 def precheck(
     conn: Connection,
     vm: VMInfo,
     spec: MigrationSpec,
     policy: Policy,
     exclude: MigrationRun | None = None,
-) -> tuple[MigrationMode, HostInfo | None, list[Problem]]:
+) -> Checked:
     """Every pre-check, the engine's and the backend's; chooses the target if needed."""
     backend = conn.backend
     caps = backend.capabilities
@@ -52,7 +62,8 @@ def precheck(
         if getattr(spec, name) is not None and not caps.has(name):
             refuse("unsupported", f"{name} is not supported by this backend; ignored", "warning")
     target: HostInfo | None = None
-    cluster = backend.host(vm.host).cluster
+    source = backend.host(vm.host)
+    cluster = source.cluster
     ctx = conn.ledger.placement_context(exclude, cluster, vm)
     placement = conn.plugins.placement
     if spec.target is not None:
@@ -74,4 +85,4 @@ def precheck(
             problems.extend(exc.problems)
     if target is not None and all(p.severity == "warning" for p in problems):
         problems.extend(backend.check(vm, target, spec, mode=mode, policy=policy))
-    return mode, target, problems
+    return Checked(mode, target, problems, source)

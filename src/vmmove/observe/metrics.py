@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import start_http_server as _start_http_server
 
 from vmmove.machine import Phase
+from vmmove.model import MigrationMode
 from vmmove.observe.labels import action_of
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ _DOWNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, _MINUTE, 5 * _
 _BYTES_BUCKETS = tuple(float(1 << n) for n in range(28, 42, 2))  # 256 MiB .. 1 TiB
 _ITERATION_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
 _PHASE_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, _MINUTE, 5 * _MINUTE, 15 * _MINUTE, _HOUR)
+# Around 1: the targets are within 10 % (time) and 25 % (downtime).
+_RATIO_BUCKETS = (0.5, 0.75, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,12 @@ FAMILIES = (
            "Policy steps that fired, applied or skipped, by action."),
     Family("vmmove_migration_warnings_total", "counter", ("backend",),
            "Warnings written into migration records."),
+    Family("vmmove_migration_prediction_ratio", "histogram", ("backend", "quantity"),
+           "Measured over predicted (1 is exact) of a completed live migration's duration, "
+           "downtime and data sent, against the forecast made when its target was chosen."),
+    Family("vmmove_migration_predictions_total", "counter", ("backend", "predicted", "outcome"),
+           "Live migrations with a forecast, by what it said (converges or not) and how "
+           "they ended: the model's convergence calls against the record."),
 )  # fmt: skip
 
 _BUCKETS = {
@@ -86,6 +95,7 @@ _BUCKETS = {
     "vmmove_migration_data_sent_bytes": _BYTES_BUCKETS,
     "vmmove_migration_precopy_iterations": _ITERATION_BUCKETS,
     "vmmove_phase_duration_seconds": _PHASE_BUCKETS,
+    "vmmove_migration_prediction_ratio": _RATIO_BUCKETS,
 }
 
 
@@ -149,6 +159,7 @@ class Recorder:
             backend, mode, outcome, error_type
         ).inc()
         fig = record.figures
+        self._prediction(record)
         if fig.total_time is not None:
             self._histogram("vmmove_migration_duration_seconds").labels(
                 backend, mode, outcome
@@ -167,6 +178,27 @@ class Recorder:
             self._histogram("vmmove_migration_precopy_iterations").labels(backend).observe(
                 fig.iterations
             )
+
+    def _prediction(self, record: MigrationRecord) -> None:
+        forecast = record.predicted
+        if forecast is None:
+            return
+        called = "converges" if forecast.total_time is not None else "does_not_converge"
+        self._counter("vmmove_migration_predictions_total").labels(
+            record.backend, called, record.phase.value
+        ).inc()
+        # Only a live move that completed live measured what was forecast (a cold fallback
+        # measures the stop-move-start, a failure nothing comparable).
+        if record.phase is not Phase.COMPLETED or record.mode is not MigrationMode.LIVE:
+            return
+        fig, ratio = record.figures, self._histogram("vmmove_migration_prediction_ratio")
+        for quantity, measured, predicted in (
+            ("duration", fig.total_time, forecast.total_time),
+            ("downtime", fig.downtime_ms, forecast.downtime_ms),
+            ("data_sent", fig.data_sent, forecast.data_sent),
+        ):
+            if measured is not None and predicted:
+                ratio.labels(record.backend, quantity).observe(measured / predicted)
 
 
 @dataclass

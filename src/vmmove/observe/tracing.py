@@ -159,6 +159,7 @@ class Tracker:
                 **({} if fig.downtime_ms is None else {"vmmove.downtime_ms": fig.downtime_ms}),
                 **({} if fig.data_sent is None else {"vmmove.data_sent_bytes": fig.data_sent}),
                 **({} if fig.iterations is None else {"vmmove.iterations": fig.iterations}),
+                **_forecast(record),
             }
         )
         error = error_of(record)
@@ -168,6 +169,20 @@ class Tracker:
             if record.phase is Phase.FAILED:
                 root.set_status(Status(StatusCode.ERROR, type(error).__name__))
         root.end(end_time=_ns(at))
+
+
+def _forecast(record: MigrationRecord) -> dict[str, float | bool]:
+    """The forecast beside the figures, so a trace shows predicted against measured."""
+    p = record.predicted
+    if p is None:
+        return {}
+    found = {
+        "vmmove.predicted.converges": p.total_time is not None,
+        "vmmove.predicted.total_time_s": p.total_time,
+        "vmmove.predicted.downtime_ms": p.downtime_ms,
+        "vmmove.predicted.data_sent_bytes": p.data_sent,
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 _lock = threading.Lock()
