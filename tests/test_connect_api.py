@@ -74,6 +74,11 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
     ("sim clock and speed", ("sim://?speed=10",), {"clock": VirtualClock()}, "not both"),
     ("sim query typo", ("sim://?sped=10",), {}, "sped"),
     ("core keyword misspelt", ("sim://",), {"max_concurent": 2}, "did you mean"),
+    ("link zero", ("sim://",), {"link_mib_s": 0}, "link_mib_s"),
+    ("link negative", ("sim://",), {"link_mib_s": -32}, "link_mib_s"),
+    ("link as text", ("sim://",), {"link_mib_s": "32"}, "link_mib_s"),
+    ("link as bool", ("sim://",), {"link_mib_s": True}, "link_mib_s"),
+    ("link infinite", ("sim://",), {"link_mib_s": float("inf")}, "link_mib_s"),
 ]
 
 

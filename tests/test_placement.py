@@ -237,6 +237,28 @@ def test_predict_a_writer_faster_than_its_share_does_not_converge() -> None:
     assert shared.need == pytest.approx(600 * MiB / 0.8)
 
 
+def test_a_declared_link_stands_in_for_hosts_that_do_not_report_one() -> None:
+    from vmmove.policy import PRESETS
+    from vmmove.prediction import DEFAULT_LINK, predict_migration
+
+    guest = vm(memory_gib=1, dirty_mib_s=8)
+    quiet = predict_migration(guest, host("a"), host("b"), PRESETS["balanced"])
+    assert quiet.rate == DEFAULT_LINK
+    slow = predict_migration(guest, host("a"), host("b"), PRESETS["balanced"], link=32 * MiB)
+    assert slow.rate == 32 * MiB
+    assert any("as declared" in note for note in slow.basis)
+    assert slow.total_time is not None
+    assert quiet.total_time is not None
+    assert slow.total_time > 20 * quiet.total_time
+    # A host that reports its link keeps it: the declaration only fills the gap.
+    fast = host("b", extra={"link_mib_s": "16"})
+    assert predict_migration(guest, host("a"), fast, PRESETS["balanced"], link=32 * MiB).rate == (
+        16 * MiB
+    )
+    with vmmove.connect("sim://", link_mib_s=32) as conn:
+        assert conn.link == 32 * MiB
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     memory=st.integers(256, 65536),

@@ -176,6 +176,7 @@ def connect(
     journal: str | None = None,
     max_concurrent: int | None = None,
     poll_grace: float | None = None,
+    link_mib_s: float | None = None,
     **options: Any,
 ) -> Connection:
     """Connect to the estate behind ``uri`` through the backend plugin for its scheme.
@@ -186,7 +187,9 @@ def connect(
     ``$VMMOVE_JOURNAL``, then the SQLite file); ``max_concurrent`` (a positive
     int) caps how many migrations run at once; ``poll_grace`` (seconds, default 120) is how
     long the platform may stay unreachable, or a lost answer unexplained, before a
-    migration is judged by the inventory alone. ``options`` go to the backend, which
+    migration is judged by the inventory alone; ``link_mib_s`` (MiB/s) declares the
+    migration link between hosts whose platform does not report one, for predictions and the
+    forecasts kept in records (default: 10 GbE). ``options`` go to the backend, which
     refuses any it does not know (credentials as :class:`Secret`, TLS settings...).
 
     Anything malformed raises :class:`InvalidInput` before a backend, a journal file or a
@@ -213,6 +216,12 @@ def connect(
         or not 0 <= poll_grace < float("inf")
     ):
         raise InvalidInput(f"poll_grace is a number of seconds >= 0, not {poll_grace!r}")
+    if link_mib_s is not None and (
+        isinstance(link_mib_s, bool)
+        or not isinstance(link_mib_s, int | float)
+        or not 0 < link_mib_s < float("inf")
+    ):
+        raise InvalidInput(f"link_mib_s is a rate in MiB/s > 0, not {link_mib_s!r}")
     try:
         scheme = urlsplit(uri).scheme
     except ValueError as exc:
@@ -238,6 +247,7 @@ def connect(
             store=_store_for(estate, store, journal),
             max_concurrent=max_concurrent,
             **({} if poll_grace is None else {"poll_grace": float(poll_grace)}),
+            link=None if link_mib_s is None else float(link_mib_s) * 2**20,
         )
     except BaseException:
         backend.close()  # nothing may stay open behind a refused connect
@@ -278,7 +288,7 @@ def attach(
 
 
 # The keyword arguments connect() itself takes; every other one is the backend's.
-_CORE_OPTIONS = ("store", "journal", "max_concurrent", "poll_grace")
+_CORE_OPTIONS = ("store", "journal", "max_concurrent", "poll_grace", "link_mib_s")
 
 
 def _check_uri(uri: object) -> str:

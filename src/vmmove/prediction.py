@@ -233,10 +233,12 @@ def predict_migration(
     bandwidth: int | None = None,
     max_downtime: int | None = None,
     max_passes: int = 60,
+    link: float | None = None,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
 
-    The link is the slower of the two hosts' (``bandwidth`` MiB/s caps it). Triggers map onto
+    The link is the slower of the two hosts' (``link``, bytes/s, for a host that does not say:
+    the caller's declaration, else 10 GbE; ``bandwidth`` MiB/s caps it). Triggers map onto
     passes: ``AtIteration`` from its pass; ``DirtyRateAbove`` once the guest (throttled, if
     auto-converge runs) dirties that share of the rate; ``Stalled`` once passes stop
     shrinking for its seconds; ``BudgetShare`` at that share of the completion budget.
@@ -246,8 +248,10 @@ def predict_migration(
     attempt. Fixed set-up time of the platform is not included.
     """
     basis: list[str] = []
-    rate = min(link_of(source), link_of(target))
-    basis.append(f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else 10 GbE)")
+    default = link if link else DEFAULT_LINK
+    rate = min(link_of(source, default), link_of(target, default))
+    declared = "as declared (link_mib_s)" if link else "10 GbE"
+    basis.append(f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else {declared})")
     if bandwidth:
         rate = min(rate, bandwidth * MiB)
         basis.append(f"capped at {bandwidth} MiB/s by the caller")

@@ -89,11 +89,15 @@ class Connection:
         store: RecordStore | None = None,
         max_concurrent: int | None = None,
         poll_grace: float = 120.0,
+        link: float | None = None,
     ) -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise InvalidInput("max_concurrent must be at least 1")
         #: seconds a job may stay unreachable before its migration is given up on
         self.poll_grace = poll_grace
+        #: bytes/s of the migration link between hosts whose platform does not report one
+        #: (the caller's ``link_mib_s``): what predictions assume
+        self.link = link
         self.backend = backend
         self.uri = uri
         self.backend_name = backend.scheme or type(backend).__name__
@@ -264,6 +268,7 @@ class Connection:
             pol,
             bandwidth=spec.bandwidth,
             max_downtime=spec.max_downtime,
+            link=self.link,
         )
 
     @_keywords_checked

@@ -391,6 +391,7 @@ class MigrationRun:
             self.policy,
             bandwidth=self.spec.bandwidth,
             max_downtime=self.spec.max_downtime,
+            link=self.conn.link,
         )
         return Figures(
             total_time=p.total_time,
