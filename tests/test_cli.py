@@ -163,6 +163,18 @@ def test_check_predicts_the_migration_it_would_start() -> None:
     assert p["total_time"] == pytest.approx(measured - 1.3, rel=0.15)  # set-up not predicted
 
 
+@pytest.mark.parametrize(("flag", "postcopy"), [((), False), (("--allow-postcopy",), True),
+                                              (("--no-postcopy",), False)])  # fmt: skip
+def test_check_predicts_the_callers_postcopy_choice(flag: tuple[str, ...], postcopy: bool) -> None:
+    # cache-1 dirties memory faster than its link: balanced's non-convergence step fires
+    out = run("check", "cache-1", "--predict", "--json", *flag)
+    assert out.exit_code == 0, out.output
+    p = json.loads(out.stdout)["prediction"]
+    assert p["postcopy"] is postcopy
+    action = "post-copy" if postcopy else "auto-converge(sized)"
+    assert f"dirty-rate>=80%-of-transfer -> {action}" in p["steps"]
+
+
 def test_check_refused_gives_reasons_and_exit_3() -> None:
     result = run("check", "gpu-1", "--to", "host-a")
     assert result.exit_code == cli.ExitCode.REFUSED

@@ -113,6 +113,45 @@ def test_postcopy_is_fastest_with_the_shortest_pause() -> None:
     assert vmmove.Phase.POSTCOPY in [t.phase for t in record.history]
 
 
+def test_balanced_switches_to_postcopy_only_where_the_caller_allows_it() -> None:
+    allowed = run("balanced", allow_postcopy=True)
+    assert allowed.phase is vmmove.Phase.COMPLETED
+    assert vmmove.Phase.POSTCOPY in [t.phase for t in allowed.history]
+    (switch,) = [s for s in allowed.steps if s.step.endswith("-> post-copy")]
+    assert switch.applied
+    assert switch.step.startswith("dirty-rate>=80%-of-transfer")
+    assert not [s for s in allowed.steps if "auto-converge" in s.step]
+    assert allowed.figures.total_time is not None
+    throttled = run("balanced")  # not allowed: the same step throttles instead
+    assert vmmove.Phase.POSTCOPY not in [t.phase for t in throttled.history]
+    assert any(s.step.endswith("-> auto-converge(sized)") for s in throttled.steps)
+    assert throttled.figures.total_time is not None
+    assert allowed.figures.total_time < throttled.figures.total_time
+
+
+def test_a_caller_who_forbids_postcopy_overrides_the_policy() -> None:
+    record = run("minimal-downtime", allow_postcopy=False, completion_budget_per_gib=20)
+    (step,) = record.steps
+    assert not step.applied
+    assert step.reason == "the caller does not allow post-copy"
+    assert vmmove.Phase.POSTCOPY not in [t.phase for t in record.history]
+    assert record.phase is vmmove.Phase.FAILED  # pre-copy alone cannot end it
+    assert record.vm_host == "a"
+
+
+@pytest.mark.parametrize("allow", [True, False, None])
+def test_the_prediction_follows_the_callers_postcopy_choice(allow: bool | None) -> None:
+    predicted = hot_guest().predict("hot", "b", policy="balanced", allow_postcopy=allow)
+    assert predicted.postcopy is (allow is True)
+    assert predicted.converges
+    assert any(("post-copy" if allow else "auto-converge") in s for s in predicted.steps)
+
+
+def test_allow_postcopy_is_checked() -> None:
+    with pytest.raises(vmmove.InvalidInput, match="allow_postcopy"):
+        hot_guest().migrate("hot", to="b", allow_postcopy="yes")  # type: ignore[arg-type]
+
+
 def test_converge_preset_converges() -> None:
     assert run("converge").phase is vmmove.Phase.COMPLETED
 

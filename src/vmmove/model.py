@@ -146,6 +146,10 @@ class MigrationSpec:
     steps are clamped to it. Like QEMU's downtime-limit, it bounds the *expected* pause at
     the measured pre-copy rate. ``bandwidth`` (MiB/s) limits the pre-copy rate.
     ``completion_budget_per_gib`` and ``stall_timeout`` override the policy's own.
+    ``allow_postcopy``: ``True`` lets a policy's :class:`~vmmove.policy.ForceConvergence`
+    step (the default ``balanced`` has one) switch to post-copy rather than throttle the
+    guest; ``False`` forbids post-copy (a policy's ``PostCopy`` steps are skipped);
+    ``None`` leaves the policy's own steps.
     """
 
     vm: str
@@ -157,6 +161,7 @@ class MigrationSpec:
     completion_budget_per_gib: float | None = None
     stall_timeout: float | None = None
     datastore: str | None = None  # move the disks there too (backends with storage_move)
+    allow_postcopy: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vm, str) or not self.vm:
@@ -182,6 +187,10 @@ class MigrationSpec:
                 isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
             ):
                 raise InvalidInput(f"{name} must be a positive number, not {value!r}")
+        if self.allow_postcopy is not None and not isinstance(self.allow_postcopy, bool):
+            raise InvalidInput(
+                f"allow_postcopy is True, False or None, not {self.allow_postcopy!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

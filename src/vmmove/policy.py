@@ -11,7 +11,7 @@ Budgets scale with memory, as Nova and KubeVirt do: a VM of ``m`` GiB gets
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vmmove.errors import InvalidInput
 
@@ -24,6 +24,7 @@ __all__ = [
     "BudgetShare",
     "ColdFallback",
     "DirtyRateAbove",
+    "ForceConvergence",
     "Policy",
     "PostCopy",
     "SetBandwidth",
@@ -31,6 +32,7 @@ __all__ = [
     "Stalled",
     "Step",
     "Trigger",
+    "adapt",
 ]
 
 
@@ -160,7 +162,22 @@ class ColdFallback:
         return "cold-fallback"
 
 
-Action = SetDowntime | SetBandwidth | AutoConverge | PostCopy | Abort | ColdFallback
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ForceConvergence:
+    """Make a migration converge that pre-copy alone will not finish: post-copy where the
+    caller allows it (``allow_postcopy=True``) and the platform can, otherwise auto-converge
+    with its first throttle sized from the measured rates. Chosen once, when the migration
+    is submitted (:func:`adapt`): the record names the action taken."""
+
+    capability = "auto_converge"
+
+    def __str__(self) -> str:
+        return "force-convergence"
+
+
+Action = (
+    SetDowntime | SetBandwidth | AutoConverge | PostCopy | Abort | ColdFallback | ForceConvergence
+)
 
 #: Actions that must be enabled when the job starts on some platforms (libvirt's flags).
 START_TIME_CAPABILITIES = frozenset({"auto_converge", "postcopy"})
@@ -237,6 +254,21 @@ class Policy:
         return self.completion_budget_per_gib * gib
 
 
+def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Policy:
+    """``policy`` as it runs for this caller on this platform: each
+    :class:`ForceConvergence` becomes :class:`PostCopy` when the caller allowed post-copy
+    and the platform can (``postcopy``), else sized :class:`AutoConverge`. Explicit
+    ``PostCopy`` steps stay; with ``allow_postcopy=False`` the engine skips them."""
+    if not any(isinstance(s.action, ForceConvergence) for s in policy.steps):
+        return policy
+    chosen: Action = PostCopy() if allow_postcopy and postcopy else AutoConverge(sized=True)
+    steps = tuple(
+        Step(trigger=s.trigger, action=chosen) if isinstance(s.action, ForceConvergence) else s
+        for s in policy.steps
+    )
+    return replace(policy, steps=steps)
+
+
 def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:
     return tuple(Step(trigger=t, action=a) for t, a in pairs)
 
@@ -244,13 +276,14 @@ def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:
 def _presets() -> dict[str, Policy]:
     # No preset lets the guest pause longer than 1 s on its own (pause_cap_ms): on a real
     # link the stop-and-copy pays the link like every other byte, so a 5 s limit is a 5 s
-    # freeze. Beyond that a preset throttles the guest (auto-converge, its first throttle
-    # sized from the measured rates) or switches to post-copy; the caller's max_downtime
-    # can allow a longer pause, and then balanced's emergency step uses it.
+    # freeze. Beyond that a preset switches to post-copy (balanced: only where the caller
+    # allows it) or throttles the guest (auto-converge, its first throttle sized from the
+    # measured rates); the caller's max_downtime can allow a longer pause, and then
+    # balanced's emergency step uses it.
     balanced = _steps(
         (AtIteration(n=2), SetDowntime(ms=500)),
         (AtIteration(n=4), SetDowntime(ms=1_000)),
-        (DirtyRateAbove(share=0.8), AutoConverge(sized=True)),
+        (DirtyRateAbove(share=0.8), ForceConvergence()),
         (DirtyRateAbove(share=0.8, from_iteration=3), SetDowntime(ms=5_000)),
         (Stalled(seconds=30), AutoConverge()),
     )
@@ -275,8 +308,8 @@ def _presets() -> dict[str, Policy]:
                 name="balanced",
                 steps=balanced,
                 pause_cap_ms=capped,
-                description="downtime steps to 1 s, auto-converge sized from the measured "
-                "rates if pre-copy cannot converge; never post-copy",
+                description="downtime steps to 1 s; if pre-copy cannot converge, post-copy "
+                "where the caller allows it, else auto-converge sized from the measured rates",
             ),
             Policy(
                 name="converge",

@@ -33,6 +33,7 @@ from vmmove.policy import (
     SetDowntime,
     Stalled,
     Step,
+    adapt,
 )
 
 __all__ = [
@@ -234,6 +235,7 @@ def predict_migration(
     max_downtime: int | None = None,
     max_passes: int = 60,
     link: float | None = None,
+    allow_postcopy: bool | None = None,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
 
@@ -247,6 +249,8 @@ def predict_migration(
     ``PostCopy`` switches at the end of the pass, ``Abort``/``ColdFallback`` end the live
     attempt. Fixed set-up time of the platform is not included.
     """
+    # As the engine runs it: a policy not yet adapted is, for a platform that can post-copy.
+    policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True)
     basis: list[str] = []
     default = link if link else DEFAULT_LINK
     rate = min(link_of(source, default), link_of(target, default))
@@ -332,7 +336,7 @@ def predict_migration(
             if isinstance(step.action, (Abort, ColdFallback)):
                 basis.append(f"the live attempt ends at {step}")
                 return outcome(False, None)
-        if any(isinstance(s.action, PostCopy) for s in now_fired):
+        if allow_postcopy is not False and any(isinstance(s.action, PostCopy) for s in now_fired):
             elapsed += POSTCOPY_PAUSE_S + size / rate  # the rest, pulled over the link
             data += size
             return outcome(True, POSTCOPY_PAUSE_S, postcopy=True)

@@ -48,7 +48,7 @@ from typing import Any
 import vmmove
 from vmmove.errors import VMMoveError
 from vmmove.model import MiB, MigrationMode
-from vmmove.policy import PRESETS, resolve
+from vmmove.policy import PRESETS, AtIteration, AutoConverge, Policy, PostCopy, Step, resolve
 from vmmove.store import MemoryStore
 from vmmove_libvirt.events import ensure_loop
 
@@ -103,6 +103,8 @@ class Row:
     work_lost_pct: float | None = None
     notes: str = ""
     steps: list[str] = field(default_factory=list)
+    # vmmove.predict's forecast, made just before the run from a fresh dirty-rate sample
+    predicted: dict[str, Any] = field(default_factory=dict)
     load: str = ""  # /proc/loadavg when it started: other work on the machine shows here
 
 
@@ -266,20 +268,47 @@ class Bench:
             row.notes = f"guest throttled to {last['auto_converge_throttle']} %"
         return row
 
-    def vmmove(self, conn: Any, name: str, policy: str, timeout: float) -> Row:
+    def policy(self, label: str) -> Policy:
+        """The policy a run follows, as vmmove's model sees it: a preset, or libvirt's own
+        way written as one (defaults: no step; auto-converge: QEMU's throttle from pass 2;
+        post-copy once pass 2 starts). Its budget is the run's timeout."""
+        timeout = self.args.ac_timeout if label == BARE_RUNS[1] else self.args.timeout
+        if label.startswith("vmmove "):
+            # The test guest ignores ACPI: a cold move powers it off after 3 s (as the tests
+            # do), not after the preset's 120 s.
+            chosen = replace(resolve(label.removeprefix("vmmove ")), shutdown_timeout=3.0)
+        else:
+            steps: tuple[Step, ...] = ()
+            if label == BARE_RUNS[1]:
+                steps = (Step(trigger=AtIteration(n=1), action=AutoConverge()),)
+            elif label == BARE_RUNS[2]:
+                steps = (Step(trigger=AtIteration(n=2), action=PostCopy()),)
+            chosen = Policy(name=label, steps=steps)
+        # per GiB, counted as at least 2 GiB: the whole timeout for this guest
+        return replace(chosen, completion_budget_per_gib=timeout / 2)
+
+    def predict(self, conn: Any, name: str, label: str) -> dict[str, Any]:
+        dest = self.ids[1 - self.where(name)]
+        t0 = time.monotonic()
+        p = conn.predict(name, to=dest, policy=self.policy(label))
+        return {
+            "converges": p.converges,
+            "total_s": p.total_time,
+            "downtime_ms": p.downtime_ms,
+            "data_mib": p.data / MiB,
+            "passes": p.passes,
+            "postcopy": p.postcopy,
+            "steps": list(p.steps),
+            "dirty_mib_s": p.dirty_rate / MiB,
+            "link_mib_s": p.rate / MiB,
+            "took_s": time.monotonic() - t0,  # the dirty-rate sample, mostly
+        }
+
+    def vmmove(self, conn: Any, name: str, label: str) -> Row:
         load = loadavg()
         dest = self.ids[1 - self.where(name)]
-        # The test guest ignores ACPI: a cold move powers it off after 3 s (as the tests do),
-        # not after the preset's 120 s.
-        chosen = replace(resolve(policy), shutdown_timeout=3.0)
         t0 = time.monotonic()
-        m = conn.migrate(
-            name,
-            to=dest,
-            mode=MigrationMode.LIVE,
-            policy=chosen,
-            completion_budget_per_gib=timeout / 2,  # per GiB, counted as at least 2 GiB
-        )
+        m = conn.migrate(name, to=dest, mode=MigrationMode.LIVE, policy=self.policy(label))
         try:
             record = m.wait()
             outcome = "completed"
@@ -307,6 +336,7 @@ class Bench:
     def one(self, conn: Any, name: str, label: str) -> Row:
         a = self.args
         self.settle(name)
+        predicted = self.predict(conn, name, label)
         holder: list[Row] = []
         with self.watched(name, holder):
             kinds = {BARE_RUNS[0]: "defaults", BARE_RUNS[1]: "auto-converge"}
@@ -315,9 +345,10 @@ class Bench:
                 timeout = a.ac_timeout if kinds[label] == "auto-converge" else a.timeout
                 holder.append(self.bare(name, kind=kinds[label], timeout=timeout))
             else:
-                holder.append(self.vmmove(conn, name, label.removeprefix("vmmove "), a.timeout))
+                holder.append(self.vmmove(conn, name, label))
         row = holder[0]
         row.run = label
+        row.predicted = predicted
         row.pages_ok = self.settle(name, restarted="cold" in row.outcome)
         if "cold" in row.outcome:
             row.work_lost_pct = None  # it restarted: its page counter started over
@@ -350,7 +381,8 @@ class Bench:
                 "idle": [BARE_RUNS[0], "vmmove balanced"],
                 "link": [BARE_RUNS[0], "vmmove balanced", "vmmove minimal-downtime"],
             }
-        with vmmove.connect(self.cluster_uri, store=MemoryStore()) as conn:
+        # The link as measured, declared to vmmove (libvirt does not report one).
+        with vmmove.connect(self.cluster_uri, store=MemoryStore(), link_mib_s=goodput) as conn:
             for sc in SCENARIOS:
                 if sc.key not in plan:
                     continue
@@ -471,11 +503,72 @@ def report(result: dict[str, Any]) -> bool:
             all(r["pages_ok"] for r in rows.values()),
         )
     )
-    checks.append(("predictor (total time, downtime, converges?): not measured here", None))
+    checks.extend(predictions(result))
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
     return all(ok is not False for _, ok in checks)
+
+
+def ended_live(row: dict[str, Any]) -> bool:
+    return bool(row["outcome"].startswith("completed") and "cold" not in row["outcome"])
+
+
+def predictions(result: dict[str, Any]) -> list[tuple[str, bool | None]]:
+    """The predicted-vs-measured table, and the predictor's three targets over every row."""
+    print("\n### Predicted (vmmove.predict, before each run) vs measured\n")
+    print(
+        "| scenario | run | dirty sampled MiB/s | converges: predicted / measured "
+        "| time s: predicted / wall | ratio | downtime ms: predicted / QEMU | ratio "
+        "| MiB: predicted / sent | steps predicted |"
+    )
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    times: list[float] = []
+    pauses: list[float] = []
+    calls = right = 0
+    for s in result["scenarios"].values():
+        for r in s["rows"]:
+            p = r["predicted"]
+            if not p:
+                continue
+            live = ended_live(r)
+            calls += 1
+            right += p["converges"] == live
+            t_ratio = d_ratio = None
+            if p["converges"] and live and p["total_s"]:
+                t_ratio = r["wall"] / p["total_s"]
+                times.append(t_ratio)
+            if p["converges"] and live and p["downtime_ms"] and r["downtime_ms"] is not None:
+                d_ratio = r["downtime_ms"] / p["downtime_ms"]
+                pauses.append(d_ratio)
+            yes_no = {True: "yes", False: "no"}
+            print(
+                f"| {s['title']} | {r['run']} | {p['dirty_mib_s']:.1f} "
+                f"| {yes_no[p['converges']]} / {yes_no[live]} "
+                f"| {fmt(p['total_s'])} / {r['wall']:.1f} | {fmt(t_ratio, '.2f')} "
+                f"| {fmt(p['downtime_ms'], '.0f')} / {fmt(r['downtime_ms'], '.0f')} "
+                f"| {fmt(d_ratio, '.2f')} | {p['data_mib']:.0f} / {fmt(r['data_mib'], '.0f')} "
+                f"| {'; '.join(p['steps']) or '-'} |"
+            )
+    if not calls:
+        return [("predictor: no prediction made", None)]
+    within_t = sum(abs(x - 1) <= 0.10 for x in times)
+    within_d = sum(abs(x - 1) <= 0.25 for x in pauses)
+    return [
+        (
+            f"predictor, total time within 10 %: {within_t} of {len(times)} runs that "
+            f"converged as predicted (wall / predicted {fmt(min(times, default=None), '.2f')}"
+            f"..{fmt(max(times, default=None), '.2f')})",
+            bool(times) and within_t == len(times),
+        ),
+        (
+            f"predictor, downtime within 25 %: {within_d} of {len(pauses)} "
+            f"(QEMU / predicted {fmt(min(pauses, default=None), '.2f')}"
+            f"..{fmt(max(pauses, default=None), '.2f')})",
+            bool(pauses) and within_d == len(pauses),
+        ),
+        (f"predictor, converges or not: right {right} of {calls}", right == calls),
+    ]
 
 
 def main() -> int:

@@ -32,6 +32,13 @@ def spec_options(func: F) -> F:
             click.option(
                 "--bandwidth", type=click.IntRange(min=1), metavar="MIB", help="Rate cap (MiB/s)."
             ),
+            click.option(
+                "--allow-postcopy/--no-postcopy",
+                "allow_postcopy",
+                default=None,
+                help="Let the policy switch to post-copy rather than throttle the guest, or "
+                "forbid post-copy (default: the policy's own steps).",
+            ),
         ]
     ):
         func = option(func)
@@ -46,8 +53,15 @@ def spec_kwargs(
     policy: str,
     max_downtime: int | None,
     bandwidth: int | None,
+    allow_postcopy: bool | None = None,
 ) -> dict[str, Any]:
     if live + cold + auto > 1:
         raise click.UsageError("--live, --cold and --auto exclude each other")
     mode = "live" if live else "cold" if cold else "auto"
-    return {"mode": mode, "policy": policy, "max_downtime": max_downtime, "bandwidth": bandwidth}
+    return {
+        "mode": mode,
+        "policy": policy,
+        "max_downtime": max_downtime,
+        "bandwidth": bandwidth,
+        "allow_postcopy": allow_postcopy,
+    }

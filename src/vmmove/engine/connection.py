@@ -43,6 +43,7 @@ from vmmove.model import (
 from vmmove.outcomes import error_of
 from vmmove.policy import (
     Policy,
+    adapt,
     resolve,
 )
 from vmmove.prediction import Prediction, predict_migration
@@ -199,6 +200,14 @@ class Connection:
         except TypeError as exc:
             raise InvalidInput(str(exc)) from None
 
+    def _policy(self, spec: MigrationSpec) -> Policy:
+        """The spec's policy, as it runs for this caller on this backend (:func:`adapt`)."""
+        return adapt(
+            resolve(spec.policy, self.plugins.policies),
+            allow_postcopy=spec.allow_postcopy,
+            postcopy=self.backend.capabilities.postcopy,
+        )
+
     @_keywords_checked
     def check(
         self,
@@ -210,6 +219,7 @@ class Connection:
         policy: str | Policy | None = None,
         bandwidth: int | None = None,
         max_downtime: int | None = None,
+        allow_postcopy: bool | None = None,
         completion_budget_per_gib: float | None = None,
         stall_timeout: float | None = None,
         datastore: str | None = None,
@@ -221,12 +231,13 @@ class Connection:
             policy=policy,
             bandwidth=bandwidth,
             max_downtime=max_downtime,
+            allow_postcopy=allow_postcopy,
             completion_budget_per_gib=completion_budget_per_gib,
             stall_timeout=stall_timeout,
             datastore=datastore,
         )
         spec = self._spec(vm, to, spec, options)
-        policy = resolve(spec.policy, self.plugins.policies)
+        policy = self._policy(spec)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
             return precheck(self, info, spec, policy).problems
@@ -241,6 +252,7 @@ class Connection:
         policy: str | Policy | None = None,
         bandwidth: int | None = None,
         max_downtime: int | None = None,
+        allow_postcopy: bool | None = None,
     ) -> Prediction:
         """Predict a live migration before it starts (nothing moves): total time, pause, data,
         whether it converges and which policy steps fire, from a dirty-rate sample the
@@ -248,10 +260,14 @@ class Connection:
         target is chosen as :meth:`migrate` would when none is named; ``PrecheckFailed``
         when no host can take the VM."""
         options = _given(
-            mode=MigrationMode.LIVE, policy=policy, bandwidth=bandwidth, max_downtime=max_downtime
+            mode=MigrationMode.LIVE,
+            policy=policy,
+            bandwidth=bandwidth,
+            max_downtime=max_downtime,
+            allow_postcopy=allow_postcopy,
         )
         spec = self._spec(vm, to, spec, options)
-        pol = resolve(spec.policy, self.plugins.policies)
+        pol = self._policy(spec)
         info = self.backend.vm(spec.vm)
         with self._sup.cond:
             checked = precheck(self, info, spec, pol)
@@ -268,6 +284,7 @@ class Connection:
             pol,
             bandwidth=spec.bandwidth,
             max_downtime=spec.max_downtime,
+            allow_postcopy=spec.allow_postcopy,
             link=self.link,
         )
 
@@ -282,6 +299,7 @@ class Connection:
         policy: str | Policy | None = None,
         bandwidth: int | None = None,
         max_downtime: int | None = None,
+        allow_postcopy: bool | None = None,
         completion_budget_per_gib: float | None = None,
         stall_timeout: float | None = None,
         datastore: str | None = None,
@@ -302,12 +320,13 @@ class Connection:
             policy=policy,
             bandwidth=bandwidth,
             max_downtime=max_downtime,
+            allow_postcopy=allow_postcopy,
             completion_budget_per_gib=completion_budget_per_gib,
             stall_timeout=stall_timeout,
             datastore=datastore,
         )
         spec = self._spec(vm, to, spec, options)
-        resolved = resolve(spec.policy, self.plugins.policies)
+        resolved = self._policy(spec)
         info = self.backend.vm(spec.vm)
         target: HostInfo | None = None
         if spec.target is not None:
@@ -376,10 +395,13 @@ class Connection:
                 vcpus=0,
             )
         try:
-            policy = resolve(record.policy, self.plugins.policies)
+            found = resolve(record.policy, self.plugins.policies)
         except InvalidInput:
-            policy = resolve("none")  # a custom schedule is not in the record: budgets only
-        spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=policy)
+            found = resolve("none")  # a custom schedule is not in the record: budgets only
+        spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=found)
+        # The caller's allow_postcopy is not in the record: the adopter throttles, never
+        # switches a job to post-copy on a permission it cannot see.
+        policy = self._policy(spec)
         run = MigrationRun(self, spec, vm, policy, record=record)
         run.error = error_of(record)
         if record.phase.terminal:

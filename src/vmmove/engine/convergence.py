@@ -21,6 +21,7 @@ from vmmove.policy import (
     BudgetShare,
     ColdFallback,
     DirtyRateAbove,
+    PostCopy,
     SetDowntime,
     Stalled,
     Step,
@@ -106,6 +107,9 @@ def apply_step(run: MigrationRun, step: Step) -> None:
     caps = run.backend.capabilities
     if not caps.has(action.capability):
         run.record_step(step, applied=False, reason=f"backend lacks {action.capability}")
+        return
+    if isinstance(action, PostCopy) and run.spec.allow_postcopy is False:
+        run.record_step(step, applied=False, reason="the caller does not allow post-copy")
         return
     assert run.job is not None
     if isinstance(action, Abort):

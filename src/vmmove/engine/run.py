@@ -391,6 +391,7 @@ class MigrationRun:
             self.policy,
             bandwidth=self.spec.bandwidth,
             max_downtime=self.spec.max_downtime,
+            allow_postcopy=self.spec.allow_postcopy,
             link=self.conn.link,
         )
         return Figures(
@@ -408,6 +409,8 @@ class MigrationRun:
             if self.reservation is not None:
                 self.conn.ledger.reserved_by_backend(self)
         needs = frozenset(c for c in self.policy.needs & START_TIME_CAPABILITIES if caps.has(c))
+        if self.spec.allow_postcopy is False:
+            needs -= {"postcopy"}  # a switch the caller forbade is not armed either
         request_id = f"{self.record.id}-{uuid.uuid4().hex[:8]}"
         self.request_sent = True
         if self.mode is MigrationMode.COLD and caps.relocate_stopped:

@@ -40,7 +40,7 @@ def action_out(action: Action) -> dict[str, Any]:
     if isinstance(action, SetBandwidth):
         return {"k": "bandwidth", "mib_s": action.mib_s}
     if isinstance(action, AutoConverge):
-        return {"k": "auto-converge"}
+        return {"k": "auto-converge", "initial": action.initial, "increment": action.increment}
     if isinstance(action, PostCopy):
         return {"k": "post-copy"}
     return {"k": str(action)}
@@ -53,7 +53,7 @@ def action_in(d: dict[str, Any]) -> Action:
     if kind == "bandwidth":
         return SetBandwidth(mib_s=int(d["mib_s"]))
     if kind == "auto-converge":
-        return AutoConverge()
+        return AutoConverge(initial=d.get("initial"), increment=d.get("increment"))
     if kind == "post-copy":
         return PostCopy()
     raise ValueError(f"unknown action {kind!r}")

@@ -82,6 +82,7 @@ def _row(conn: Connection, spec: MigrationSpec, limits: Limits | None) -> tuple[
         "completion_budget_per_gib": spec.completion_budget_per_gib,
         "stall_timeout": spec.stall_timeout,
         "datastore": spec.datastore,
+        "allow_postcopy": spec.allow_postcopy,
     }
     clusters = sorted({source.cluster, target.cluster if target else source.cluster})
     item = uuid.uuid4().hex[:12]

@@ -242,6 +242,7 @@ class Worker:
             completion_budget_per_gib=s.get("completion_budget_per_gib"),
             stall_timeout=s.get("stall_timeout"),
             datastore=s.get("datastore"),
+            allow_postcopy=s.get("allow_postcopy"),
         )
         token = self.store.claim.set(item.id)
         try:

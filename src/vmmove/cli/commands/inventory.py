@@ -153,6 +153,7 @@ def check(
     policy: str,
     max_downtime: int | None,
     bandwidth: int | None,
+    allow_postcopy: bool | None,
     with_prediction: bool,
     as_json: bool,
 ) -> None:
@@ -164,6 +165,7 @@ def check(
         policy=policy,
         max_downtime=max_downtime,
         bandwidth=bandwidth,
+        allow_postcopy=allow_postcopy,
     )
     prediction = None
     with connect(ctx) as conn:
@@ -171,7 +173,12 @@ def check(
         refused = any(p.severity == "error" for p in problems)
         if with_prediction and not refused:
             prediction = conn.predict(
-                vm, to, policy=policy, bandwidth=bandwidth, max_downtime=max_downtime
+                vm,
+                to,
+                policy=policy,
+                bandwidth=bandwidth,
+                max_downtime=max_downtime,
+                allow_postcopy=allow_postcopy,
             )
     if as_json:
         out = {"vm": vm, "target": to, "ok": not refused, "problems": problems}

@@ -33,6 +33,7 @@ def migrate(
     policy: str,
     max_downtime: int | None,
     bandwidth: int | None,
+    allow_postcopy: bool | None,
     queue: bool,
     as_json: bool,
 ) -> None:
@@ -45,6 +46,7 @@ def migrate(
         policy=policy,
         max_downtime=max_downtime,
         bandwidth=bandwidth,
+        allow_postcopy=allow_postcopy,
     )
     with connect(ctx) as conn:
         if queue:
