@@ -167,8 +167,10 @@ def test_the_prediction_matches_the_simulated_migration(policy: str) -> None:
     assert predicted.converges is done, (predicted, record.phase)
     if not done:
         return
-    measured = record.figures.total_time - SETUP_S - CLEANUP_S  # type: ignore[operator]
-    assert predicted.total_time == pytest.approx(measured, rel=0.15)
+    # The platform's fixed set-up is in the prediction too (Backend.setup_s).
+    assert any(f"{SETUP_S + CLEANUP_S:g} s of the platform's fixed set-up" in b
+               for b in predicted.basis)  # fmt: skip
+    assert predicted.total_time == pytest.approx(record.figures.total_time, rel=0.15)
     assert predicted.postcopy is (vmmove.Phase.POSTCOPY in [t.phase for t in record.history])
 
 

@@ -236,6 +236,9 @@ class Backend(abc.ABC):
     #: why a started job cannot be cancelled, where ``capabilities.cancel`` is false: the
     #: record keeps it beside the refused cancel (``Migration.cancel()`` answers ``False``)
     cancel_refusal: ClassVar[str] = "the platform cannot abort a running migration"
+    #: seconds a live migration costs this platform beyond moving memory (handshakes, the
+    #: target's process started and finished): what predictions add to the transfer
+    setup_s: float = 0.0
 
     @property
     def clock(self) -> Clock:

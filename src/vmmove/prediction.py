@@ -236,6 +236,7 @@ def predict_migration(
     max_passes: int = 60,
     link: float | None = None,
     allow_postcopy: bool | None = None,
+    setup_s: float = 0.0,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
 
@@ -247,7 +248,8 @@ def predict_migration(
     ``SetDowntime`` raises the limit (never above ``max_downtime``), ``AutoConverge``
     throttles from the next pass (QEMU's 20 % then +10 % a pass, or the step's own),
     ``PostCopy`` switches at the end of the pass, ``Abort``/``ColdFallback`` end the live
-    attempt. Fixed set-up time of the platform is not included.
+    attempt. ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
+    added to the total time.
     """
     # As the engine runs it: a policy not yet adapted is, for a platform that can post-copy.
     policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True)
@@ -274,7 +276,9 @@ def predict_migration(
     fired: list[Step] = []
     throttle = 0.0
     throttle_step = 0.0
-    elapsed = data = 0.0
+    elapsed, data = setup_s, 0.0
+    if setup_s:
+        basis.append(f"{setup_s:g} s of the platform's fixed set-up (Backend.setup_s)")
     stalled_since: float | None = None
     smallest = math.inf
 

@@ -286,6 +286,7 @@ class Connection:
             max_downtime=spec.max_downtime,
             allow_postcopy=spec.allow_postcopy,
             link=self.link,
+            setup_s=self.backend.setup_s,
         )
 
     @_keywords_checked

@@ -393,6 +393,7 @@ class MigrationRun:
             max_downtime=self.spec.max_downtime,
             allow_postcopy=self.spec.allow_postcopy,
             link=self.conn.link,
+            setup_s=self.backend.setup_s,
         )
         return Figures(
             total_time=p.total_time,

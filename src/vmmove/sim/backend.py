@@ -38,7 +38,15 @@ from vmmove.model import (
 from vmmove.policy import Action, AutoConverge, Policy, PostCopy, SetBandwidth, SetDowntime
 from vmmove.sim import inventory as inv
 from vmmove.sim.faults import FAULT_STATES, Fault
-from vmmove.sim.physics import BOOT_S, DEFAULT_DOWNTIME_MS, SHUTDOWN_S, Link, SimJob
+from vmmove.sim.physics import (
+    BOOT_S,
+    CLEANUP_S,
+    DEFAULT_DOWNTIME_MS,
+    SETUP_S,
+    SHUTDOWN_S,
+    Link,
+    SimJob,
+)
 
 __all__ = ["Fault", "SimBackend"]
 
@@ -78,6 +86,7 @@ class SimBackend(Backend):
         relocate_stopped=True,
     )
     poll_interval = 0.5
+    setup_s = SETUP_S + CLEANUP_S
 
     def __init__(
         self,
