@@ -14,7 +14,13 @@ guest, migrated back and forth:
 - libvirt auto-converge (``AUTO_CONVERGE``), aborted after ``--ac-timeout``;
 - libvirt post-copy after the first pass (``POSTCOPY``, ``migrateStartPostCopy`` once
   iteration 2 starts, as ``virsh migrate --postcopy-after-precopy``);
-- vmmove under each preset of ``vmmove.policy.PRESETS`` (budget ``--timeout``).
+- vmmove under each preset of ``vmmove.policy.PRESETS`` (budget ``--timeout``), and
+  ``balanced`` once more with the caller allowing post-copy (``allow_postcopy=True``).
+
+Before each run, ``Connection.predict`` forecasts it (a fresh dirty-rate sample of the guest,
+the link as measured and declared with ``link_mib_s``; libvirt's own ways written as vmmove
+policies), and a last table sets each forecast against what happened: total time, downtime,
+data, whether it converged.
 
 Every row: wall time; x bound (bound = bytes that must cross / the link's goodput, both
 measured in this run: the guest's non-zero memory, i.e. its working set plus what an idle
