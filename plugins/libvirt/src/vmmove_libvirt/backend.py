@@ -63,7 +63,7 @@ from vmmove_libvirt.config import (
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
 from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, LiveJob, MigrationJob, RelocateJob, runs
 from vmmove_libvirt.plugin import CAPABILITIES
-from vmmove_libvirt.stats import JOB_ACTIVE
+from vmmove_libvirt.stats import DIRTYRATE_MEASURING, JOB_ACTIVE, dirty_rate
 from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, HostFacts, domain_facts
 
 __all__ = ["QEMU_DEFAULT_DOWNTIME_MS", "LibvirtBackend"]
@@ -89,7 +89,6 @@ MARKER_NS = "urn:vmmove:libvirt:migration:1"
 MARKER_KEY = "vmmove"
 _JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 _VIR_DOMAIN_AFFECT_LIVE = 1
-_DIRTYRATE_MEASURING, _DIRTYRATE_MEASURED = 1, 2  # virDomainDirtyRateStatus
 #: An inventory's dirty rate older than this is measured again (a guest's load changes).
 _DIRTY_RATE_FRESH = 60.0
 _SAMPLE_POLL_S = 0.1
@@ -412,9 +411,9 @@ class LibvirtBackend(Backend):
                 [(_, stats)] = host.ensure().domainListGetStats([dom], flag)
             except (ConnectionFailed, lv.libvirtError, ValueError):
                 return None
-            fresh = stats.get("dirtyrate.calc_start_time", 0) + 1 >= asked
-            if stats.get("dirtyrate.calc_status") == _DIRTYRATE_MEASURED and fresh:
-                return float(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB
+            rate = dirty_rate(stats, since=asked)
+            if rate is not None:
+                return rate
         return None
 
     def _dirty_rates(self, host: HostConn, domains: list[Any]) -> dict[str, float]:
@@ -436,11 +435,13 @@ class LibvirtBackend(Backend):
             busy = set(self._by_vm)  # a live job samples for itself
         out: dict[str, float] = {}
         for dom, values in stats:
-            status = values.get("dirtyrate.calc_status")
-            started = values.get("dirtyrate.calc_start_time", 0)
-            if status == _DIRTYRATE_MEASURED and now - started < _DIRTY_RATE_FRESH:
-                out[dom.UUIDString()] = float(values.get("dirtyrate.megabytes_per_second", 0)) * MiB
-            elif status != _DIRTYRATE_MEASURING and dom.UUIDString() not in busy:
+            rate = dirty_rate(values, since=now - _DIRTY_RATE_FRESH)
+            if rate is not None:
+                out[dom.UUIDString()] = rate
+            elif (
+                values.get("dirtyrate.calc_status") != DIRTYRATE_MEASURING
+                and dom.UUIDString() not in busy
+            ):
                 with contextlib.suppress(lv.libvirtError):
                     dom.startDirtyRateCalc(1, 0)
         return out

@@ -43,10 +43,10 @@ from typing import Any
 from vmmove.backend import JobStatus
 from vmmove.errors import ConnectionFailed
 from vmmove.machine import Phase
-from vmmove.model import Figures, MiB, MigrationMode
+from vmmove.model import Figures, MigrationMode
 from vmmove_libvirt.config import redact
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
-from vmmove_libvirt.stats import JOB_ACTIVE, Sample, figures, sample
+from vmmove_libvirt.stats import DIRTYRATE_MEASURED, JOB_ACTIVE, Sample, dirty_rate, figures, sample
 
 __all__ = ["LiveJob", "MigrationJob", "RelocateJob"]
 
@@ -83,7 +83,6 @@ TUNE_WAIT = 0.5
 #: 6. 3 s counts three times the pages and still ends within the first pass of any guest
 #: big enough to need the figure.
 DIRTY_CALC_SECONDS = 3
-_DIRTYRATE_MEASURED = 2  # virDomainDirtyRateStatus
 _JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 
 
@@ -709,14 +708,17 @@ class LiveJob(MigrationJob):
         except (lv.libvirtError, ConnectionFailed, ValueError):
             self.dirty_calc_at = None
             return
-        if stats.get("dirtyrate.calc_status") != _DIRTYRATE_MEASURED:
-            if time.monotonic() - (self.dirty_calc_at or 0.0) > DIRTY_CALC_SECONDS + 5:
+        rate = dirty_rate(stats, since=self.dirty_calc_epoch)
+        if rate is None:  # not measured yet, or an older measurement: ours is not in yet
+            measuring = stats.get("dirtyrate.calc_status") != DIRTYRATE_MEASURED
+            if (
+                measuring
+                and time.monotonic() - (self.dirty_calc_at or 0.0) > DIRTY_CALC_SECONDS + 5
+            ):
                 self.dirty_calc_at = None  # give up
             return
-        if stats.get("dirtyrate.calc_start_time", 0) + 1 < self.dirty_calc_epoch:
-            return  # an older measurement; ours is not in yet
         with self.lock:
-            self.sampled_dirty = float(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB
+            self.sampled_dirty = rate
         self.dirty_calc_at = None
 
     def abort(self) -> None:

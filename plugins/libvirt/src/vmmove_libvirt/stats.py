@@ -9,14 +9,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmmove.errors import ConnectionFailed
-from vmmove.model import Figures
+from vmmove.model import Figures, MiB
 
-__all__ = ["JOB_ACTIVE", "Sample", "figures", "sample"]
+__all__ = [
+    "DIRTYRATE_MEASURED",
+    "DIRTYRATE_MEASURING",
+    "JOB_ACTIVE",
+    "Sample",
+    "dirty_rate",
+    "figures",
+    "sample",
+]
 
 # virDomainJobType
 JOB_NONE, JOB_BOUNDED, JOB_UNBOUNDED, JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED = range(6)
 JOB_ACTIVE = frozenset({JOB_BOUNDED, JOB_UNBOUNDED})
 PAGE = 4096  # when memory_page_size is missing (libvirt reports it with every rate)
+# virDomainDirtyRateStatus
+DIRTYRATE_MEASURING, DIRTYRATE_MEASURED = 1, 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +68,17 @@ def _mapping(stats: Any) -> Mapping[str, Any]:
     if not isinstance(stats, Mapping):
         raise ConnectionFailed(f"libvirt sent job statistics as {type(stats).__name__}")
     return stats
+
+
+def dirty_rate(stats: Mapping[str, Any], *, since: float = 0.0) -> float | None:
+    """A guest's dirty rate (bytes/s) from its ``VIR_DOMAIN_STATS_DIRTYRATE`` record: a
+    finished calculation that started at ``since`` (epoch seconds) or later, else ``None``.
+    libvirt gives the start in whole seconds: one second of slack."""
+    if stats.get("dirtyrate.calc_status") != DIRTYRATE_MEASURED:
+        return None
+    if stats.get("dirtyrate.calc_start_time", 0) + 1 < since:
+        return None
+    return float(stats.get("dirtyrate.megabytes_per_second", 0)) * MiB
 
 
 def sample(stats: Mapping[str, Any]) -> Sample:
