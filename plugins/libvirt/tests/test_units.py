@@ -20,7 +20,13 @@ from vmmove_libvirt.config import (
     peer_uri,
     redact,
 )
-from vmmove_libvirt.stats import figures, sample
+from vmmove_libvirt.stats import (
+    DIRTYRATE_MEASURED,
+    DIRTYRATE_MEASURING,
+    dirty_rate,
+    figures,
+    sample,
+)
 from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
 
 # ---- URIs and options ----------------------------------------------------------------------
@@ -202,6 +208,19 @@ def test_the_first_pass_has_no_dirty_rate_yet() -> None:
     s = sample({"type": 2, "memory_dirty_rate": 0, "memory_iteration": 1, "data_total": 1})
     assert s.dirty_rate is None
     assert not sample({"type": 2, "data_total": 0, "memory_iteration": 0}).started
+
+
+def test_a_dirty_rate_is_a_finished_calculation_no_older_than_asked() -> None:
+    done = {
+        "dirtyrate.calc_status": DIRTYRATE_MEASURED,
+        "dirtyrate.calc_start_time": 1000,
+        "dirtyrate.megabytes_per_second": 24,
+    }
+    assert dirty_rate(done) == 24 * MiB
+    assert dirty_rate(done, since=1000.9) == 24 * MiB  # whole seconds: one of slack
+    assert dirty_rate(done, since=1002) is None  # an older measurement than the one asked
+    assert dirty_rate({**done, "dirtyrate.calc_status": DIRTYRATE_MEASURING}) is None
+    assert dirty_rate({}) is None  # never measured (or libvirt < 7.2)
 
 
 def test_figures_from_the_completed_job_or_the_last_sample() -> None:
