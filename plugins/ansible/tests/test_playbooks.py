@@ -194,6 +194,13 @@ def test_check_mode_runs_the_prechecks_and_moves_nothing(
     assert check["vm_host"] == "host-a"
     assert "record" not in check
     assert all(p["severity"] == "warning" for p in check["problems"])
+    forecast = check["prediction"]  # check mode predicts the live move too
+    assert (forecast["target"], forecast["policy"], forecast["converges"]) == (
+        "host-b",
+        "balanced",
+        True,
+    )
+    assert forecast["total_time"] > 0
     refused = results["check_refused"]
     assert refused["failed"] is True
     assert refused["error_type"] == "PrecheckFailed"

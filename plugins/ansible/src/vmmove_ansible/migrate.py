@@ -24,6 +24,7 @@ ARGS: dict[str, dict[str, Any]] = {
     "policy": {"type": "str", "default": "balanced"},
     "max_downtime": {"type": "int"},
     "bandwidth": {"type": "int"},
+    "allow_postcopy": {"type": "bool"},
     "wait_timeout": {"type": "float"},
 }
 
@@ -32,7 +33,7 @@ def run(params: Mapping[str, Any], *, check_mode: bool) -> dict[str, Any]:
     vm_ref: str = params["vm"]
     options = {
         k: params[k]
-        for k in ("mode", "policy", "max_downtime", "bandwidth")
+        for k in ("mode", "policy", "max_downtime", "bandwidth", "allow_postcopy")
         if params.get(k) is not None
     }
     with connect(params) as conn:
@@ -90,9 +91,22 @@ def _check(
             vmmove.PrecheckFailed(f"cannot migrate {vm.name}", errors), conn=conn, vm=vm.id
         )
     where = "a host placement chooses" if target is None else target.name
-    return {
+    result = {
         "changed": True,
         "msg": f"{vm.name} would move from {vm.host} to {where}",
         "vm_host": vm.host,
         "problems": plain(problems),  # warnings only: nothing refused it
     }
+    if options.get("mode", "auto") != "cold" and vm.power is vmmove.PowerState.RUNNING:
+        # A live move: what it would cost, as `vmmove check --predict` says it.
+        wanted = ("policy", "bandwidth", "max_downtime", "allow_postcopy")
+        try:
+            prediction = conn.predict(
+                vm.id,
+                None if target is None else target.id,
+                **{k: v for k, v in options.items() if k in wanted},
+            )
+        except vmmove.VMMoveError as exc:
+            raise failure(exc, conn=conn, vm=vm.id) from None
+        result["prediction"] = plain(prediction)
+    return result

@@ -33,6 +33,12 @@ options:
   bandwidth:
     description: Pre-copy rate limit, in MiB/s.
     type: int
+  allow_postcopy:
+    description:
+      - C(true) lets the policy switch to post-copy where pre-copy will not converge
+        (the default C(balanced) policy's choice); C(false) forbids post-copy.
+      - Unset leaves the policy's own steps.
+    type: bool
   wait_timeout:
     description: Seconds to wait for the end; the migration goes on after a timeout.
     type: float
@@ -65,6 +71,12 @@ problems:
   returned: in check mode, and on a refusal
   type: list
   elements: dict
+prediction:
+  description:
+    - What the live move would cost (vmmove.predict) - total_time (s), downtime_ms, data,
+      converges, postcopy, the policy steps predicted to fire, and the basis it assumed.
+  returned: in check mode, for a live move of a running VM
+  type: dict
 error_type:
   description: The vmmove error on failure, for example C(PrecheckFailed) or C(MigrationFailed).
   returned: on failure
