@@ -10,6 +10,7 @@ Budgets scale with memory, as Nova and KubeVirt do: a VM of ``m`` GiB gets
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -254,6 +255,7 @@ class Policy:
         return self.completion_budget_per_gib * gib
 
 
+@functools.lru_cache(maxsize=256)  # every migration adapts one of a few policies
 def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Policy:
     """``policy`` as it runs for this caller on this platform: each
     :class:`ForceConvergence` becomes :class:`PostCopy` when the caller allowed post-copy
