@@ -147,6 +147,18 @@ def test_the_prediction_follows_the_callers_postcopy_choice(allow: bool | None) 
     assert any(("post-copy" if allow else "auto-converge") in s for s in predicted.steps)
 
 
+def test_force_convergence_resolves_by_what_the_caller_and_platform_allow() -> None:
+    from vmmove.policy import DirtyRateAbove, ForceConvergence, PostCopy, adapt
+
+    step = Step(trigger=DirtyRateAbove(share=0.5), action=ForceConvergence())
+    for steps in ((step,), [step]):  # a list of steps is not hashable: adapted all the same
+        policy = Policy(name="p", steps=steps)  # type: ignore[arg-type]
+        assert adapt(policy, allow_postcopy=True, postcopy=True).steps[0].action == PostCopy()
+        for allow, can in ((True, False), (None, True), (False, True)):
+            (chosen,) = adapt(policy, allow_postcopy=allow, postcopy=can).steps
+            assert chosen.action == AutoConverge(sized=True), (allow, can)
+
+
 def test_allow_postcopy_is_checked() -> None:
     with pytest.raises(vmmove.InvalidInput, match="allow_postcopy"):
         hot_guest().migrate("hot", to="b", allow_postcopy="yes")  # type: ignore[arg-type]

@@ -255,12 +255,18 @@ class Policy:
         return self.completion_budget_per_gib * gib
 
 
-@functools.lru_cache(maxsize=256)  # every migration adapts one of a few policies
 def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Policy:
     """``policy`` as it runs for this caller on this platform: each
     :class:`ForceConvergence` becomes :class:`PostCopy` when the caller allowed post-copy
     and the platform can (``postcopy``), else sized :class:`AutoConverge`. Explicit
     ``PostCopy`` steps stay; with ``allow_postcopy=False`` the engine skips them."""
+    try:
+        return _adapt_cached(policy, allow_postcopy, postcopy)
+    except TypeError:  # a policy built with a list of steps cannot be a cache key
+        return _adapt(policy, allow_postcopy, postcopy)
+
+
+def _adapt(policy: Policy, allow_postcopy: bool | None, postcopy: bool) -> Policy:
     if not any(isinstance(s.action, ForceConvergence) for s in policy.steps):
         return policy
     chosen: Action = PostCopy() if allow_postcopy and postcopy else AutoConverge(sized=True)
@@ -269,6 +275,10 @@ def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Pol
         for s in policy.steps
     )
     return replace(policy, steps=steps)
+
+
+# Every migration adapts one of a few policies: a new Policy each time cost ~20 us.
+_adapt_cached = functools.lru_cache(maxsize=256)(_adapt)
 
 
 def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:
