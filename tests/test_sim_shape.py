@@ -11,6 +11,8 @@ stop-and-copy and post-copy's page pulls pay the link like every other byte):
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import vmmove
@@ -157,6 +159,42 @@ def test_force_convergence_resolves_by_what_the_caller_and_platform_allow() -> N
         for allow, can in ((True, False), (None, True), (False, True)):
             (chosen,) = adapt(policy, allow_postcopy=allow, postcopy=can).steps
             assert chosen.action == AutoConverge(sized=True), (allow, can)
+
+
+def test_adapting_the_same_policy_twice_gives_the_same_policy() -> None:
+    from vmmove.policy import DirtyRateAbove, ForceConvergence, adapt
+
+    policy = Policy(
+        name="p", steps=(Step(trigger=DirtyRateAbove(share=0.5), action=ForceConvergence()),)
+    )
+    first = adapt(policy, allow_postcopy=True, postcopy=True)
+    assert adapt(policy, allow_postcopy=True, postcopy=True) is first
+    assert adapt(policy, allow_postcopy=False, postcopy=True) is not first
+    # A list of steps may change between calls: never served from the cache.
+    steps = [Step(trigger=AtIteration(n=2), action=SetDowntime(ms=500))]
+    mutable = Policy(name="m", steps=steps)  # type: ignore[arg-type]
+    assert len(adapt(mutable, allow_postcopy=None, postcopy=True).steps) == 1
+    steps.append(Step(trigger=DirtyRateAbove(share=0.5), action=ForceConvergence()))
+    assert adapt(mutable, allow_postcopy=None, postcopy=True).steps[1].action == AutoConverge(
+        sized=True
+    )
+
+
+@pytest.mark.parametrize("policy", ["none", "balanced", "converge", "minimal-downtime"])
+@pytest.mark.parametrize("allow", [True, False, None])
+def test_the_record_keeps_the_forecast_the_public_predictor_makes(
+    policy: str, allow: bool | None
+) -> None:
+    conn = hot_guest()
+    predicted = conn.predict("hot", "b", policy=policy, allow_postcopy=allow)
+    m = conn.migrate("hot", to="b", policy=policy, allow_postcopy=allow)
+    with contextlib.suppress(vmmove.MigrationError):  # kept whether it ends well or not
+        m.wait()
+    kept = m.record.predicted
+    assert kept is not None
+    assert kept.total_time == predicted.total_time
+    assert kept.downtime_ms == (predicted.downtime_ms if predicted.converges else None)
+    assert (kept.data_sent, kept.iterations) == (predicted.data, predicted.passes)
 
 
 def test_allow_postcopy_is_checked() -> None:

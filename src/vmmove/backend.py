@@ -239,6 +239,9 @@ class Backend(abc.ABC):
     #: seconds a live migration costs this platform beyond moving memory (handshakes, the
     #: target's process started and finished): what predictions add to the transfer
     setup_s: float = 0.0
+    #: seconds a pre-copy switch-over pauses the guest beyond copying the last pages (device
+    #: state, the target's resume): what predictions add to the pause
+    switchover_s: float = 0.02
 
     @property
     def clock(self) -> Clock:

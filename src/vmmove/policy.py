@@ -10,7 +10,6 @@ Budgets scale with memory, as Nova and KubeVirt do: a VM of ``m`` GiB gets
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -260,10 +259,19 @@ def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Pol
     :class:`ForceConvergence` becomes :class:`PostCopy` when the caller allowed post-copy
     and the platform can (``postcopy``), else sized :class:`AutoConverge`. Explicit
     ``PostCopy`` steps stay; with ``allow_postcopy=False`` the engine skips them."""
-    try:
-        return _adapt_cached(policy, allow_postcopy, postcopy)
-    except TypeError:  # a policy built with a list of steps cannot be a cache key
-        return _adapt(policy, allow_postcopy, postcopy)
+    # Keyed by identity: hashing a policy's steps on every migration cost more than the
+    # adaptation itself. The entry keeps the policy alive, so its id cannot be reused.
+    key = (id(policy), allow_postcopy, postcopy)
+    hit = _adapted.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    adapted = _adapt(policy, allow_postcopy, postcopy)
+    if not isinstance(policy.steps, tuple):  # a list of steps may yet change
+        return adapted
+    if len(_adapted) >= 256:
+        _adapted.clear()
+    _adapted[key] = (policy, adapted)
+    return adapted
 
 
 def _adapt(policy: Policy, allow_postcopy: bool | None, postcopy: bool) -> Policy:
@@ -278,7 +286,7 @@ def _adapt(policy: Policy, allow_postcopy: bool | None, postcopy: bool) -> Polic
 
 
 # Every migration adapts one of a few policies: a new Policy each time cost ~20 us.
-_adapt_cached = functools.lru_cache(maxsize=256)(_adapt)
+_adapted: dict[tuple[int, bool | None, bool], tuple[Policy, Policy]] = {}
 
 
 def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmmove.model import HostInfo, MiB, PowerState, VMInfo
+from vmmove.model import Figures, HostInfo, MiB, PowerState, VMInfo
 from vmmove.policy import (
     Abort,
     AtIteration,
@@ -41,6 +41,7 @@ __all__ = [
     "Cost",
     "Prediction",
     "downtime_schedule",
+    "forecast",
     "link_of",
     "predict",
     "predict_migration",
@@ -237,6 +238,7 @@ def predict_migration(
     link: float | None = None,
     allow_postcopy: bool | None = None,
     setup_s: float = 0.0,
+    switchover_s: float = SWITCH_OVERHEAD_S,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
 
@@ -249,75 +251,160 @@ def predict_migration(
     throttles from the next pass (QEMU's 20 % then +10 % a pass, or the step's own),
     ``PostCopy`` switches at the end of the pass, ``Abort``/``ColdFallback`` end the live
     attempt. ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
-    added to the total time.
+    added to the total time; ``switchover_s``: the fixed part of its pre-copy pause
+    (``Backend.switchover_s``), added to the last copy.
     """
     # As the engine runs it: a policy not yet adapted is, for a platform that can post-copy.
     policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True)
-    basis: list[str] = []
-    default = link if link else DEFAULT_LINK
-    rate = min(link_of(source, default), link_of(target, default))
+    rate = _rate(source, target, link, bandwidth)
     declared = "as declared (link_mib_s)" if link else "10 GbE"
-    basis.append(f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else {declared})")
+    basis = [f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else {declared})"]
     if bandwidth:
-        rate = min(rate, bandwidth * MiB)
         basis.append(f"capped at {bandwidth} MiB/s by the caller")
     running = vm.power is PowerState.RUNNING
-    dirty = float(vm.dirty_rate or 0.0) if running else 0.0
     if running and vm.dirty_rate is None:
         basis.append("dirty rate not measured: assumed 0 (the prediction is a lower bound)")
     elif running:
-        basis.append(f"dirty rate {dirty / MiB:.1f} MiB/s (the platform's sample)")
+        basis.append(
+            f"dirty rate {float(vm.dirty_rate or 0) / MiB:.1f} MiB/s (the platform's sample)"
+        )
+    if setup_s:
+        basis.append(f"{setup_s:g} s of the platform's fixed set-up (Backend.setup_s)")
+    basis.append(f"{switchover_s * 1000:g} ms of fixed pause at switch-over (Backend.switchover_s)")
+    w = _walk(
+        vm,
+        policy,
+        rate,
+        max_downtime=max_downtime,
+        max_passes=max_passes,
+        allow_postcopy=allow_postcopy,
+        setup_s=setup_s,
+        switchover_s=switchover_s,
+    )
+    if w.ended:
+        basis.append(w.ended)
+    return Prediction(
+        vm=vm.id,
+        source=source.id if source else vm.host,
+        target=target.id,
+        policy=policy.name,
+        rate=w.rate,
+        dirty_rate=w.dirty,
+        converges=w.converges,
+        total_time=w.elapsed if w.converges else None,
+        downtime_ms=w.pause * 1000 if w.pause is not None else None,
+        data=int(w.data),
+        passes=w.passes,
+        postcopy=w.postcopy,
+        steps=tuple(str(s) for s in w.fired),
+        basis=tuple(basis),
+    )
+
+
+def forecast(
+    vm: VMInfo,
+    source: HostInfo | None,
+    target: HostInfo,
+    policy: Policy,
+    *,
+    bandwidth: int | None = None,
+    max_downtime: int | None = None,
+    link: float | None = None,
+    allow_postcopy: bool | None = None,
+    setup_s: float = 0.0,
+    switchover_s: float = SWITCH_OVERHEAD_S,
+) -> Figures:
+    """:func:`predict_migration`'s figures alone, for an already adapted ``policy``: what the
+    engine records on every live migration, so it builds none of the explanation."""
+    rate = _rate(source, target, link, bandwidth)
+    w = _walk(
+        vm,
+        policy,
+        rate,
+        max_downtime=max_downtime,
+        max_passes=60,
+        allow_postcopy=allow_postcopy,
+        setup_s=setup_s,
+        switchover_s=switchover_s,
+    )
+    return Figures(
+        total_time=w.elapsed if w.converges else None,
+        downtime_ms=w.pause * 1000 if w.converges and w.pause is not None else None,
+        data_sent=int(w.data),
+        iterations=w.passes,
+    )
+
+
+def _rate(
+    source: HostInfo | None, target: HostInfo, link: float | None, bandwidth: int | None
+) -> float:
+    default = link if link else DEFAULT_LINK
+    rate = min(link_of(source, default), link_of(target, default))
+    return min(rate, bandwidth * MiB) if bandwidth else rate
+
+
+@dataclass(slots=True)
+class _Walk:
+    rate: float
+    dirty: float
+    fired: list[Step]
+    converges: bool = False
+    elapsed: float = 0.0
+    pause: float | None = None
+    data: float = 0.0
+    passes: int = 0
+    postcopy: bool = False
+    ended: str = ""  # why the live attempt does not end, when it does not
+
+
+def _walk(
+    vm: VMInfo,
+    policy: Policy,
+    rate: float,
+    *,
+    max_downtime: int | None,
+    max_passes: int,
+    allow_postcopy: bool | None,
+    setup_s: float,
+    switchover_s: float,
+) -> _Walk:
+    running = vm.power is PowerState.RUNNING
+    dirty = float(vm.dirty_rate or 0.0) if running else 0.0
     ws, size = working_set(vm), float(resident(vm))
     cap_ms = max_downtime if max_downtime else policy.pause_cap_ms
     cap = cap_ms / 1000 if cap_ms else None
     budget = policy.budget(vm.memory)
-
     limit = min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S
-    fired: list[Step] = []
+    w = _Walk(rate=rate, dirty=dirty, fired=[], elapsed=setup_s)
     throttle = 0.0
     throttle_step = 0.0
-    elapsed, data = setup_s, 0.0
-    if setup_s:
-        basis.append(f"{setup_s:g} s of the platform's fixed set-up (Backend.setup_s)")
     stalled_since: float | None = None
     smallest = math.inf
 
     def fire(step: Step) -> None:
-        nonlocal limit, rate, throttle_step
-        fired.append(step)
+        nonlocal limit, throttle_step
+        w.fired.append(step)
         act = step.action
         if isinstance(act, SetDowntime):
             limit = max(limit, min(act.ms / 1000, cap) if cap else act.ms / 1000)
         elif isinstance(act, SetBandwidth):
-            rate = min(rate, act.mib_s * MiB)
+            w.rate = min(w.rate, act.mib_s * MiB)
         elif isinstance(act, AutoConverge) and throttle_step == 0:
             throttle_step = -1.0  # starts with the next pass
 
-    def outcome(converges: bool, pause: float | None, *, postcopy: bool = False) -> Prediction:
-        return Prediction(
-            vm=vm.id,
-            source=source.id if source else vm.host,
-            target=target.id,
-            policy=policy.name,
-            rate=rate,
-            dirty_rate=dirty,
-            converges=converges,
-            total_time=elapsed if converges else None,
-            downtime_ms=pause * 1000 if pause is not None else None,
-            data=int(data),
-            passes=n,
-            postcopy=postcopy,
-            steps=tuple(str(s) for s in fired),
-            basis=tuple(basis),
-        )
+    def ends(pause: float, sent: float, *, postcopy: bool = False) -> _Walk:
+        w.elapsed += pause
+        w.data += sent
+        w.converges, w.pause, w.postcopy = True, pause, postcopy
+        return w
 
-    n = 0
     for n in range(1, max_passes + 1):
+        w.passes = n
         if throttle_step < 0:  # auto-converge armed last pass: QEMU's first throttle now
-            ac = next(s.action for s in fired if isinstance(s.action, AutoConverge))
+            ac = next(s.action for s in w.fired if isinstance(s.action, AutoConverge))
             assert isinstance(ac, AutoConverge)
             if ac.sized:
-                first, more = sized_throttle(dirty, rate)
+                first, more = sized_throttle(dirty, w.rate)
             else:
                 first, more = ac.initial or AC_INITIAL, ac.increment or AC_INCREMENT
             throttle, throttle_step = first / 100, more / 100
@@ -326,48 +413,49 @@ def predict_migration(
         guest = dirty * (1 - throttle)
         # The engine sees pass n begin (and the rate measured over pass n-1): steps fire
         # now, and a platform tests for switch-over at once when its limits change.
-        stalled = None if stalled_since is None else elapsed - stalled_since
+        stalled = None if stalled_since is None else w.elapsed - stalled_since
         now_fired = [
             step
             for step in policy.steps
-            if step not in fired
+            if step not in w.fired
             and _holds(
-                step, n=n, guest=guest, rate=rate, elapsed=elapsed, budget=budget, stalled=stalled
+                step,
+                n=n,
+                guest=guest,
+                rate=w.rate,
+                elapsed=w.elapsed,
+                budget=budget,
+                stalled=stalled,
             )
         ]
         for step in now_fired:
             fire(step)
             if isinstance(step.action, (Abort, ColdFallback)):
-                basis.append(f"the live attempt ends at {step}")
-                return outcome(False, None)
+                w.ended = f"the live attempt ends at {step}"
+                return w
+        rate = w.rate
         if allow_postcopy is not False and any(isinstance(s.action, PostCopy) for s in now_fired):
-            elapsed += POSTCOPY_PAUSE_S + size / rate  # the rest, pulled over the link
-            data += size
-            return outcome(True, POSTCOPY_PAUSE_S, postcopy=True)
+            # The rest, pulled over the link after a pause for device state only.
+            w.elapsed += size / rate
+            return ends(POSTCOPY_PAUSE_S, size, postcopy=True)
         if now_fired and n > 1 and size / rate <= limit:
-            pause = size / rate + SWITCH_OVERHEAD_S
-            elapsed += pause
-            data += size
-            return outcome(True, pause)
+            return ends(size / rate + switchover_s, size)
         t = size / rate
-        elapsed += t
-        data += size
+        w.elapsed += t
+        w.data += size
         pending = min(float(ws), guest * t)
         if pending / rate <= limit:
-            pause = pending / rate + SWITCH_OVERHEAD_S
-            elapsed += pause
-            data += pending
-            return outcome(True, pause)
+            return ends(pending / rate + switchover_s, pending)
         if pending < smallest * 0.999:
             smallest, stalled_since = pending, None
         elif stalled_since is None:
-            stalled_since = elapsed - t
-        if elapsed > budget:
-            basis.append("the completion budget runs out")
-            return outcome(False, None)
+            stalled_since = w.elapsed - t
+        if w.elapsed > budget:
+            w.ended = "the completion budget runs out"
+            return w
         size = pending
-    basis.append(f"no switch-over within {max_passes} passes")
-    return outcome(False, None)
+    w.ended = f"no switch-over within {max_passes} passes"
+    return w
 
 
 def _holds(

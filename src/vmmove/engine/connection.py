@@ -287,6 +287,7 @@ class Connection:
             allow_postcopy=spec.allow_postcopy,
             link=self.link,
             setup_s=self.backend.setup_s,
+            switchover_s=self.backend.switchover_s,
         )
 
     @_keywords_checked

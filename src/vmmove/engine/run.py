@@ -50,7 +50,7 @@ from vmmove.policy import (
     Policy,
     Step,
 )
-from vmmove.prediction import predict_migration
+from vmmove.prediction import forecast
 
 if TYPE_CHECKING:
     from vmmove.engine.connection import Connection
@@ -384,7 +384,7 @@ class MigrationRun:
         predicted vs measured); only from a measured dirty rate, never an assumed one."""
         if self.mode is not MigrationMode.LIVE or self.vm.dirty_rate is None:
             return None
-        p = predict_migration(
+        return forecast(
             self.vm,
             source,
             target,
@@ -394,12 +394,7 @@ class MigrationRun:
             allow_postcopy=self.spec.allow_postcopy,
             link=self.conn.link,
             setup_s=self.backend.setup_s,
-        )
-        return Figures(
-            total_time=p.total_time,
-            downtime_ms=p.downtime_ms if p.converges else None,
-            data_sent=p.data,
-            iterations=p.passes,
+            switchover_s=self.backend.switchover_s,
         )
 
     def _start(self, now: float) -> None:

@@ -44,6 +44,7 @@ from vmmove.sim.physics import (
     DEFAULT_DOWNTIME_MS,
     SETUP_S,
     SHUTDOWN_S,
+    SWITCH_OVERHEAD_S,
     Link,
     SimJob,
 )
@@ -87,6 +88,7 @@ class SimBackend(Backend):
     )
     poll_interval = 0.5
     setup_s = SETUP_S + CLEANUP_S
+    switchover_s = SWITCH_OVERHEAD_S
 
     def __init__(
         self,

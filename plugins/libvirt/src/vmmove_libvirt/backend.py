@@ -61,7 +61,15 @@ from vmmove_libvirt.config import (
     redact,
 )
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
-from vmmove_libvirt.jobs import FAST_POLL, SLOW_POLL, LiveJob, MigrationJob, RelocateJob, runs
+from vmmove_libvirt.jobs import (
+    DIRTY_CALC_SECONDS,
+    FAST_POLL,
+    SLOW_POLL,
+    LiveJob,
+    MigrationJob,
+    RelocateJob,
+    runs,
+)
 from vmmove_libvirt.plugin import CAPABILITIES
 from vmmove_libvirt.stats import DIRTYRATE_MEASURING, JOB_ACTIVE, dirty_rate
 from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, HostFacts, domain_facts
@@ -172,9 +180,12 @@ class LibvirtBackend(Backend):
     capabilities = CAPABILITIES
     poll_interval = SLOW_POLL
     # A peer-to-peer migration's fixed cost beyond memory: begin/prepare (the target's QEMU
-    # started), finish and confirm. 0.8 s measured on the testbed (libvirt 9.0, QEMU 10
-    # under TCG, the lan link): the idle guest's wall time less its transfer and pause.
-    setup_s = 0.8
+    # started) and confirm; and the fixed part of the pause: libvirt's downtime runs to the
+    # destination's resume after its Finish phase. Measured on the testbed (libvirt 9.0,
+    # QEMU 10 under TCG, the lan link): the idle guest, with nothing left to copy, pauses
+    # 264-361 ms; its wall time less its transfer and that pause leaves 0.5 s.
+    setup_s = 0.5
+    switchover_s = 0.3
 
     def __init__(self, config: ClusterConfig, lv: Any | None = None) -> None:
         self.config = config
@@ -393,8 +404,10 @@ class LibvirtBackend(Backend):
         return out
 
     def sample_dirty_rate(self, vm: VMInfo) -> float | None:
-        """A 1 s sample of the guest's dirty rate now (``virDomainStartDirtyRateCalc``), for a
-        prediction: blocks about a second; ``None`` where libvirt or QEMU cannot measure."""
+        """A sample of the guest's dirty rate now (``virDomainStartDirtyRateCalc``), for a
+        prediction: blocks for the live job's window (3 s: QEMU's page sampling needs the
+        pages; a 1 s window read a 16 MiB/s writer as 8 to 20 MiB/s before ten benchmark
+        runs); ``None`` where libvirt or QEMU cannot measure."""
         lv = self.lv
         flag = getattr(lv, "VIR_DOMAIN_STATS_DIRTYRATE", None)
         host = self._host(vm.host)
@@ -403,10 +416,10 @@ class LibvirtBackend(Backend):
             return None
         asked = time.time()
         with contextlib.suppress(lv.libvirtError):  # one already running serves as well
-            dom.startDirtyRateCalc(1, 0)
-        deadline = time.monotonic() + 1 + 4 * _SAMPLE_POLL_S * 10
+            dom.startDirtyRateCalc(DIRTY_CALC_SECONDS, 0)
+        deadline = time.monotonic() + DIRTY_CALC_SECONDS + 4 * _SAMPLE_POLL_S * 10
         while time.monotonic() < deadline:
-            time.sleep(_SAMPLE_POLL_S)  # QEMU samples for a second; nothing to wait on
+            time.sleep(_SAMPLE_POLL_S)  # QEMU samples for its window; nothing to wait on
             try:
                 [(_, stats)] = host.ensure().domainListGetStats([dom], flag)
             except (ConnectionFailed, lv.libvirtError, ValueError):
