@@ -205,8 +205,10 @@ class Policy:
     shutdown_timeout: float = 120.0
     boot_timeout: float = 300.0
     description: str = ""
-    #: the longest switch-over pause (ms) the steps may allow unless the caller's
-    #: ``max_downtime`` says otherwise (``None``: the steps' own); presets keep to 1 s
+    #: the longest switch-over pause (ms) the guest may feel from the steps unless the
+    #: caller's ``max_downtime`` says otherwise (``None``: the steps' own); presets keep to
+    #: 1 s. The platform's limit bounds only its last copy, so the steps give it the cap less
+    #: the platform's fixed part of the pause (:meth:`platform_cap_ms`).
     pause_cap_ms: int | None = None
 
     def __post_init__(self) -> None:
@@ -248,6 +250,14 @@ class Policy:
     def needs(self) -> frozenset[str]:
         """Capabilities this schedule may use."""
         return frozenset(step.action.capability for step in self.steps)
+
+    def platform_cap_ms(self, switchover_s: float) -> int | None:
+        """The highest downtime limit the steps may give a platform whose switch-over pauses
+        the guest ``switchover_s`` beyond its last copy (``Backend.switchover_s``), so that
+        the whole pause keeps to :attr:`pause_cap_ms`."""
+        if self.pause_cap_ms is None:
+            return None
+        return max(self.pause_cap_ms - round(switchover_s * 1000), 1)
 
     def budget(self, memory_bytes: int) -> float:
         gib = max(memory_bytes / (1 << 30), 2.0)

@@ -371,7 +371,7 @@ def _walk(
     running = vm.power is PowerState.RUNNING
     dirty = float(vm.dirty_rate or 0.0) if running else 0.0
     ws, size = working_set(vm), float(resident(vm))
-    cap_ms = max_downtime if max_downtime else policy.pause_cap_ms
+    cap_ms = max_downtime if max_downtime else policy.platform_cap_ms(switchover_s)
     cap = cap_ms / 1000 if cap_ms else None
     budget = policy.budget(vm.memory)
     limit = min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S

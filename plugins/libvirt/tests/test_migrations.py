@@ -149,7 +149,9 @@ def test_dirty_at_link_rate_pauses_long_only_when_the_caller_allows_it(
         assert record.phase is Phase.FAILED
         assert record.error_type == "MigrationTimedOut"
         assert record.vm_host == HOST_A
-        assert all("pause cap 1000 ms" in s.reason for s in downtimes), downtimes
+        # QEMU's limit bounds the last copy; libvirt's Finish adds its fixed 300 ms.
+        assert all("1000 ms pause cap" in s.reason and s.reason.endswith(": 700 ms")
+                   for s in downtimes), downtimes  # fmt: skip
     else:
         assert record.phase is Phase.COMPLETED
         assert record.vm_host == HOST_B

@@ -126,8 +126,12 @@ def apply_step(run: MigrationRun, step: Step) -> None:
     note = ""
     if isinstance(action, SetDowntime):
         cap, whose = run.spec.max_downtime, "max_downtime"
-        if cap is None:
-            cap, whose = run.policy.pause_cap_ms, f"the {run.policy.name} policy's pause cap"
+        if cap is None and run.policy.pause_cap_ms is not None:
+            cap = run.policy.platform_cap_ms(run.backend.switchover_s)
+            whose = (
+                f"the {run.policy.name} policy's {run.policy.pause_cap_ms} ms pause cap, less "
+                f"the platform's fixed {run.backend.switchover_s * 1000:g} ms of switch-over:"
+            )
         if cap is not None and action.ms > cap:
             action, note = SetDowntime(ms=cap), f"clamped to {whose} {cap} ms"
     elif isinstance(action, AutoConverge) and action.sized:
