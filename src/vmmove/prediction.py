@@ -268,6 +268,11 @@ def predict_migration(
         basis.append(
             f"dirty rate {float(vm.dirty_rate or 0) / MiB:.1f} MiB/s (the platform's sample)"
         )
+    if "resident_mib" in vm.extra:
+        basis.append(f"{resident(vm) / MiB:.0f} MiB not zero (the platform's figure)")
+    else:
+        basis.append("every page assumed not zero: the platform did not say (a lookup of a VM "
+                     "that migrated before may)")  # fmt: skip
     if setup_s:
         basis.append(f"{setup_s:g} s of the platform's fixed set-up (Backend.setup_s)")
     basis.append(f"{switchover_s * 1000:g} ms of fixed pause at switch-over (Backend.switchover_s)")

@@ -99,8 +99,10 @@ class FakeDom:
     def XMLDesc(self, _flags: int = 0) -> str:
         return DOMAIN_XML
 
-    def jobStats(self, _flags: int = 0) -> dict[str, Any]:
+    def jobStats(self, flags: int = 0) -> dict[str, Any]:
         self.host.check()
+        if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            return dict(self.stats)  # the last job's: a poll's gate does not hold it
         self.in_stats.set()
         if self.stats_gate is not None:
             self.stats_gate.wait(10)
@@ -505,6 +507,17 @@ def test_a_stopped_vm_is_where_its_one_definition_is(cluster: Any) -> None:
     assert backend.locate(UUID) is None
     FakeDom(host_b, state=PAUSED, reason=libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
     assert backend.locate(UUID) is None  # a copy mid-migration, paused
+
+
+def test_a_lookup_knows_the_memory_the_last_migration_found_not_zero(cluster: Any) -> None:
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    assert "resident_mib" not in backend.vm(UUID).extra  # never migrated: nothing known
+    dom.stats = {"operation": 4, "memory_total": 256 * MiB, "memory_constant": 32 * 256}
+    assert backend.vm(UUID).extra["resident_mib"] == "224"
+    assert backend.vm("web-1").extra["resident_mib"] == "224"
+    dom.st = SHUTOFF  # a stopped VM's figure would be stale: not used
+    assert "resident_mib" not in backend.vm(UUID).extra
 
 
 def test_locate_lists_nothing(cluster: Any) -> None:

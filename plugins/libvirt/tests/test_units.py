@@ -25,6 +25,7 @@ from vmmove_libvirt.stats import (
     DIRTYRATE_MEASURING,
     dirty_rate,
     figures,
+    nonzero_memory,
     sample,
 )
 from vmmove_libvirt.xmlinfo import domain_facts, host_facts, machine_version
@@ -232,6 +233,18 @@ def test_figures_from_the_completed_job_or_the_last_sample() -> None:
     assert figures({"type": 0}, last, 3.0, completed=False) == Figures(
         total_time=3.0, downtime_ms=None, data_sent=40 * MiB, iterations=1
     )
+
+
+def test_nonzero_memory_is_what_the_last_migration_did_not_find_zero() -> None:
+    # The testbed's idle guest, as libvirt 9.0 keeps its completed incoming migration.
+    arrived = {"operation": 4, "memory_total": 268967936, "memory_constant": 32766,
+               "memory_page_size": 4096}  # fmt: skip
+    assert nonzero_memory(arrived) == 268967936 - 32766 * 4096
+    assert nonzero_memory({**arrived, "operation": 5}) == 268967936 - 32766 * 4096
+    assert nonzero_memory({**arrived, "memory_page_size": None}) == 268967936 - 32766 * 4096
+    for other in ({**arrived, "operation": 7}, {"type": 0}, {**arrived, "memory_constant": -1}):
+        assert nonzero_memory(other) is None  # a snapshot's job, no job, a broken counter
+    assert nonzero_memory({**arrived, "memory_constant": 10**9}) == 0
 
 
 # ---- registration ----------------------------------------------------------------------------

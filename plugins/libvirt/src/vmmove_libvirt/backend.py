@@ -71,7 +71,13 @@ from vmmove_libvirt.jobs import (
     runs,
 )
 from vmmove_libvirt.plugin import CAPABILITIES
-from vmmove_libvirt.stats import DIRTYRATE_MEASURING, JOB_ACTIVE, dirty_rate
+from vmmove_libvirt.stats import (
+    DIRTYRATE_MEASURING,
+    JOB_ACTIVE,
+    JOB_OPERATION_MIGRATION_OUT,
+    dirty_rate,
+    nonzero_memory,
+)
 from vmmove_libvirt.xmlinfo import NETWORK_POOLS, Disk, DomainFacts, HostFacts, domain_facts
 
 __all__ = ["QEMU_DEFAULT_DOWNTIME_MS", "LibvirtBackend"]
@@ -95,7 +101,6 @@ _UUID = re.compile(
 #: client's. The persistent definitions are left alone (PERSIST_DEST sends the source's own).
 MARKER_NS = "urn:vmmove:libvirt:migration:1"
 MARKER_KEY = "vmmove"
-_JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 _VIR_DOMAIN_AFFECT_LIVE = 1
 #: An inventory's dirty rate older than this is measured again (a guest's load changes).
 _DIRTY_RATE_FRESH = 60.0
@@ -463,7 +468,7 @@ class LibvirtBackend(Backend):
         if _UUID.match(ref):
             entries = self._entries(ref)
             if entries:
-                return self._vm_info(entries)
+                return self._with_history(self._vm_info(entries), entries)
         named: dict[str, list[tuple[HostConn, Any]]] = {}
         for host in self._hosts.values():
             try:
@@ -477,7 +482,25 @@ class LibvirtBackend(Backend):
         if not named:
             raise NotFound(f"no VM {ref!r} in libvirt cluster {self.config.name}")
         (uuid_,) = named
-        return self._vm_info(self._entries(uuid_) or named[uuid_])
+        entries = self._entries(uuid_) or named[uuid_]
+        return self._with_history(self._vm_info(entries), entries)
+
+    def _with_history(self, info: VMInfo, entries: list[tuple[HostConn, Any]]) -> VMInfo:
+        """``info`` with what the guest's last migration to its host measured: the memory
+        that was not zero (``extra["resident_mib"]``), which a prediction's first pass sends.
+        One call per VM, so a lookup has it and a listing does not."""
+        if info.power is not PowerState.RUNNING:
+            return info
+        _, dom, _ = self._primary(entries)
+        try:
+            stats = dom.jobStats(self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        except self.lv.libvirtError:
+            return info
+        nonzero = nonzero_memory(stats) if isinstance(stats, Mapping) else None
+        if nonzero is None:
+            return info
+        resident = min(nonzero, info.memory) / MiB
+        return replace(info, extra={**info.extra, "resident_mib": f"{resident:.0f}"})
 
     def _vm_info(self, entries: list[tuple[HostConn, Any]]) -> VMInfo:
         host, dom, state = self._primary(entries)
@@ -1250,7 +1273,7 @@ class LibvirtBackend(Backend):
         operation = stats.get("operation")
         if operation is None:
             return True
-        return bool(operation == _JOB_OPERATION_MIGRATION_OUT)
+        return bool(operation == JOB_OPERATION_MIGRATION_OUT)
 
     @staticmethod
     def _job_handle(job: MigrationJob) -> Job:

@@ -83,7 +83,6 @@ TUNE_WAIT = 0.5
 #: 6. 3 s counts three times the pages and still ends within the first pass of any guest
 #: big enough to need the figure.
 DIRTY_CALC_SECONDS = 3
-_JOB_OPERATION_MIGRATION_OUT = 5  # virDomainJobOperation
 
 
 class MigrationJob:

@@ -18,6 +18,7 @@ __all__ = [
     "Sample",
     "dirty_rate",
     "figures",
+    "nonzero_memory",
     "sample",
 ]
 
@@ -27,6 +28,8 @@ JOB_ACTIVE = frozenset({JOB_BOUNDED, JOB_UNBOUNDED})
 PAGE = 4096  # when memory_page_size is missing (libvirt reports it with every rate)
 # virDomainDirtyRateStatus
 DIRTYRATE_MEASURING, DIRTYRATE_MEASURED = 1, 2
+# virDomainJobOperation
+JOB_OPERATION_MIGRATION_IN, JOB_OPERATION_MIGRATION_OUT = 4, 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,3 +133,17 @@ def figures(
         data_sent=last.data_processed if last else None,
         iterations=last.iteration if last else None,
     )
+
+
+def nonzero_memory(stats: Mapping[str, Any]) -> int | None:
+    """Bytes of guest memory that were not zero when the guest last migrated, from that
+    migration's completed statistics (``jobStats(COMPLETED)`` on the host it moved to):
+    QEMU sends a zero page as a header and counts it in ``memory_constant``, so the first
+    pass costs the rest. ``None`` when the last job was no migration or libvirt kept no
+    counts."""
+    if stats.get("operation") not in (JOB_OPERATION_MIGRATION_IN, JOB_OPERATION_MIGRATION_OUT):
+        return None
+    total, zero = _int(stats, "memory_total"), _int(stats, "memory_constant")
+    if not total or zero is None:
+        return None
+    return max(total - zero * (_int(stats, "memory_page_size") or PAGE), 0)
