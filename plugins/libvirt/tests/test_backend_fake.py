@@ -102,7 +102,12 @@ class FakeDom:
     def jobStats(self, flags: int = 0) -> dict[str, Any]:
         self.host.check()
         if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
-            return dict(self.stats)  # the last job's: a poll's gate does not hold it
+            # The last job's (a poll's gate does not hold it); libvirt removes them once
+            # read unless asked to keep them.
+            stats = dict(self.stats)
+            if not flags & libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED:
+                self.stats = {"type": 0}
+            return stats
         self.in_stats.set()
         if self.stats_gate is not None:
             self.stats_gate.wait(10)

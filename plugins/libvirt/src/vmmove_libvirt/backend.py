@@ -75,6 +75,7 @@ from vmmove_libvirt.stats import (
     DIRTYRATE_MEASURING,
     JOB_ACTIVE,
     JOB_OPERATION_MIGRATION_OUT,
+    completed_flags,
     dirty_rate,
     nonzero_memory,
 )
@@ -493,7 +494,7 @@ class LibvirtBackend(Backend):
             return info
         _, dom, _ = self._primary(entries)
         try:
-            stats = dom.jobStats(self.lv.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            stats = dom.jobStats(completed_flags(self.lv))
         except self.lv.libvirtError:
             return info
         nonzero = nonzero_memory(stats) if isinstance(stats, Mapping) else None

@@ -46,7 +46,15 @@ from vmmove.machine import Phase
 from vmmove.model import Figures, MigrationMode
 from vmmove_libvirt.config import redact
 from vmmove_libvirt.connection import HostConn, libvirt_error_code
-from vmmove_libvirt.stats import DIRTYRATE_MEASURED, JOB_ACTIVE, Sample, dirty_rate, figures, sample
+from vmmove_libvirt.stats import (
+    DIRTYRATE_MEASURED,
+    JOB_ACTIVE,
+    Sample,
+    completed_flags,
+    dirty_rate,
+    figures,
+    sample,
+)
 
 __all__ = ["LiveJob", "MigrationJob", "RelocateJob"]
 
@@ -340,7 +348,7 @@ class LiveJob(MigrationJob):
         for host in (self.source, self.target):
             try:
                 dom = host.domain(self.vm)
-                stats = dom.jobStats(lv.VIR_DOMAIN_JOB_STATS_COMPLETED) if dom is not None else {}
+                stats = dom.jobStats(completed_flags(lv)) if dom is not None else {}
             except (lv.libvirtError, ConnectionFailed) as exc:  # the last sample stands in
                 log.debug("no completed-job statistics from %s: %s", host.id, exc)
                 continue

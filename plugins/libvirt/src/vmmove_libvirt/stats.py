@@ -32,6 +32,15 @@ DIRTYRATE_MEASURING, DIRTYRATE_MEASURED = 1, 2
 JOB_OPERATION_MIGRATION_IN, JOB_OPERATION_MIGRATION_OUT = 4, 5
 
 
+def completed_flags(lv: Any) -> int:
+    """``jobStats`` flags for the last completed job, kept for the next reader: without
+    ``KEEP_COMPLETED`` (libvirt >= 4.5) a read removes them, and a later lookup of the VM
+    would no longer know what its migration found."""
+    return int(lv.VIR_DOMAIN_JOB_STATS_COMPLETED) | int(
+        getattr(lv, "VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED", 0)
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Sample:
     """One reading of a running migration job."""
