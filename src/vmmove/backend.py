@@ -28,6 +28,7 @@ from vmmove.errors import NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
 from vmmove.policy import Action, Policy
+from vmmove.prediction import SWITCH_OVERHEAD_S
 
 __all__ = [
     "Backend",
@@ -241,7 +242,7 @@ class Backend(abc.ABC):
     setup_s: float = 0.0
     #: seconds a pre-copy switch-over pauses the guest beyond copying the last pages (device
     #: state, the target's resume): what predictions add to the pause
-    switchover_s: float = 0.02
+    switchover_s: float = SWITCH_OVERHEAD_S
 
     @property
     def clock(self) -> Clock:

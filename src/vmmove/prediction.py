@@ -58,6 +58,8 @@ AC_INITIAL, AC_INCREMENT, AC_MAX = 20, 10, 99
 #: The pause of a post-copy switch: device state only (QEMU ~5 ms on a LAN).
 POSTCOPY_PAUSE_S = 0.005
 SWITCH_OVERHEAD_S = 0.02
+#: Passes a policy walk tries before it calls a migration one that does not switch over.
+POLICY_PASSES = 60
 
 
 def link_of(host: HostInfo | None, default: float = DEFAULT_LINK) -> float:
@@ -234,7 +236,7 @@ def predict_migration(
     *,
     bandwidth: int | None = None,
     max_downtime: int | None = None,
-    max_passes: int = 60,
+    max_passes: int = POLICY_PASSES,
     link: float | None = None,
     allow_postcopy: bool | None = None,
     setup_s: float = 0.0,
@@ -327,7 +329,7 @@ def forecast(
         policy,
         rate,
         max_downtime=max_downtime,
-        max_passes=60,
+        max_passes=POLICY_PASSES,
         allow_postcopy=allow_postcopy,
         setup_s=setup_s,
         switchover_s=switchover_s,

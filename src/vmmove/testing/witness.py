@@ -124,10 +124,11 @@ class Witness:
         """Raise :class:`ContractViolation` naming every rule the backend broke so far."""
         found = list(self.violations)
         interval = self.backend.poll_interval
-        if self.poll_times and statistics.median(self.poll_times) > interval:
+        median = statistics.median(self.poll_times) if self.poll_times else 0.0
+        if median > interval:
             found.append(
                 "poll answers at once (from the latest sample): the median poll took "
-                f"{statistics.median(self.poll_times):.2f} s, more than the poll interval "
+                f"{median:.2f} s, more than the poll interval "
                 f"({interval:g} s), delaying every other migration of the connection"
             )
         for trace in self.traces.values():
