@@ -214,6 +214,16 @@ def test_migrate_json_is_the_final_record() -> None:
     assert "transferring" in result.stderr  # the human display went to stderr
 
 
+def test_the_caller_s_limits_reach_the_migration() -> None:
+    """``--no-postcopy`` and ``--max-slowdown`` arrive as the spec's; the sample's guest
+    converges within them."""
+    args = ("--to", "edge-2", "--no-postcopy", "--max-slowdown", "30", "--json")
+    predicted = json.loads(run("check", "app-1", "--predict", *args).stdout)["prediction"]
+    assert predicted["converges"] is True
+    record = json.loads(run("migrate", "app-1", *args).stdout)
+    assert (record["phase"], record["vm_host"]) == ("completed", "edge-2")
+
+
 def test_migrate_lets_placement_choose_and_cold_moves_stopped_vm() -> None:
     result = run("migrate", "batch-1", "--cold", "--bandwidth", "100", "--json")
     assert result.exit_code == 0
@@ -235,6 +245,8 @@ def test_migrate_lets_placement_choose_and_cold_moves_stopped_vm() -> None:
         (["migrate", "web-1", "--max-downtime", "abc"], 2, "--max-downtime"),
         (["migrate", "web-1", "--max-downtime", "0"], 2, "--max-downtime"),
         (["migrate", "web-1", "--bandwidth", "-5"], 2, "--bandwidth"),
+        (["migrate", "web-1", "--max-slowdown", "0"], 2, "--max-slowdown"),
+        (["check", "web-1", "--max-slowdown", "100"], 2, "--max-slowdown"),
         (["migrate", "web-1", "--policy", "yolo"], 2, "unknown policy 'yolo'"),
         (["migrate", "web-1", "--live", "--cold"], 2, "exclude each other"),
         (["migrate"], 2, "Missing argument"),

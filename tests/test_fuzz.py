@@ -20,7 +20,7 @@ from vmmove.testing.fuzz import anything, only_vmmove_errors
     options=st.dictionaries(
         st.sampled_from(
             ["mode", "policy", "bandwidth", "max_downtime", "completion_budget_per_gib",
-             "stall_timeout", "colour"]
+             "stall_timeout", "allow_postcopy", "max_slowdown", "colour"]
         ),
         anything | st.sampled_from(["live", "cold", "auto", "balanced", "converge"]),
         max_size=4,

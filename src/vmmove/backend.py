@@ -51,6 +51,9 @@ class Capabilities:
     max_downtime: bool = False
     bandwidth: bool = False
     auto_converge: bool = False
+    #: the job reports auto-converge's throttle (``JobStatus.throttle``), so the engine
+    #: can hold the caller's ``max_slowdown``
+    max_slowdown: bool = False
     progress_bytes: bool = False  # poll reports byte counts, not only a percentage
     reserve: bool = False  # the target reserves resources before the transfer starts
     storage_move: bool = False
@@ -79,6 +82,7 @@ _CAPABILITY_DOCS = {
     "max_downtime": "set the allowed switch-over pause",
     "bandwidth": "limit the migration's bandwidth",
     "auto_converge": "throttle the guest's vCPUs to converge",
+    "max_slowdown": "hold a limit on the guest's throttle (the job reports it)",
     "progress_bytes": "progress in bytes (not only a percentage)",
     "reserve": "the target reserves resources before the transfer",
     "storage_move": "move disks with the VM",
@@ -216,6 +220,7 @@ class JobStatus:
     iteration: int | None = None
     expected_downtime_ms: int | None = None
     percent: float | None = None  # the platform's own percentage, where it has one
+    throttle: int | None = None  # percent of the guest's vCPU time auto-converge takes
     vm_host: str | None = None
     error: str | None = None
     figures: Figures | None = None

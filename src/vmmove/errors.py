@@ -129,8 +129,9 @@ class MigrationCancelled(MigrationError):
 
 
 class MigrationTimedOut(MigrationError):
-    """The completion budget or the stall timeout ran out, or the policy's ``Abort`` step
-    fired, and the migration was aborted; the VM runs on its source."""
+    """The completion budget or the stall timeout ran out, the platform throttled the
+    guest beyond the caller's ``max_slowdown``, or the policy's ``Abort`` step fired, and
+    the migration was aborted; the VM runs on its source."""
 
 
 class WaitTimeout(VMMoveError, TimeoutError):

@@ -150,6 +150,10 @@ class MigrationSpec:
     step (the default ``balanced`` has one) switch to post-copy rather than throttle the
     guest; ``False`` forbids post-copy (a policy's ``PostCopy`` steps are skipped);
     ``None`` leaves the policy's own steps.
+    ``max_slowdown`` (percent, 1-99) limits how hard auto-converge may throttle the guest's
+    vCPUs: the first throttle is capped at it, and once the platform reports a throttle
+    above it the live attempt ends, as a cold move where the policy has a
+    :class:`~vmmove.policy.ColdFallback` step, else as a failure with the VM on its source.
     """
 
     vm: str
@@ -162,6 +166,7 @@ class MigrationSpec:
     stall_timeout: float | None = None
     datastore: str | None = None  # move the disks there too (backends with storage_move)
     allow_postcopy: bool | None = None
+    max_slowdown: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vm, str) or not self.vm:
@@ -191,6 +196,11 @@ class MigrationSpec:
             raise InvalidInput(
                 f"allow_postcopy is True, False or None, not {self.allow_postcopy!r}"
             )
+        slow = self.max_slowdown
+        if slow is not None and (
+            isinstance(slow, bool) or not isinstance(slow, int) or not 1 <= slow <= 99
+        ):
+            raise InvalidInput(f"max_slowdown is a percent, 1 to 99, not {slow!r}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,6 +220,7 @@ class Progress:
     dirty_rate: float | None = None  # bytes/s
     iteration: int | None = None
     expected_downtime_ms: int | None = None
+    throttle: int | None = None  # percent of the guest's vCPU time taken by auto-converge
     elapsed: float = 0.0
     eta: float | None = None  # seconds, where it can be estimated
 

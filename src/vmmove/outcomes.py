@@ -60,7 +60,12 @@ F, C = Phase.FAILED, Phase.CANCELLED
 #: Most specific first: the first row whose class the error is an instance of decides.
 OUTCOMES: tuple[Outcome, ...] = (
     _o(e.PostcopyFailed, F, ExitCode.FAILED, "failed after the commit point: the VM may be lost"),
-    _o(e.MigrationTimedOut, F, ExitCode.FAILED, "budget, stall or policy abort; VM on source"),
+    _o(
+        e.MigrationTimedOut,
+        F,
+        ExitCode.FAILED,
+        "budget, stall, slowdown or policy abort; VM on source",
+    ),
     _o(e.MigrationCancelled, C, ExitCode.CANCELLED, "cancelled before the commit point"),
     _o(e.MigrationFailed, F, ExitCode.FAILED, "failed; the record names where the VM runs"),
     _o(e.MigrationError, F, ExitCode.FAILED, "did not complete"),

@@ -114,7 +114,8 @@ class AutoConverge:
     """Throttle the guest's vCPUs so it dirties memory slower than it is sent. ``initial``
     and ``increment`` (percent) set the first throttle and its step per pass where the
     platform takes them (libvirt's ``auto_converge.initial``/``.increment``; QEMU's own
-    default is 20 then +10); ``None`` leaves the platform's."""
+    default is 20 then +10); ``None`` leaves the platform's. On a ``sized`` step,
+    ``initial`` is the most the sizing may choose (the caller's ``max_slowdown``)."""
 
     initial: int | None = None
     increment: int | None = None
@@ -264,18 +265,26 @@ class Policy:
         return self.completion_budget_per_gib * gib
 
 
-def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Policy:
+def adapt(
+    policy: Policy,
+    *,
+    allow_postcopy: bool | None,
+    postcopy: bool,
+    max_slowdown: int | None = None,
+) -> Policy:
     """``policy`` as it runs for this caller on this platform: each
     :class:`ForceConvergence` becomes :class:`PostCopy` when the caller allowed post-copy
     and the platform can (``postcopy``), else sized :class:`AutoConverge`. Explicit
-    ``PostCopy`` steps stay; with ``allow_postcopy=False`` the engine skips them."""
+    ``PostCopy`` steps stay; with ``allow_postcopy=False`` the engine skips them. With
+    ``max_slowdown`` (percent) every :class:`AutoConverge` starts no higher than it: some
+    platforms take the first throttle only when the job starts (libvirt)."""
     # Keyed by identity: hashing a policy's steps on every migration cost more than the
     # adaptation itself. The entry keeps the policy alive, so its id cannot be reused.
-    key = (id(policy), allow_postcopy, postcopy)
+    key = (id(policy), allow_postcopy, postcopy, max_slowdown)
     hit = _adapted.get(key)
     if hit is not None and hit[0] is policy:
         return hit[1]
-    adapted = _adapt(policy, allow_postcopy, postcopy)
+    adapted = _adapt(policy, allow_postcopy, postcopy, max_slowdown)
     if not isinstance(policy.steps, tuple):  # a list of steps may yet change
         return adapted
     if len(_adapted) >= 256:
@@ -284,19 +293,33 @@ def adapt(policy: Policy, *, allow_postcopy: bool | None, postcopy: bool) -> Pol
     return adapted
 
 
-def _adapt(policy: Policy, allow_postcopy: bool | None, postcopy: bool) -> Policy:
-    if not any(isinstance(s.action, ForceConvergence) for s in policy.steps):
+def _adapt(
+    policy: Policy, allow_postcopy: bool | None, postcopy: bool, max_slowdown: int | None
+) -> Policy:
+    def adapted(action: Action) -> Action:
+        if isinstance(action, ForceConvergence):
+            if allow_postcopy and postcopy:
+                return PostCopy()
+            action = AutoConverge(sized=True)
+        if isinstance(action, AutoConverge) and max_slowdown is not None:
+            first = action.initial or (max_slowdown if action.sized else QEMU_THROTTLE_INITIAL)
+            return replace(action, initial=min(first, max_slowdown))
+        return action
+
+    actions = [adapted(s.action) for s in policy.steps]
+    if all(a is s.action for a, s in zip(actions, policy.steps, strict=True)):
         return policy
-    chosen: Action = PostCopy() if allow_postcopy and postcopy else AutoConverge(sized=True)
     steps = tuple(
-        Step(trigger=s.trigger, action=chosen) if isinstance(s.action, ForceConvergence) else s
-        for s in policy.steps
+        Step(trigger=s.trigger, action=a) for s, a in zip(policy.steps, actions, strict=True)
     )
     return replace(policy, steps=steps)
 
 
+#: QEMU's first auto-converge throttle (percent) where nobody sets one
+QEMU_THROTTLE_INITIAL = 20
+
 # Every migration adapts one of a few policies: a new Policy each time cost ~20 us.
-_adapted: dict[tuple[int, bool | None, bool], tuple[Policy, Policy]] = {}
+_adapted: dict[tuple[int, bool | None, bool, int | None], tuple[Policy, Policy]] = {}
 
 
 def _steps(*pairs: tuple[Trigger, Action]) -> tuple[Step, ...]:

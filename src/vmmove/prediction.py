@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from vmmove.model import Figures, HostInfo, MiB, PowerState, VMInfo
 from vmmove.policy import (
+    QEMU_THROTTLE_INITIAL,
     Abort,
     AtIteration,
     AutoConverge,
@@ -54,7 +55,7 @@ __all__ = [
 DEFAULT_LINK = 1170.0 * MiB
 #: QEMU's defaults: the downtime limit, and auto-converge's first throttle and its step.
 QEMU_DOWNTIME_S = 0.3
-AC_INITIAL, AC_INCREMENT, AC_MAX = 20, 10, 99
+AC_INITIAL, AC_INCREMENT, AC_MAX = QEMU_THROTTLE_INITIAL, 10, 99
 #: The pause of a post-copy switch: device state only (QEMU ~5 ms on a LAN).
 POSTCOPY_PAUSE_S = 0.005
 SWITCH_OVERHEAD_S = 0.02
@@ -239,6 +240,7 @@ def predict_migration(
     max_passes: int = POLICY_PASSES,
     link: float | None = None,
     allow_postcopy: bool | None = None,
+    max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
 ) -> Prediction:
@@ -252,12 +254,13 @@ def predict_migration(
     ``SetDowntime`` raises the limit (never above ``max_downtime``), ``AutoConverge``
     throttles from the next pass (QEMU's 20 % then +10 % a pass, or the step's own),
     ``PostCopy`` switches at the end of the pass, ``Abort``/``ColdFallback`` end the live
-    attempt. ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
+    attempt, as does a throttle above ``max_slowdown`` (percent; the first throttle is
+    capped at it). ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
     added to the total time; ``switchover_s``: the fixed part of its pre-copy pause
     (``Backend.switchover_s``), added to the last copy.
     """
     # As the engine runs it: a policy not yet adapted is, for a platform that can post-copy.
-    policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True)
+    policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True, max_slowdown=max_slowdown)
     rate = _rate(source, target, link, bandwidth)
     declared = "as declared (link_mib_s)" if link else "10 GbE"
     basis = [f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else {declared})"]
@@ -285,6 +288,7 @@ def predict_migration(
         max_downtime=max_downtime,
         max_passes=max_passes,
         allow_postcopy=allow_postcopy,
+        max_slowdown=max_slowdown,
         setup_s=setup_s,
         switchover_s=switchover_s,
     )
@@ -318,6 +322,7 @@ def forecast(
     max_downtime: int | None = None,
     link: float | None = None,
     allow_postcopy: bool | None = None,
+    max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
 ) -> Figures:
@@ -331,6 +336,7 @@ def forecast(
         max_downtime=max_downtime,
         max_passes=POLICY_PASSES,
         allow_postcopy=allow_postcopy,
+        max_slowdown=max_slowdown,
         setup_s=setup_s,
         switchover_s=switchover_s,
     )
@@ -372,6 +378,7 @@ def _walk(
     max_downtime: int | None,
     max_passes: int,
     allow_postcopy: bool | None,
+    max_slowdown: int | None = None,
     setup_s: float,
     switchover_s: float,
 ) -> _Walk:
@@ -412,11 +419,22 @@ def _walk(
             assert isinstance(ac, AutoConverge)
             if ac.sized:
                 first, more = sized_throttle(dirty, w.rate)
+                first = min(first, ac.initial or first)  # the caller's max_slowdown
             else:
                 first, more = ac.initial or AC_INITIAL, ac.increment or AC_INCREMENT
             throttle, throttle_step = first / 100, more / 100
         elif throttle_step > 0:
             throttle = min(throttle + throttle_step, AC_MAX / 100)
+        if max_slowdown is not None and throttle * 100 > max_slowdown + 1e-9:
+            # The engine ends the attempt once the platform throttles past the limit.
+            fallback = next((s for s in policy.steps if isinstance(s.action, ColdFallback)), None)
+            why = f"the throttle would pass max_slowdown {max_slowdown} %"
+            if fallback is not None and fallback not in w.fired:
+                w.fired.append(fallback)
+                w.ended = f"{why}: the live attempt ends at {fallback}"
+            else:
+                w.ended = f"{why}: the migration fails, the VM stays on its source"
+            return w
         guest = dirty * (1 - throttle)
         # The engine sees pass n begin (and the rate measured over pass n-1): steps fire
         # now, and a platform tests for switch-over at once when its limits change.

@@ -808,5 +808,8 @@ def test_auto_converge_throttle_goes_with_the_call_and_cannot_change_later(
     with pytest.raises(NotSupported, match="only when the migration starts"):
         backend.tune(job, AutoConverge(initial=88, increment=10))
     assert backend.tune(job, AutoConverge()) is None  # armed at start: QEMU's own rule
+    # QEMU's throttle as libvirt reports it reaches the engine (it holds max_slowdown by it)
+    dom.stats = {**dom.stats, "memory_iteration": 3, "auto_converge_throttle": 70}
+    wait_for(lambda: backend.poll(job).throttle == 70)
     dom.migrated.set()
     wait_for(lambda: backend.poll(job).phase.terminal)

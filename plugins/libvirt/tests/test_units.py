@@ -198,11 +198,16 @@ def test_a_running_job_in_vmmove_units() -> None:
             "memory_page_size": 4096,
             "memory_iteration": 2,
             "downtime": 4122,
+            "auto_converge_throttle": 30,
         }
     )
     assert s.dirty_rate == 5635 * 4096  # pages/s -> bytes/s
     assert (s.transfer_rate, s.iteration, s.expected_downtime_ms) == (33 * MiB, 2, 4122)
+    assert s.throttle == 30
     assert s.started
+    # libvirt reports the throttle only once auto-converge has throttled: 0 or absent is none
+    assert sample({"type": 2, "auto_converge_throttle": 0}).throttle is None
+    assert sample({"type": 2}).throttle is None
 
 
 def test_the_first_pass_has_no_dirty_rate_yet() -> None:

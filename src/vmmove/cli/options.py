@@ -39,6 +39,13 @@ def spec_options(func: F) -> F:
                 help="Let the policy switch to post-copy rather than throttle the guest, or "
                 "forbid post-copy (default: the policy's own steps).",
             ),
+            click.option(
+                "--max-slowdown",
+                type=click.IntRange(min=1, max=99),
+                metavar="PERCENT",
+                help="Throttle the guest's vCPUs no further than this while converging; "
+                "past it the live attempt ends (cold, where the policy falls back).",
+            ),
         ]
     ):
         func = option(func)
@@ -54,6 +61,7 @@ def spec_kwargs(
     max_downtime: int | None,
     bandwidth: int | None,
     allow_postcopy: bool | None = None,
+    max_slowdown: int | None = None,
 ) -> dict[str, Any]:
     if live + cold + auto > 1:
         raise click.UsageError("--live, --cold and --auto exclude each other")
@@ -64,4 +72,5 @@ def spec_kwargs(
         "max_downtime": max_downtime,
         "bandwidth": bandwidth,
         "allow_postcopy": allow_postcopy,
+        "max_slowdown": max_slowdown,
     }

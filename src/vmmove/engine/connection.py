@@ -206,6 +206,7 @@ class Connection:
             resolve(spec.policy, self.plugins.policies),
             allow_postcopy=spec.allow_postcopy,
             postcopy=self.backend.capabilities.postcopy,
+            max_slowdown=spec.max_slowdown,
         )
 
     @_keywords_checked
@@ -220,6 +221,7 @@ class Connection:
         bandwidth: int | None = None,
         max_downtime: int | None = None,
         allow_postcopy: bool | None = None,
+        max_slowdown: int | None = None,
         completion_budget_per_gib: float | None = None,
         stall_timeout: float | None = None,
         datastore: str | None = None,
@@ -232,6 +234,7 @@ class Connection:
             bandwidth=bandwidth,
             max_downtime=max_downtime,
             allow_postcopy=allow_postcopy,
+            max_slowdown=max_slowdown,
             completion_budget_per_gib=completion_budget_per_gib,
             stall_timeout=stall_timeout,
             datastore=datastore,
@@ -253,6 +256,7 @@ class Connection:
         bandwidth: int | None = None,
         max_downtime: int | None = None,
         allow_postcopy: bool | None = None,
+        max_slowdown: int | None = None,
     ) -> Prediction:
         """Predict a live migration before it starts (nothing moves): total time, pause, data,
         whether it converges and which policy steps fire, from a dirty-rate sample the
@@ -265,6 +269,7 @@ class Connection:
             bandwidth=bandwidth,
             max_downtime=max_downtime,
             allow_postcopy=allow_postcopy,
+            max_slowdown=max_slowdown,
         )
         spec = self._spec(vm, to, spec, options)
         pol = self._policy(spec)
@@ -285,6 +290,7 @@ class Connection:
             bandwidth=spec.bandwidth,
             max_downtime=spec.max_downtime,
             allow_postcopy=spec.allow_postcopy,
+            max_slowdown=spec.max_slowdown,
             link=self.link,
             setup_s=self.backend.setup_s,
             switchover_s=self.backend.switchover_s,
@@ -302,6 +308,7 @@ class Connection:
         bandwidth: int | None = None,
         max_downtime: int | None = None,
         allow_postcopy: bool | None = None,
+        max_slowdown: int | None = None,
         completion_budget_per_gib: float | None = None,
         stall_timeout: float | None = None,
         datastore: str | None = None,
@@ -311,9 +318,10 @@ class Connection:
         The keyword arguments override the :class:`MigrationSpec` fields of the same name
         (``spec`` or the defaults): ``mode`` (auto, live, cold), ``policy`` (a preset name
         or a :class:`Policy`), ``bandwidth`` (MiB/s), ``max_downtime`` (ms),
-        ``completion_budget_per_gib`` and ``stall_timeout`` (s), ``datastore``. Unknown VMs
-        and hosts, a target that already runs the VM, and malformed options raise at once
-        and change nothing; everything else is reported through the returned handle.
+        ``allow_postcopy``, ``max_slowdown`` (percent), ``completion_budget_per_gib`` and
+        ``stall_timeout`` (s), ``datastore``. Unknown VMs and hosts, a target that already
+        runs the VM, and malformed options raise at once and change nothing; everything
+        else is reported through the returned handle.
 
         Thread-safe: any thread may call it, and every method of :class:`Migration`.
         """
@@ -323,6 +331,7 @@ class Connection:
             bandwidth=bandwidth,
             max_downtime=max_downtime,
             allow_postcopy=allow_postcopy,
+            max_slowdown=max_slowdown,
             completion_budget_per_gib=completion_budget_per_gib,
             stall_timeout=stall_timeout,
             datastore=datastore,

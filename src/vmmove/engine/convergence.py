@@ -70,6 +70,10 @@ def police(run: MigrationRun, status: JobStatus, now: float) -> None:
         run.low_remaining, run.low_at = remaining, now
     elif run.low_remaining is None:
         run.low_at = now
+    limit = run.spec.max_slowdown
+    if limit is not None and status.throttle is not None and status.throttle > limit:
+        slowed(run, status.throttle, limit)
+        return
     stalled_for = now - run.low_at if remaining is not None else 0.0
     elapsed = now - run.started_at if run.started_at is not None else 0.0
     allowed = budget(run)
@@ -102,7 +106,23 @@ def police(run: MigrationRun, status: JobStatus, now: float) -> None:
         run.abort("stall")
 
 
-def apply_step(run: MigrationRun, step: Step) -> None:
+def slowed(run: MigrationRun, throttle: int, limit: int) -> None:
+    """The platform throttles the guest past the caller's ``max_slowdown`` (QEMU raises the
+    throttle each pass and libvirt cannot cap it): live cannot finish within the caller's
+    limits, so the attempt ends now, as the policy's cold fallback where it has one."""
+    why = f"the platform throttled the guest to {throttle} %, beyond max_slowdown {limit} %"
+    for index, step in enumerate(run.policy.steps):
+        if index not in run.fired and isinstance(step.action, ColdFallback):
+            run.fired.add(index)
+            apply_step(run, step, why=why)
+            if run.abort_sent:
+                return
+    run.warn(f"{why}: live cannot finish within it")
+    run.abort("slowdown")
+
+
+def apply_step(run: MigrationRun, step: Step, why: str = "") -> None:
+    """Apply one fired step; ``why``, where the engine fires it early, goes in the record."""
     action = step.action
     caps = run.backend.capabilities
     if not caps.has(action.capability):
@@ -120,7 +140,7 @@ def apply_step(run: MigrationRun, step: Step) -> None:
         if not caps.cancel:
             run.record_step(step, applied=False, reason="backend cannot abort the live job")
             return
-        run.record_step(step, applied=True)
+        run.record_step(step, applied=True, reason=why)
         run.abort("fallback")
         return
     note = ""
@@ -136,15 +156,20 @@ def apply_step(run: MigrationRun, step: Step) -> None:
             action, note = SetDowntime(ms=cap), f"clamped to {whose} {cap} ms"
     elif isinstance(action, AutoConverge) and action.sized:
         dirty, rate = run.progress.dirty_rate, run.progress.transfer_rate
+        most = action.initial  # the caller's max_slowdown (adapt)
         if dirty and rate:
             first, more = sized_throttle(dirty, rate)
+            capped = most is not None and first > most
+            first = min(first, most) if most is not None else first
             action = AutoConverge(initial=first, increment=more)
             note = (
                 f"throttle {first}% then +{more}% a pass, sized from {dirty / MiB:.1f} MiB/s "
                 f"dirtied against {rate / MiB:.1f} MiB/s sent"
+                + (" (capped by max_slowdown)" if capped else "")
             )
         else:
-            action, note = AutoConverge(), "no measured rates to size it: the platform's own"
+            action = AutoConverge(initial=most)
+            note = "no measured rates to size it: the platform's own"
     if isinstance(action, SetDowntime) and action.ms <= run.downtime_ms:
         # Policies raise the limit; a later, smaller step never lowers it.
         run.record_step(step, applied=False, reason=f"limit is {run.downtime_ms} ms already")

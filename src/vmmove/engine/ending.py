@@ -35,6 +35,7 @@ ABORT_WHY = {
     "timeout": "completion budget exhausted",
     "stall": "stalled: remaining data stopped falling",
     "policy": "aborted by policy",
+    "slowdown": "the platform throttled the guest beyond the caller's max_slowdown",
 }
 
 

@@ -58,7 +58,7 @@ def precheck(
             refuse("unsupported", "this backend cannot migrate live")
     elif not caps.cold:
         refuse("unsupported", "this backend cannot migrate cold")
-    for name in ("bandwidth", "max_downtime"):
+    for name in ("bandwidth", "max_downtime", "max_slowdown"):
         if getattr(spec, name) is not None and not caps.has(name):
             refuse("unsupported", f"{name} is not supported by this backend; ignored", "warning")
     target: HostInfo | None = None

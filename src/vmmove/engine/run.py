@@ -268,6 +268,7 @@ class MigrationRun:
             dirty_rate=status.dirty_rate,
             iteration=status.iteration,
             expected_downtime_ms=status.expected_downtime_ms,
+            throttle=status.throttle,
             elapsed=self.clock.now() - self.t0,
             eta=eta,
         )
@@ -392,6 +393,7 @@ class MigrationRun:
             bandwidth=self.spec.bandwidth,
             max_downtime=self.spec.max_downtime,
             allow_postcopy=self.spec.allow_postcopy,
+            max_slowdown=self.spec.max_slowdown,
             link=self.conn.link,
             setup_s=self.backend.setup_s,
             switchover_s=self.backend.switchover_s,

@@ -124,6 +124,7 @@ def status_out(s: JobStatus) -> dict[str, Any]:
         "dirty_rate": s.dirty_rate,
         "iteration": s.iteration,
         "expected_downtime_ms": s.expected_downtime_ms,
+        "throttle": s.throttle,
         "percent": s.percent,
         "vm_host": s.vm_host,
         "error": s.error,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors as pgerrors
@@ -42,7 +42,23 @@ __all__ = [
 class Item:
     id: str
     vm: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # spec_body() and the target
+
+    def migration_spec(self) -> MigrationSpec:
+        """The spec the item was submitted with; a key this version does not know (an item
+        queued by a newer one) is left out, and one it lacks takes the default."""
+        known = {f.name for f in fields(MigrationSpec)} - {"vm"}
+        return MigrationSpec(vm=self.vm, **{k: v for k, v in self.spec.items() if k in known})
+
+
+def spec_body(spec: MigrationSpec) -> dict[str, Any]:
+    """The spec as the queue keeps it, in JSON: every field but the VM and the target (kept
+    in their own columns); the policy by name, for the worker to resolve."""
+    body = {f.name: getattr(spec, f.name) for f in fields(spec)}
+    del body["vm"], body["target"]
+    body["mode"] = spec.mode.value
+    body["policy"] = spec.policy if isinstance(spec.policy, str) else spec.policy.name
+    return body
 
 
 def journal_of(conn: Connection) -> PgJournal:
@@ -73,17 +89,7 @@ def _row(conn: Connection, spec: MigrationSpec, limits: Limits | None) -> tuple[
         if target.id == vm.host:
             problem = Problem(code="same-host", message=f"{vm.name} already runs on {target.name}")
             raise PrecheckFailed(f"cannot migrate {vm.name}", [problem])
-    policy = spec.policy if isinstance(spec.policy, str) else spec.policy.name
-    body = {
-        "mode": spec.mode.value,
-        "policy": policy,
-        "bandwidth": spec.bandwidth,
-        "max_downtime": spec.max_downtime,
-        "completion_budget_per_gib": spec.completion_budget_per_gib,
-        "stall_timeout": spec.stall_timeout,
-        "datastore": spec.datastore,
-        "allow_postcopy": spec.allow_postcopy,
-    }
+    body = spec_body(spec)
     clusters = sorted({source.cluster, target.cluster if target else source.cluster})
     item = uuid.uuid4().hex[:12]
     return (

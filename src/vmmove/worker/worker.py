@@ -27,7 +27,6 @@ import vmmove
 from vmmove.errors import InvalidInput, VMMoveError
 from vmmove.journals.postgres import LeaseLost, PgJournal
 from vmmove.machine import Phase
-from vmmove.model import MigrationMode, MigrationSpec
 from vmmove.worker import queue
 from vmmove.worker.fenced import FencedBackend
 from vmmove.worker.supervisor import LeaseGuard
@@ -231,22 +230,9 @@ class Worker:
             self._start(item)
 
     def _start(self, item: queue.Item) -> None:
-        s = item.spec
-        spec = MigrationSpec(
-            vm=item.vm,
-            target=s.get("target"),
-            mode=MigrationMode(s.get("mode", "auto")),
-            policy=s.get("policy", "balanced"),
-            bandwidth=s.get("bandwidth"),
-            max_downtime=s.get("max_downtime"),
-            completion_budget_per_gib=s.get("completion_budget_per_gib"),
-            stall_timeout=s.get("stall_timeout"),
-            datastore=s.get("datastore"),
-            allow_postcopy=s.get("allow_postcopy"),
-        )
         token = self.store.claim.set(item.id)
         try:
-            handle = self.conn.migrate(spec=spec)
+            handle = self.conn.migrate(spec=item.migration_spec())
             self.running[handle.id] = handle
         except LeaseLost:
             return  # the claim went back to the queue meanwhile: someone else has it

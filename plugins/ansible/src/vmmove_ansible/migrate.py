@@ -25,6 +25,7 @@ ARGS: dict[str, dict[str, Any]] = {
     "max_downtime": {"type": "int"},
     "bandwidth": {"type": "int"},
     "allow_postcopy": {"type": "bool"},
+    "max_slowdown": {"type": "int"},
     "wait_timeout": {"type": "float"},
 }
 
@@ -33,7 +34,7 @@ def run(params: Mapping[str, Any], *, check_mode: bool) -> dict[str, Any]:
     vm_ref: str = params["vm"]
     options = {
         k: params[k]
-        for k in ("mode", "policy", "max_downtime", "bandwidth", "allow_postcopy")
+        for k in ("mode", "policy", "max_downtime", "bandwidth", "allow_postcopy", "max_slowdown")
         if params.get(k) is not None
     }
     with connect(params) as conn:
@@ -99,7 +100,7 @@ def _check(
     }
     if options.get("mode", "auto") != "cold" and vm.power is vmmove.PowerState.RUNNING:
         # A live move: what it would cost, as `vmmove check --predict` says it.
-        wanted = ("policy", "bandwidth", "max_downtime", "allow_postcopy")
+        wanted = ("policy", "bandwidth", "max_downtime", "allow_postcopy", "max_slowdown")
         try:
             prediction = conn.predict(
                 vm.id,

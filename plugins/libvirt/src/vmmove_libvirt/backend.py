@@ -1064,7 +1064,7 @@ class LibvirtBackend(Backend):
                 # libvirt takes auto_converge.initial/.increment with the call, not later.
                 raise NotSupported(
                     "libvirt sets auto-converge's throttle only when the migration starts: "
-                    "QEMU throttles by its own rule (20 % then +10 % a pass)"
+                    "QEMU throttles by the rule set then (its own: 20 % then +10 % a pass)"
                 )
             return None  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
         elif isinstance(action, PostCopy):

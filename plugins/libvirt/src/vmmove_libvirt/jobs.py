@@ -817,6 +817,7 @@ class LiveJob(MigrationJob):
                 dirty_rate=dirty,
                 iteration=figs.iterations if figs and figs.iterations else iteration,
                 expected_downtime_ms=s.expected_downtime_ms,
+                throttle=s.throttle if phase is Phase.TRANSFERRING else None,
                 vm_host=self.vm_host if phase.terminal else None,
                 error=self.error,
                 figures=figs,

@@ -53,6 +53,7 @@ class Sample:
     iteration: int | None = None  # memory_iteration: QEMU's dirty-sync count, 1 in the first pass
     expected_downtime_ms: int | None = None  # "downtime" while the job runs is QEMU's estimate
     postcopy_requests: int | None = None
+    throttle: int | None = None  # auto_converge_throttle: percent of vCPU time taken
 
     @property
     def started(self) -> bool:
@@ -113,6 +114,7 @@ def sample(stats: Mapping[str, Any]) -> Sample:
         iteration=iteration,
         expected_downtime_ms=_int(stats, "downtime"),
         postcopy_requests=_int(stats, "memory_postcopy_requests"),
+        throttle=_int(stats, "auto_converge_throttle") or None,
     )
 
 

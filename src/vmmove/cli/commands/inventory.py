@@ -154,6 +154,7 @@ def check(
     max_downtime: int | None,
     bandwidth: int | None,
     allow_postcopy: bool | None,
+    max_slowdown: int | None,
     with_prediction: bool,
     as_json: bool,
 ) -> None:
@@ -166,6 +167,7 @@ def check(
         max_downtime=max_downtime,
         bandwidth=bandwidth,
         allow_postcopy=allow_postcopy,
+        max_slowdown=max_slowdown,
     )
     prediction = None
     with connect(ctx) as conn:
@@ -179,6 +181,7 @@ def check(
                 bandwidth=bandwidth,
                 max_downtime=max_downtime,
                 allow_postcopy=allow_postcopy,
+                max_slowdown=max_slowdown,
             )
     if as_json:
         out = {"vm": vm, "target": to, "ok": not refused, "problems": problems}

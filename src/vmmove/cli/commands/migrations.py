@@ -34,6 +34,7 @@ def migrate(
     max_downtime: int | None,
     bandwidth: int | None,
     allow_postcopy: bool | None,
+    max_slowdown: int | None,
     queue: bool,
     as_json: bool,
 ) -> None:
@@ -47,6 +48,7 @@ def migrate(
         max_downtime=max_downtime,
         bandwidth=bandwidth,
         allow_postcopy=allow_postcopy,
+        max_slowdown=max_slowdown,
     )
     with connect(ctx) as conn:
         if queue:

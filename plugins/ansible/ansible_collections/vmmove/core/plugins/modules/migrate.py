@@ -39,6 +39,12 @@ options:
         (the default C(balanced) policy's choice); C(false) forbids post-copy.
       - Unset leaves the policy's own steps.
     type: bool
+  max_slowdown:
+    description:
+      - The most the platform may throttle the guest's vCPUs to make it converge, in percent
+        (1 to 99). Past it the live attempt ends - as a cold move where the policy has a
+        cold-fallback step, else as a failure with the VM on its source.
+    type: int
   wait_timeout:
     description: Seconds to wait for the end; the migration goes on after a timeout.
     type: float
