@@ -20,7 +20,7 @@ from vmmove.engine import Connection
 from vmmove.journal import Journal, record_from_json, record_to_json
 from vmmove.journals import open_journal
 from vmmove.plugins import load_plugins
-from vmmove.sim import SimBackend
+from vmmove.sim import SimBackend, parse
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -143,6 +143,30 @@ def test_attach_after_the_client_died(crash_at: Phase, journal: str) -> None:
     assert record.vm_host == "host-b" == backend.locate("db-1")
     assert open_journal().get(m.id).phase is Phase.COMPLETED
     second.migrate("db-1", to="host-a").wait()  # the lock went with the record
+
+
+def test_an_adopter_holds_the_caller_s_limits(journal: str) -> None:
+    """The record keeps what the caller set; without it the adopter would throttle this
+    runaway guest as hard as it takes (the default policy, unlimited), and finish."""
+    guest = {"name": "v", "host": "a", "memory_mib": 2048, "working_set_mib": 1024,
+             "dirty_mib_s": 400, "power": "running"}  # fmt: skip
+    backend = SimBackend(parse({"link_mib_s": 200, "host": [{"name": "a"}, {"name": "b"}],
+                                "vm": [guest]}))  # fmt: skip
+    first = Connection(
+        backend, uri="sim://", plugins=load_plugins(), store=open_journal().for_estate("sim://")
+    )
+    m = first.migrate("v", to="b", allow_postcopy=False, max_slowdown=30)
+    for event in m.events():
+        if event.kind is EventKind.PHASE and event.phase is Phase.TRANSFERRING:
+            break
+    _abandon(first)
+    assert dict(open_journal().get(m.id).limits) == {"allow_postcopy": False, "max_slowdown": 30}
+    second = Connection(
+        backend, uri="sim://", plugins=load_plugins(), store=open_journal().for_estate("sim://")
+    )
+    with pytest.raises(vmmove.MigrationTimedOut, match="max_slowdown"):
+        second.attach(m.id).wait()
+    assert backend.locate("v") == "a"
 
 
 def test_attach_when_the_client_died_inside_start(

@@ -128,6 +128,7 @@ def record_to_json(record: MigrationRecord) -> str:
                 {"code": p.code, "message": p.message, "severity": p.severity} for p in r.problems
             ],
             "predicted": None if r.predicted is None else _figures(r.predicted),
+            "limits": dict(r.limits),
         }
     )
 
@@ -161,6 +162,7 @@ def record_from_json(text: str) -> MigrationRecord:
                 "predicted": (
                     None if body.get("predicted") is None else Figures(**body["predicted"])
                 ),
+                "limits": dict(body.get("limits") or {}),
             }
         )
     except (KeyError, TypeError, ValueError) as exc:

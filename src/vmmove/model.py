@@ -47,6 +47,22 @@ def _empty() -> Mapping[str, str]:
     return MappingProxyType({})
 
 
+def _no_limits() -> Mapping[str, float]:
+    return MappingProxyType({})
+
+
+#: The :class:`MigrationSpec` fields that bind whoever supervises the migration: the record
+#: keeps them (``MigrationRecord.limits``), so a process that adopts it holds them too.
+LIMITS = (
+    "bandwidth",
+    "max_downtime",
+    "completion_budget_per_gib",
+    "stall_timeout",
+    "allow_postcopy",
+    "max_slowdown",
+)
+
+
 class HostState(enum.StrEnum):
     UP = "up"
     MAINTENANCE = "maintenance"  # up, but accepts no incoming VMs
@@ -202,6 +218,12 @@ class MigrationSpec:
         ):
             raise InvalidInput(f"max_slowdown is a percent, 1 to 99, not {slow!r}")
 
+    @property
+    def limits(self) -> dict[str, float]:
+        """The set :data:`LIMITS`, for the record."""
+        found = {name: getattr(self, name) for name in LIMITS}
+        return {name: value for name, value in found.items() if value is not None}
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Progress:
@@ -298,6 +320,9 @@ class MigrationRecord:
     #: policy's limits). Set only where the inventory had a dirty-rate sample: a prediction
     #: that assumed an idle guest would be a lower bound, not a forecast.
     predicted: Figures | None = None
+    #: the caller's limits that bind whoever supervises the migration, the set ones only
+    #: (:data:`LIMITS`): an ``attach`` after the client died holds them too
+    limits: Mapping[str, float] = field(default_factory=_no_limits)
 
     @property
     def done(self) -> bool:

@@ -96,7 +96,8 @@ class Display:
                 completed=p.percent,
                 phase=p.phase.value,
                 rate=rate_text(p.transfer_rate),
-                dirty=rate_text(p.dirty_rate),
+                # auto-converge's throttle beside the rate it holds down
+                dirty=rate_text(p.dirty_rate) + (f" throttle {p.throttle}%" if p.throttle else ""),
                 iteration=str(p.iteration or "-"),
                 eta=seconds_text(p.eta),
             )

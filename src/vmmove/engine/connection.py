@@ -32,6 +32,7 @@ from vmmove.errors import (
 from vmmove.events import EventKind, MigrationEvent
 from vmmove.machine import Phase
 from vmmove.model import (
+    LIMITS,
     HostInfo,
     MigrationMode,
     MigrationRecord,
@@ -410,8 +411,12 @@ class Connection:
         except InvalidInput:
             found = resolve("none")  # a custom schedule is not in the record: budgets only
         spec = MigrationSpec(vm=vm.id, target=record.target, mode=record.mode, policy=found)
-        # The caller's allow_postcopy is not in the record: the adopter throttles, never
-        # switches a job to post-copy on a permission it cannot see.
+        damaged = ""
+        limits: dict[str, Any] = {k: v for k, v in record.limits.items() if k in LIMITS}
+        try:  # the caller's limits hold here too (allow_postcopy, max_slowdown, budgets...)
+            spec = replace(spec, **limits)
+        except InvalidInput as exc:
+            damaged = f"the record's limits are damaged ({exc}): none are held"
         policy = self._policy(spec)
         run = MigrationRun(self, spec, vm, policy, record=record)
         run.error = error_of(record)
@@ -420,6 +425,8 @@ class Connection:
                 self._settle_location(run)
             return Migration(run, self._sup)
         self.store.adopt(record)
+        if damaged:
+            run.warn(damaged)
         with self._sup.cond:
             self._restore(run)
             self._runs[record.id] = run

@@ -142,6 +142,7 @@ class MigrationRun:
             history=(Transition(phase=Phase.PENDING, at=now),),
             created_at=now,
             updated_at=now,
+            limits=spec.limits,
         )
         self.progress = Progress(phase=self.record.phase)
         self.t0 = self.clock.now()
