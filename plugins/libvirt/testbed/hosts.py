@@ -314,12 +314,16 @@ def wire(ifaces: list[str], delay_ms: float, jitter_ms: float, loss_pct: float) 
     """Forward every frame between two interfaces (raw sockets), each after ``delay_ms`` ± a
     uniform ``jitter_ms``, in order per direction (a link does not reorder), dropping
     ``loss_pct`` % of them. The virtio-net header (PACKET_VNET_HDR) travels with each frame, so
-    checksums a veth left to offload are finished by the kernel on the other side."""
+    checksums a veth left to offload are finished by the kernel on the other side. A frame is
+    due ``delay_ms`` after the kernel received it (SO_TIMESTAMPNS), not after this process got
+    round to reading it: the wire's own wake-up and work are part of the delay, not added."""
     import random
     import select
+    import struct
     from collections import deque
 
     sol_packet, packet_vnet_hdr, packet_ignore_outgoing = 263, 15, 23
+    so_timestampns = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's; Python 3.11 lacks it
     with contextlib.suppress(OSError):  # a late wake-up is added delay: run ahead of the guests
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     socks = []
@@ -329,6 +333,7 @@ def wire(ifaces: list[str], delay_ms: float, jitter_ms: float, loss_pct: float) 
         s.setsockopt(sol_packet, packet_ignore_outgoing, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        s.setsockopt(socket.SOL_SOCKET, so_timestampns, 1)
         s.bind((name, 0))
         s.setblocking(False)
         socks.append(s)
@@ -345,15 +350,22 @@ def wire(ifaces: list[str], delay_ms: float, jitter_ms: float, loss_pct: float) 
         for i, s in enumerate(socks):
             if s not in ready:
                 continue
+            wall = time.time()  # the kernel stamps frames on the wall clock
             for _ in range(256):
                 try:
-                    frame = s.recv(65600)
+                    frame, anc, _flags, _addr = s.recvmsg(65600, 64)
                 except BlockingIOError:
                     break
                 if loss and random.random() < loss:
                     continue
+                age = 0.0
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == so_timestampns:
+                        sec, nsec = struct.unpack("qq", data[:16])
+                        age = min(max(wall - (sec + nsec / 1e9), 0.0), delay)
                 at = max(
-                    now + delay + (random.uniform(-jitter, jitter) if jitter else 0), last_due[i]
+                    now - age + delay + (random.uniform(-jitter, jitter) if jitter else 0),
+                    last_due[i],
                 )
                 last_due[i] = at
                 queues[i].append((at, frame))
