@@ -51,6 +51,7 @@ class Capabilities:
     max_downtime: bool = False
     bandwidth: bool = False
     auto_converge: bool = False
+    compression: bool = False
     #: the job reports auto-converge's throttle (``JobStatus.throttle``), so the engine
     #: can hold the caller's ``max_slowdown``
     max_slowdown: bool = False
@@ -82,6 +83,7 @@ _CAPABILITY_DOCS = {
     "max_downtime": "set the allowed switch-over pause",
     "bandwidth": "limit the migration's bandwidth",
     "auto_converge": "throttle the guest's vCPUs to converge",
+    "compression": "send re-dirtied pages as deltas (XBZRLE)",
     "max_slowdown": "hold a limit on the guest's throttle (the job reports it)",
     "progress_bytes": "progress in bytes (not only a percentage)",
     "reserve": "the target reserves resources before the transfer",

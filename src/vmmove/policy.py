@@ -23,6 +23,7 @@ __all__ = [
     "AutoConverge",
     "BudgetShare",
     "ColdFallback",
+    "Compress",
     "DirtyRateAbove",
     "ForceConvergence",
     "Policy",
@@ -133,6 +134,19 @@ class AutoConverge:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Compress:
+    """Send re-dirtied pages as deltas against the copy sent before (QEMU's XBZRLE): a guest
+    that changes a few bytes of each page it writes costs the link a fraction of a page per
+    page; one that rewrites whole pages gains nothing. Some platforms arm it only when the
+    job starts (libvirt), and it works from the third pass (the second fills its cache)."""
+
+    capability = "compression"
+
+    def __str__(self) -> str:
+        return "compress"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PostCopy:
     """Start the VM on the target now and pull the rest on demand. Fast, but a failure
     after this point can lose the VM."""
@@ -177,11 +191,18 @@ class ForceConvergence:
 
 
 Action = (
-    SetDowntime | SetBandwidth | AutoConverge | PostCopy | Abort | ColdFallback | ForceConvergence
+    SetDowntime
+    | SetBandwidth
+    | AutoConverge
+    | Compress
+    | PostCopy
+    | Abort
+    | ColdFallback
+    | ForceConvergence
 )
 
 #: Actions that must be enabled when the job starts on some platforms (libvirt's flags).
-START_TIME_CAPABILITIES = frozenset({"auto_converge", "postcopy"})
+START_TIME_CAPABILITIES = frozenset({"auto_converge", "compression", "postcopy"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -336,6 +357,7 @@ def _presets() -> dict[str, Policy]:
     balanced = _steps(
         (AtIteration(n=2), SetDowntime(ms=500)),
         (AtIteration(n=4), SetDowntime(ms=1_000)),
+        (DirtyRateAbove(share=0.8), Compress()),
         (DirtyRateAbove(share=0.8), ForceConvergence()),
         (DirtyRateAbove(share=0.8, from_iteration=3), SetDowntime(ms=5_000)),
         (Stalled(seconds=30), AutoConverge()),

@@ -27,6 +27,7 @@ from vmmove.policy import (
     AutoConverge,
     BudgetShare,
     ColdFallback,
+    Compress,
     DirtyRateAbove,
     Policy,
     PostCopy,
@@ -294,6 +295,11 @@ def predict_migration(
     )
     if w.ended:
         basis.append(w.ended)
+    if any(isinstance(s.action, Compress) for s in w.fired):
+        basis.append(
+            "compression not counted: what it saves depends on how little of each page the "
+            "guest changes (an upper bound, where the platform compresses)"
+        )
     return Prediction(
         vm=vm.id,
         source=source.id if source else vm.host,

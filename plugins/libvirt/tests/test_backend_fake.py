@@ -21,7 +21,7 @@ from vmmove.backend import JobRef
 from vmmove.errors import ConnectionFailed, InvalidInput, NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
-from vmmove.policy import PRESETS, AtIteration, AutoConverge, Policy, Step
+from vmmove.policy import PRESETS, AtIteration, AutoConverge, Compress, Policy, Step
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -811,5 +811,37 @@ def test_auto_converge_throttle_goes_with_the_call_and_cannot_change_later(
     # QEMU's throttle as libvirt reports it reaches the engine (it holds max_slowdown by it)
     dom.stats = {**dom.stats, "memory_iteration": 3, "auto_converge_throttle": 70}
     wait_for(lambda: backend.poll(job).throttle == 70)
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)
+
+
+@pytest.mark.parametrize("armed", [True, False])
+def test_compression_is_armed_with_the_call_or_not_at_all(cluster: Any, armed: bool) -> None:
+    """XBZRLE goes with migrateToURI3 (COMPRESSED, its cache as large as the guest); a job
+    started without it cannot be given it later, and the record will say so."""
+    backend, fake = cluster()
+    host = fake.hosts["qemu+tcp://a/system"]
+    dom = host.doms.get(UUID) or FakeDom(host)
+    job = backend.start(
+        vm_on("a"),
+        host_info("b"),
+        MigrationSpec(vm=UUID),
+        MigrationMode.LIVE,
+        policy=PRESETS["balanced"],
+        needs=frozenset({"compression"} if armed else ()),
+        reservation=None,
+        request_id="req-xb",
+    )
+    wait_for(lambda: bool(dom.calls) and dom.calls[-1][0] == "migrate")
+    _, _, params, flags = dom.calls[-1]
+    assert bool(flags & libvirt.VIR_MIGRATE_COMPRESSED) is armed
+    if armed:
+        assert params["compression"] == "xbzrle"
+        assert params["compression.xbzrle.cache"] == 256 * MiB  # the guest's memory
+        assert backend.tune(job, Compress()) is None
+    else:
+        assert "compression" not in params
+        with pytest.raises(NotSupported, match="when the job starts"):
+            backend.tune(job, Compress())
     dom.migrated.set()
     wait_for(lambda: backend.poll(job).phase.terminal)

@@ -50,7 +50,15 @@ from vmmove.model import (
     Storage,
     VMInfo,
 )
-from vmmove.policy import Action, AutoConverge, Policy, PostCopy, SetBandwidth, SetDowntime
+from vmmove.policy import (
+    Action,
+    AutoConverge,
+    Compress,
+    Policy,
+    PostCopy,
+    SetBandwidth,
+    SetDowntime,
+)
 from vmmove_libvirt.config import (
     ClusterConfig,
     build,
@@ -87,6 +95,9 @@ log = logging.getLogger("vmmove.libvirt")
 
 #: QEMU's own downtime-limit; a spec's max_downtime below it lowers the start value.
 QEMU_DEFAULT_DOWNTIME_MS = 300
+#: XBZRLE's page cache lives in the source QEMU while the job runs: as large as the guest
+#: (a delta needs the page's last copy; QEMU refuses more than the guest's RAM), at most this.
+XBZRLE_CACHE_MAX = 1 << 30
 #: QEMU releases before this lose guest writes in TCG live migration (QEMU commit 03bfc2188f,
 #: "physmem: Fix migration dirty bitmap coherency with TCG memory access", in 9.0).
 TCG_FIXED_IN = (9, 0)
@@ -973,6 +984,9 @@ class LibvirtBackend(Backend):
             flags |= lv.VIR_MIGRATE_AUTO_CONVERGE
         if postcopy:
             flags |= lv.VIR_MIGRATE_POSTCOPY
+        compressed = "compression" in needs
+        if compressed:
+            flags |= lv.VIR_MIGRATE_COMPRESSED
         facts = self._facts(source, dom)
         if facts.local_disks:
             if self.config.copy_storage == "all":
@@ -988,6 +1002,9 @@ class LibvirtBackend(Backend):
             params[lv.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = address
         if spec.bandwidth is not None:
             params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] = spec.bandwidth
+        if compressed:
+            params[lv.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
+            params[lv.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] = min(vm.memory, XBZRLE_CACHE_MAX)
         throttle = next(
             (s.action for s in policy.steps if isinstance(s.action, AutoConverge)), None
         )
@@ -1067,6 +1084,10 @@ class LibvirtBackend(Backend):
                     "QEMU throttles by the rule set then (its own: 20 % then +10 % a pass)"
                 )
             return None  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
+        elif isinstance(action, Compress):
+            if not st.flags & lv.VIR_MIGRATE_COMPRESSED:
+                raise NotSupported("compression must be enabled when the job starts")
+            return None  # armed at start (COMPRESSED): XBZRLE from the third pass on
         elif isinstance(action, PostCopy):
             if not st.postcopy_enabled:
                 raise NotSupported("post-copy must be enabled when the job starts")

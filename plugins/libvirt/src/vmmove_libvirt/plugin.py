@@ -19,6 +19,7 @@ CAPABILITIES = Capabilities(
     max_downtime=True,
     bandwidth=True,
     auto_converge=True,
+    compression=True,  # XBZRLE (COMPRESSED, armed at start)
     max_slowdown=True,  # jobStats carries auto_converge_throttle
     progress_bytes=True,
     reserve=False,
