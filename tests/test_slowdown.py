@@ -11,6 +11,7 @@ import pytest
 
 import vmmove
 from vmmove import Phase
+from vmmove.observe.labels import action_of
 from vmmove.policy import AtIteration, AutoConverge, ForceConvergence, Policy, Step, adapt
 from vmmove.sim import parse
 from vmmove.testing.contract import check_events
@@ -150,3 +151,17 @@ def test_adapt_starts_every_auto_converge_within_the_limit() -> None:
         AutoConverge(initial=15, sized=True),  # the most the sizing may choose
     ]
     assert adapt(own, allow_postcopy=False, postcopy=True, max_slowdown=15) is limited
+    # A limit above QEMU's own start does not raise it: it only ever lowers a throttle.
+    loose = adapt(own, allow_postcopy=False, postcopy=True, max_slowdown=90)
+    assert [s.action for s in loose.steps] == [
+        AutoConverge(initial=60, increment=15),
+        AutoConverge(initial=20),
+        AutoConverge(initial=20, sized=True),
+    ]
+
+
+def test_metrics_name_the_action_without_its_settings() -> None:
+    assert action_of("dirty-rate>=80%-of-transfer -> auto-converge(sized)") == "auto-converge"
+    assert action_of("iteration>=2 -> auto-converge(30%+10%)") == "auto-converge"
+    assert action_of("dirty-rate>=80%-of-transfer -> compress") == "compress"
+    assert action_of("iteration>=2 -> downtime=500ms") == "downtime"

@@ -115,8 +115,8 @@ class AutoConverge:
     """Throttle the guest's vCPUs so it dirties memory slower than it is sent. ``initial``
     and ``increment`` (percent) set the first throttle and its step per pass where the
     platform takes them (libvirt's ``auto_converge.initial``/``.increment``; QEMU's own
-    default is 20 then +10); ``None`` leaves the platform's. On a ``sized`` step,
-    ``initial`` is the most the sizing may choose (the caller's ``max_slowdown``)."""
+    default is 20 then +10); ``None`` leaves the platform's. A ``sized`` step's ``initial``
+    is where a platform that takes the throttle only with the call starts."""
 
     initial: int | None = None
     increment: int | None = None
@@ -323,7 +323,9 @@ def _adapt(
                 return PostCopy()
             action = AutoConverge(sized=True)
         if isinstance(action, AutoConverge) and max_slowdown is not None:
-            first = action.initial or (max_slowdown if action.sized else QEMU_THROTTLE_INITIAL)
+            # Where the platform starts throttling (libvirt takes it only with the call); a
+            # sized step's own choice is capped by the engine, from the spec.
+            first = action.initial or QEMU_THROTTLE_INITIAL
             return replace(action, initial=min(first, max_slowdown))
         return action
 

@@ -425,7 +425,7 @@ def _walk(
             assert isinstance(ac, AutoConverge)
             if ac.sized:
                 first, more = sized_throttle(dirty, w.rate)
-                first = min(first, ac.initial or first)  # the caller's max_slowdown
+                first = min(first, max_slowdown or first)
             else:
                 first, more = ac.initial or AC_INITIAL, ac.increment or AC_INCREMENT
             throttle, throttle_step = first / 100, more / 100

@@ -807,6 +807,8 @@ def test_auto_converge_throttle_goes_with_the_call_and_cannot_change_later(
     # a throttle sized mid-flight (the engine's AutoConverge(sized)) is not pretended
     with pytest.raises(NotSupported, match="only when the migration starts"):
         backend.tune(job, AutoConverge(initial=88, increment=10))
+    # the settings it started with are in force: applied, not pretended away
+    assert backend.tune(job, AutoConverge(initial=60, increment=15)) is None
     assert backend.tune(job, AutoConverge()) is None  # armed at start: QEMU's own rule
     # QEMU's throttle as libvirt reports it reaches the engine (it holds max_slowdown by it)
     dom.stats = {**dom.stats, "memory_iteration": 3, "auto_converge_throttle": 70}

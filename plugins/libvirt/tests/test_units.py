@@ -337,3 +337,14 @@ def test_insecure_warns_and_turns_verification_off(tmp_path: Path) -> None:
         cfg = parse("qemu+tls://a/system", {"insecure": True, "tls_dir": _pki(tmp_path)})
     assert client_uri(cfg.uris[0], cfg).endswith("&no_verify=1")
     assert "no_verify" not in peer_uri(client_uri(cfg.uris[0], cfg))
+
+
+def test_the_xbzrle_cache_is_a_power_of_two_within_the_guest() -> None:
+    """QEMU refuses a cache that is not a power of two, or larger than the guest's RAM."""
+    from vmmove_libvirt.backend import XBZRLE_CACHE_MAX, xbzrle_cache
+
+    assert xbzrle_cache(256 * MiB) == 256 * MiB
+    assert xbzrle_cache(768 * MiB) == 512 * MiB
+    assert xbzrle_cache(1000 * MiB) == 512 * MiB
+    assert xbzrle_cache(64 << 30) == XBZRLE_CACHE_MAX == 1 << 30
+    assert xbzrle_cache(1) == 4096

@@ -156,7 +156,7 @@ def apply_step(run: MigrationRun, step: Step, why: str = "") -> None:
             action, note = SetDowntime(ms=cap), f"clamped to {whose} {cap} ms"
     elif isinstance(action, AutoConverge) and action.sized:
         dirty, rate = run.progress.dirty_rate, run.progress.transfer_rate
-        most = action.initial  # the caller's max_slowdown (adapt)
+        most = run.spec.max_slowdown
         if dirty and rate:
             first, more = sized_throttle(dirty, rate)
             capped = most is not None and first > most
@@ -167,8 +167,8 @@ def apply_step(run: MigrationRun, step: Step, why: str = "") -> None:
                 f"dirtied against {rate / MiB:.1f} MiB/s sent"
                 + (" (capped by max_slowdown)" if capped else "")
             )
-        else:
-            action = AutoConverge(initial=most)
+        else:  # where the job was started (adapt: QEMU's 20 %, or the caller's limit if lower)
+            action = AutoConverge(initial=action.initial)
             note = "no measured rates to size it: the platform's own"
     if isinstance(action, SetDowntime) and action.ms <= run.downtime_ms:
         # Policies raise the limit; a later, smaller step never lowers it.

@@ -3,6 +3,7 @@ the backend contract's types, and vmmove's errors by class name."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vmmove import errors
@@ -141,7 +142,9 @@ def status_in(d: dict[str, Any]) -> JobStatus:
         if f is None
         else Figures(total_time=f[0], downtime_ms=f[1], data_sent=f[2], iterations=f[3])
     )
-    return JobStatus(**{**d, "phase": Phase(d["phase"]), "figures": figures})
+    known = {f.name for f in dataclasses.fields(JobStatus)}  # a newer server's extra keys
+    fields = {k: v for k, v in d.items() if k in known}
+    return JobStatus(**{**fields, "phase": Phase(d["phase"]), "figures": figures})
 
 
 def reservation_out(r: Reservation | None) -> dict[str, Any] | None:

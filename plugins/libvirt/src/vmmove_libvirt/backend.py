@@ -83,6 +83,7 @@ from vmmove_libvirt.stats import (
     DIRTYRATE_MEASURING,
     JOB_ACTIVE,
     JOB_OPERATION_MIGRATION_OUT,
+    PAGE,
     completed_flags,
     dirty_rate,
     nonzero_memory,
@@ -95,9 +96,18 @@ log = logging.getLogger("vmmove.libvirt")
 
 #: QEMU's own downtime-limit; a spec's max_downtime below it lowers the start value.
 QEMU_DEFAULT_DOWNTIME_MS = 300
-#: XBZRLE's page cache lives in the source QEMU while the job runs: as large as the guest
-#: (a delta needs the page's last copy; QEMU refuses more than the guest's RAM), at most this.
+#: XBZRLE's page cache lives in the source QEMU while the job runs (filled page by page as
+#: pages are re-sent): as large as the guest (a delta needs the page's last copy), at most this.
 XBZRLE_CACHE_MAX = 1 << 30
+
+
+def xbzrle_cache(memory: int) -> int:
+    """The cache for a guest of ``memory`` bytes: QEMU takes a power of two, at least a page,
+    and no larger than the guest's RAM."""
+    size = min(max(memory, PAGE), XBZRLE_CACHE_MAX)
+    return 1 << (size.bit_length() - 1)
+
+
 #: QEMU releases before this lose guest writes in TCG live migration (QEMU commit 03bfc2188f,
 #: "physmem: Fix migration dirty bitmap coherency with TCG memory access", in 9.0).
 TCG_FIXED_IN = (9, 0)
@@ -1004,12 +1014,13 @@ class LibvirtBackend(Backend):
             params[lv.VIR_MIGRATE_PARAM_BANDWIDTH] = spec.bandwidth
         if compressed:
             params[lv.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
-            params[lv.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] = min(vm.memory, XBZRLE_CACHE_MAX)
+            params[lv.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] = xbzrle_cache(vm.memory)
         throttle = next(
             (s.action for s in policy.steps if isinstance(s.action, AutoConverge)), None
         )
         if auto_converge and throttle is not None:
-            # A policy's own first throttle and step (a sized one is known only mid-flight).
+            # A policy's own first throttle and step (a sized one's is known only mid-flight:
+            # QEMU's 20 %, or the caller's max_slowdown if lower, as adapt set it).
             if throttle.initial is not None:
                 params[lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = throttle.initial
             if throttle.increment is not None:
@@ -1077,7 +1088,12 @@ class LibvirtBackend(Backend):
         elif isinstance(action, AutoConverge):
             if not st.auto_converge:
                 raise NotSupported("auto-converge must be enabled when the job starts")
-            if action.initial is not None or action.increment is not None:
+            started = (
+                st.params.get(lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL),
+                st.params.get(lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT),
+            )
+            asked = (action.initial, action.increment)
+            if asked not in ((None, None), started):  # not what the job started with
                 # libvirt takes auto_converge.initial/.increment with the call, not later.
                 raise NotSupported(
                     "libvirt sets auto-converge's throttle only when the migration starts: "
