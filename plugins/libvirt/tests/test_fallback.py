@@ -76,9 +76,10 @@ def test_live_that_would_slow_the_guest_too_far_falls_back_to_cold(
     guests: Any, connect: Any, testbed: Any
 ) -> None:
     """The preset cold-fallback policy, post-copy forbidden, the guest to be slowed by 30 % at
-    most: QEMU's auto-converge starts at the limit (libvirt takes it with the call), raises
-    it a step after a pass that still does not converge, and the engine ends live there, long
-    before the policy's own fallback at 80 % of the budget."""
+    most: QEMU's auto-converge starts at its own 20 % (below the limit; libvirt takes it with
+    the call), raises it a step after each pass that still does not converge, and the engine
+    ends live at the first step past the limit, long before the policy's own fallback at 80 %
+    of the budget."""
     if not testbed.profile.shaped:
         pytest.skip("on an unshaped link this guest converges live")
     limit = 30
