@@ -1,8 +1,8 @@
 """Convergence on real libvirt hosts over a shaped link: libvirt's own ways against vmmove's.
 
-The testbed's two libvirt hosts (libvirt 9.0, QEMU 7.2, TCG guests) run in network
-namespaces joined by a link shaped to a profile (``--profile``: ``lan`` 32 MiB/s and 0.5 ms RTT, ``wan`` 32 MiB/s,
-10 ms RTT and 0.1 % loss, ``fat`` unshaped). The link limits every byte: pre-copy, the
+The testbed's two libvirt hosts (libvirt 9.0, QEMU 10, TCG guests) run in network namespaces
+joined by a link shaped to a profile (``--profile``: ``lan`` 32 MiB/s and 0.5 ms RTT, ``wan``
+32 MiB/s, 10 ms RTT and 0.1 % loss, ``fat`` unshaped). The link limits every byte: pre-copy, the
 stop-and-copy, post-copy page requests and libvirt's own peer connection. QEMU's bandwidth
 cap is not set.
 
