@@ -128,10 +128,10 @@ def test_dirty_at_link_rate_pauses_long_only_when_the_caller_allows_it(
     guests: Any, connect: Any, max_downtime: int | None
 ) -> None:
     """The test guest rewrites its working set at the link's rate, paced by wall-clock time,
-    so throttling its vCPUs barely slows its writes. balanced holds the pause to 1 s: on a
-    link that limits every byte pre-copy cannot end, and the migration ends at its budget
-    with the VM running intact on its source. Only a caller's max_downtime lets balanced's
-    emergency step pause the guest for seconds, and then it completes."""
+    so throttling its vCPUs barely slows its writes. balanced holds the pause to 1 s, and
+    compresses re-sent pages (XBZRLE: this guest changes one byte in eight of a page it
+    rewrites), so pre-copy ends within the cap, its emergency 5 s step clamped to it. Only a
+    caller's max_downtime lets that step raise the limit to 5 s."""
     guests.create("vt-busy", wait_beats=3, **BUSY)
     conn = connect()
     m = conn.migrate(
@@ -145,18 +145,15 @@ def test_dirty_at_link_rate_pauses_long_only_when_the_caller_allows_it(
     record = m.wait(0) if max_downtime else m.record
     assert record.policy == "balanced"
     downtimes = [s for s in record.steps if "5000ms" in s.step and s.applied]
+    assert (record.phase, record.vm_host) == (Phase.COMPLETED, HOST_B), record
+    assert any(s.step.endswith("-> compress") and s.applied for s in record.steps), record.steps
+    assert record.figures.downtime_ms is not None
     if max_downtime is None:
-        assert record.phase is Phase.FAILED
-        assert record.error_type == "MigrationTimedOut"
-        assert record.vm_host == HOST_A
         # QEMU's limit bounds the last copy; libvirt's Finish adds its fixed 300 ms.
         assert all("1000 ms pause cap" in s.reason and s.reason.endswith(": 700 ms")
                    for s in downtimes), downtimes  # fmt: skip
+        assert record.figures.downtime_ms <= 1000
     else:
-        assert record.phase is Phase.COMPLETED
-        assert record.vm_host == HOST_B
-        assert downtimes, record.steps
-        assert record.figures.downtime_ms is not None
         assert record.figures.downtime_ms <= 5000
     # a throttle sized mid-flight is not pretended on libvirt (it takes it with the call)
     sized = [s for s in record.steps if "auto-converge(sized)" in s.step]
