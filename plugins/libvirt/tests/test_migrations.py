@@ -139,10 +139,10 @@ def test_dirty_at_link_rate_pauses_long_only_when_the_caller_allows_it(
         to=HOST_B,
         mode=MigrationMode.LIVE,
         max_downtime=max_downtime,
-        completion_budget_per_gib=12,  # 24 s: enough for the allowed case, not for the other
+        completion_budget_per_gib=12,  # 24 s: enough for either, with compression
     )
     run(m, timeout=120)
-    record = m.wait(0) if max_downtime else m.record
+    record = m.wait(0)
     assert record.policy == "balanced"
     downtimes = [s for s in record.steps if "5000ms" in s.step and s.applied]
     assert (record.phase, record.vm_host) == (Phase.COMPLETED, HOST_B), record

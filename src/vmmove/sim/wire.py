@@ -135,6 +135,9 @@ def status_out(s: JobStatus) -> dict[str, Any]:
     }
 
 
+_STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
+
+
 def status_in(d: dict[str, Any]) -> JobStatus:
     f = d["figures"]
     figures = (
@@ -142,8 +145,7 @@ def status_in(d: dict[str, Any]) -> JobStatus:
         if f is None
         else Figures(total_time=f[0], downtime_ms=f[1], data_sent=f[2], iterations=f[3])
     )
-    known = {f.name for f in dataclasses.fields(JobStatus)}  # a newer server's extra keys
-    fields = {k: v for k, v in d.items() if k in known}
+    fields = {k: v for k, v in d.items() if k in _STATUS_FIELDS}  # not a newer server's extras
     return JobStatus(**{**fields, "phase": Phase(d["phase"]), "figures": figures})
 
 

@@ -47,8 +47,12 @@ class Item:
     def migration_spec(self) -> MigrationSpec:
         """The spec the item was submitted with; a key this version does not know (an item
         queued by a newer one) is left out, and one it lacks takes the default."""
-        known = {f.name for f in fields(MigrationSpec)} - {"vm"}
-        return MigrationSpec(vm=self.vm, **{k: v for k, v in self.spec.items() if k in known})
+        known = {k: v for k, v in self.spec.items() if k in _SPEC_FIELDS}
+        return MigrationSpec(vm=self.vm, **known)
+
+
+#: what an item's spec may set (the VM is the item's own)
+_SPEC_FIELDS = frozenset(f.name for f in fields(MigrationSpec)) - {"vm"}
 
 
 def spec_body(spec: MigrationSpec) -> dict[str, Any]:
