@@ -362,3 +362,40 @@ def test_migrate_without_a_target_honours_anti_affinity() -> None:
     )
     # b has the most free memory, but web-2 of the same group runs there.
     assert conn.migrate("web-1").wait().vm_host == "c"
+
+
+def test_compression_is_forecast_from_what_the_guests_last_migration_paid() -> None:
+    """A Compress step counts only with the guest's own figure (``delta_ratio``), and only
+    from the pass after the one that fills XBZRLE's cache: passes 1 and 2 go whole."""
+    from vmmove.policy import PRESETS
+    from vmmove.prediction import Prediction, predict_migration
+
+    def forecast(**extra: str) -> Prediction:
+        guest = vm(
+            memory_gib=0.25,
+            dirty_mib_s=32,
+            extra={"working_set_mib": "128", "resident_mib": "194", **extra},
+        )
+        return predict_migration(
+            guest, host("a"), host("b"), PRESETS["balanced"], link=31 * MiB, allow_postcopy=False
+        )
+
+    whole = forecast()
+    assert "compress" in " ".join(whole.steps)
+    assert any("compression not counted" in note for note in whole.basis)
+    for unusable in ("abc", "0", "1.5", "-0.3"):
+        assert forecast(delta_ratio=unusable) == whole
+    assert forecast(delta_ratio="1").total_time == whole.total_time  # a delta as big as a page
+    cheap = forecast(delta_ratio="0.35")
+    assert cheap.converges
+    assert whole.converges
+    assert any("35% of a page" in note for note in cheap.basis)
+    assert cheap.total_time is not None
+    assert whole.total_time is not None
+    assert cheap.total_time < whole.total_time
+    assert cheap.data < whole.data
+    # the first pass (the non-zero memory) and the second (the working set) are sent whole
+    assert cheap.data >= (194 + 128) * MiB
+    assert cheap.downtime_ms is not None
+    assert whole.downtime_ms is not None
+    assert cheap.downtime_ms <= whole.downtime_ms

@@ -9,7 +9,8 @@ and says what it assumed (:attr:`Prediction.basis`).
 
 Inputs are what the inventory knows: the VM's dirty rate (a platform sample, libvirt's
 dirty-rate calculation; the simulator's model), its working set and resident memory
-(``extra``), and the link between the hosts (``extra["link_mib_s"]``, else 10 GbE).
+(``extra``), what a compressed re-sent page cost its last migration (``extra["delta_ratio"]``),
+and the link between the hosts (``extra["link_mib_s"]``, else 10 GbE).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_LINK",
     "Cost",
     "Prediction",
+    "delta_ratio",
     "downtime_schedule",
     "forecast",
     "link_of",
@@ -89,6 +91,16 @@ def resident(vm: VMInfo) -> int:
         return min(int(float(vm.extra["resident_mib"]) * MiB), vm.memory)
     except (KeyError, ValueError):
         return vm.memory  # zero pages unknown: every page is sent once
+
+
+def delta_ratio(vm: VMInfo) -> float | None:
+    """What a compressed re-sent page cost the VM's last migration, as a share of a page
+    (``extra["delta_ratio"]``, the platform's figure); ``None`` if unknown."""
+    try:
+        ratio = float(vm.extra["delta_ratio"])
+    except (KeyError, ValueError):
+        return None
+    return ratio if 0 < ratio <= 1 else None
 
 
 def downtime_schedule(
@@ -296,10 +308,18 @@ def predict_migration(
     if w.ended:
         basis.append(w.ended)
     if any(isinstance(s.action, Compress) for s in w.fired):
-        basis.append(
-            "compression not counted: what it saves depends on how little of each page the "
-            "guest changes (an upper bound, where the platform compresses)"
-        )
+        ratio = delta_ratio(vm)
+        if ratio is None:
+            basis.append(
+                "compression not counted: what it saves depends on how little of each page "
+                "the guest changes, and no earlier migration of it says (an upper bound, where "
+                "the platform compresses)"
+            )
+        else:
+            basis.append(
+                f"a compressed re-sent page costs {ratio:.0%} of a page (the guest's last "
+                "migration), from the pass after the one that fills the cache"
+            )
     return Prediction(
         vm=vm.id,
         source=source.id if source else vm.host,
@@ -396,16 +416,22 @@ def _walk(
     budget = policy.budget(vm.memory)
     limit = min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S
     w = _Walk(rate=rate, dirty=dirty, fired=[], elapsed=setup_s)
+    ratio = delta_ratio(vm)
+    # XBZRLE sends a page whole until its last copy is in the cache: the first pass never
+    # encodes, the pass after compression starts fills the cache, the ones after it encode.
+    compressed_from: int | None = None
     throttle = 0.0
     throttle_step = 0.0
     stalled_since: float | None = None
     smallest = math.inf
 
-    def fire(step: Step) -> None:
-        nonlocal limit, throttle_step
+    def fire(step: Step, n: int) -> None:
+        nonlocal limit, throttle_step, compressed_from
         w.fired.append(step)
         act = step.action
-        if isinstance(act, SetDowntime):
+        if isinstance(act, Compress) and ratio is not None and compressed_from is None:
+            compressed_from = max(n, 2) + 1
+        elif isinstance(act, SetDowntime):
             limit = max(limit, min(act.ms / 1000, cap) if cap else act.ms / 1000)
         elif isinstance(act, SetBandwidth):
             w.rate = min(w.rate, act.mib_s * MiB)
@@ -460,7 +486,7 @@ def _walk(
             )
         ]
         for step in now_fired:
-            fire(step)
+            fire(step, n)
             if isinstance(step.action, (Abort, ColdFallback)):
                 w.ended = f"the live attempt ends at {step}"
                 return w
@@ -469,14 +495,17 @@ def _walk(
             # The rest, pulled over the link after a pause for device state only.
             w.elapsed += size / rate
             return ends(POSTCOPY_PAUSE_S, size, postcopy=True)
-        if now_fired and n > 1 and size / rate <= limit:
-            return ends(size / rate + switchover_s, size)
-        t = size / rate
+        # What this pass's pages and the next's cost on the wire, compressed or whole.
+        here = ratio if compressed_from is not None and ratio and n >= compressed_from else 1.0
+        after = ratio if compressed_from is not None and ratio and n + 1 >= compressed_from else 1.0
+        if now_fired and n > 1 and size * here / rate <= limit:
+            return ends(size * here / rate + switchover_s, size * here)
+        t = size * here / rate
         w.elapsed += t
-        w.data += size
+        w.data += size * here
         pending = min(float(ws), guest * t)
-        if pending / rate <= limit:
-            return ends(pending / rate + switchover_s, pending)
+        if pending * after / rate <= limit:
+            return ends(pending * after / rate + switchover_s, pending * after)
         if pending < smallest * 0.999:
             smallest, stalled_since = pending, None
         elif stalled_since is None:

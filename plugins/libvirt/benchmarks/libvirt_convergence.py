@@ -33,9 +33,13 @@ iterations; its page check (``bad=0`` after the migration).
 
 With no arguments (CI runs it so): the ``lan`` profile, the idle guest (bare call vs vmmove)
 and the dirty-at-link-rate guest under libvirt's defaults, ``balanced`` and
-``minimal-downtime`` (about 3 minutes). ``--all``: every scenario and run.
+``minimal-downtime`` (about 3 minutes). ``--all``: every scenario and run. ``--postcopy``:
+the post-copy runs at dirty = link and 2x link (and the idle guest the bound needs).
+``--libvirt backports``: the hosts run the libvirt 11 setup.sh unpacked instead of the system's
+9.0, where vmmove's post-copy preempts the stream (libvirt's own post-copy run does not).
 
-    python plugins/libvirt/benchmarks/libvirt_convergence.py [--profile lan|wan|fat] [--all]
+    python plugins/libvirt/benchmarks/libvirt_convergence.py [--profile lan|wan|fat]
+        [--all | --postcopy] [--libvirt system|backports]
 """
 
 from __future__ import annotations
@@ -387,14 +391,19 @@ class Bench:
             f"link {self.tb.profile.describe()}: goodput {link['up_mib_s']:.1f} / "
             f"{link['down_mib_s']:.1f} MiB/s, RTT {link['rtt_ms']:.2f} ms"
         )
+        version = self.conns[0].getLibVersion()
         out: dict[str, Any] = {
+            "libvirt": f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}",
             "profile": self.tb.profile.describe(),
             "link": link,
             "goodput_mib_s": goodput,
             "scenarios": {},
         }
         presets = list(PRESETS)
-        if a.all:
+        if a.postcopy:
+            pc = [BARE_RUNS[2], "vmmove minimal-downtime", f"vmmove balanced{ALLOWED}"]
+            plan = {"idle": [BARE_RUNS[0], "vmmove balanced"], "link": pc, "double": pc}
+        elif a.all:
             vm_runs = [f"vmmove {p}" for p in presets]
             vm_runs.insert(presets.index("balanced") + 1, f"vmmove balanced{ALLOWED}")
             plan = {s.key: [*BARE_RUNS, *vm_runs] for s in SCENARIOS}
@@ -447,7 +456,8 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 def report(result: dict[str, Any]) -> bool:
     link = result["link"]
-    print(f"\nLink {result['profile']}; measured goodput {link['up_mib_s']:.1f} / ")
+    print(f"\nlibvirt {result.get('libvirt', '?')}. Link {result['profile']}; ", end="")
+    print(f"measured goodput {link['up_mib_s']:.1f} / ")
     print(f"{link['down_mib_s']:.1f} MiB/s, RTT {link['rtt_ms']:.2f} ms. Guest {MEMORY_MIB} MiB;")
     print(f"non-zero memory = working set + {result['base_mib']:.0f} MiB (measured).")
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -598,7 +608,17 @@ def predictions(result: dict[str, Any]) -> list[tuple[str, bool | None]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="lan", help="the testbed's link: lan, wan or fat")
-    ap.add_argument("--all", action="store_true", help="every scenario and every run")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every scenario and every run")
+    which.add_argument(
+        "--postcopy", action="store_true", help="the post-copy runs at dirty = link and 2x link"
+    )
+    ap.add_argument(
+        "--libvirt",
+        default=None,
+        choices=("system", "backports"),
+        help="the hosts' libvirt: the system's (9.0) or setup.sh's backports (11)",
+    )
     ap.add_argument("--timeout", type=float, default=40.0, help="abort a migration after (s)")
     ap.add_argument("--ac-timeout", type=float, default=90.0, help="same, for auto-converge")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
@@ -609,7 +629,7 @@ def main() -> int:
 
     ensure_loop(libvirt)
     t0 = time.monotonic()
-    tb = hm.Testbed.start(profile=args.profile)
+    tb = hm.Testbed.start(profile=args.profile, libvirt=args.libvirt)
     try:
         bench = Bench(args, hm, libvirt, tb)
         result = bench.run()

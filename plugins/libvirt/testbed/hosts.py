@@ -26,7 +26,9 @@ Python (e.g. a pytest session fixture)::
 
 Environment: VMMOVE_TESTBED_CACHE (cache root, default /var/cache/vmmove-testbed; setup.sh puts
 QEMU 10, the wrapper, kernel and initramfs in its libvirt/ subdirectory), VMMOVE_TESTBED_STATE (default /run/vmmove-testbed: host dirs,
-PIDs, consoles, logs).
+PIDs, consoles, logs), VMMOVE_TESTBED_PROFILE (the link, default lan), VMMOVE_TESTBED_LIBVIRT
+(``system``: the machine's libvirt 9.0, the default; ``backports``: the libvirt 11 setup.sh
+unpacked, bind-mounted over the system's inside each host's mount namespace).
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ HOST_DIRS = {
 UNSHARE = "/usr/bin/unshare"
 NSENTER = "/usr/bin/nsenter"
 LIBVIRTD = "/usr/sbin/libvirtd"
+#: Which libvirt the hosts run: the machine's own, or the one setup.sh unpacked from
+#: bookworm-backports (<cache>/libvirt-bpo/root), mounted over the system's paths in each host's
+#: own mount namespace, so its compiled-in paths (driver modules, CPU map) hold.
+LIBVIRT_BUILDS = ("system", "backports")
+DEFAULT_LIBVIRT = "system"
+#: What of a backports root a host mounts over the system's: (path in the root, mount point).
+LIBVIRT_BPO_MOUNTS = (
+    ("usr/sbin/libvirtd", LIBVIRTD),
+    ("usr/lib/x86_64-linux-gnu/libvirt", "/usr/lib/x86_64-linux-gnu/libvirt"),
+    ("usr/share/libvirt", "/usr/share/libvirt"),
+)
 VIRSH = "virsh"
 IPTABLES = "iptables"
 IP = "ip"
@@ -122,6 +135,11 @@ DEFAULT_PROFILE = "lan"
 def profile_default() -> str:
     """$VMMOVE_TESTBED_PROFILE, else lan."""
     return os.environ.get("VMMOVE_TESTBED_PROFILE") or DEFAULT_PROFILE
+
+
+def libvirt_default() -> str:
+    """$VMMOVE_TESTBED_LIBVIRT, else system."""
+    return os.environ.get("VMMOVE_TESTBED_LIBVIRT") or DEFAULT_LIBVIRT
 
 
 class TestbedError(RuntimeError):
@@ -730,7 +748,7 @@ _LAUNCHER = """#!/bin/sh
 set -e
 {mounts}
 hostname {hostname}
-exec {libvirtd} --listen -f /etc/libvirt/libvirtd.conf -p {dir}/libvirtd.pid
+{env}exec {libvirtd} --listen -f /etc/libvirt/libvirtd.conf -p {dir}/libvirtd.pid
 """
 
 
@@ -743,6 +761,7 @@ class Testbed:
         ports: Iterable[int] = DEFAULT_PORTS,
         cache: os.PathLike | str | None = None,
         profile: str | None = None,
+        libvirt: str | None = None,
     ):
         self.state_dir = Path(state_dir or state_dir_default())
         name = profile or profile_default()
@@ -757,6 +776,9 @@ class Testbed:
         if len(ports) != 2:
             raise TestbedError("the testbed's link is a veth pair: exactly two hosts")
         self.cache = Path(cache or cache_dir())
+        self.libvirt = libvirt or libvirt_default()
+        if self.libvirt not in LIBVIRT_BUILDS:
+            raise TestbedError(f"unknown libvirt {self.libvirt!r}; known: {', '.join(LIBVIRT_BUILDS)}")
         self.emulator = str(self.cache / "bin" / "qemu-system-x86_64-10")
         self.kernel = str(self.cache / "guest" / "vmlinuz")
         self.initrd = str(self.cache / "guest" / "initramfs.cpio.gz")
@@ -786,6 +808,11 @@ class Testbed:
         self._retired: list[subprocess.Popen] = []  # reapers of restarted daemons
         self.wire_netns = f"{NETNS_PREFIX}{self.tag}-wire"
         self.wire_pid = 0
+
+    @property
+    def libvirt_root(self) -> Optional[Path]:
+        """The unpacked backports libvirt the hosts mount over the system's (None: the system's)."""
+        return None if self.libvirt == "system" else self.cache / "libvirt-bpo" / "root"
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -843,13 +870,14 @@ class Testbed:
         reuse: bool = False,
         timeout: float = 60.0,
         profile: str | None = None,
+        libvirt: str | None = None,
     ) -> "Testbed":
         """Start the hosts and wait until each answers (and has probed the emulator, if warm).
 
         Hosts left over from an earlier run in the same state dir are stopped first (by their
         recorded PIDs), unless reuse=True and they are all alive, in which case they are attached.
         """
-        tb = cls(state_dir, ports, cache, profile)
+        tb = cls(state_dir, ports, cache, profile, libvirt)
         tb._check_artifacts()
         prev = cls._load(tb.state_dir)
         if prev is not None:
@@ -857,6 +885,7 @@ class Testbed:
                 reuse
                 and [h.port for h in prev.hosts] == [h.port for h in tb.hosts]
                 and prev.profile == tb.profile
+                and prev.libvirt == tb.libvirt
                 and all(h.alive() for h in prev.hosts)
             ):
                 return prev
@@ -884,6 +913,9 @@ class Testbed:
             for p in (self.emulator, self.kernel, self.initrd, LIBVIRTD, UNSHARE, NSENTER)
             if not os.path.exists(p)
         ]
+        root = self.libvirt_root
+        if root is not None:
+            missing += [str(root / sub) for sub, _ in LIBVIRT_BPO_MOUNTS if not (root / sub).exists()]
         missing += [t for t in (VIRSH, IP, TC) if not shutil.which(t)]
         if missing:
             raise TestbedError(f"missing {missing}: run plugins/libvirt/testbed/setup.sh first")
@@ -910,10 +942,16 @@ class Testbed:
         shutil.copytree(self.pki_dir / "host", d / "pki")
         (d / "etc/libvirtd.conf").write_text(_libvirtd_conf(h))
         (d / "etc/qemu.conf").write_text(_qemu_conf(h))
-        mounts = "\n".join(f"mount --bind {d / sub} {target}" for sub, target in HOST_DIRS.items())
+        binds = [(d / sub, target) for sub, target in HOST_DIRS.items()]
+        env = ""
+        root = self.libvirt_root
+        if root is not None:  # libvirtd finds its own libvirt.so.0 first, the rest at their paths
+            binds += [(root / sub, target) for sub, target in LIBVIRT_BPO_MOUNTS]
+            env = f"LD_LIBRARY_PATH={root / 'usr/lib/x86_64-linux-gnu'} "
+        mounts = "\n".join(f"mount --bind {src} {target}" for src, target in binds)
         launcher = d / "launch.sh"
         launcher.write_text(
-            _LAUNCHER.format(mounts=mounts, hostname=h.hostname, libvirtd=LIBVIRTD, dir=d)
+            _LAUNCHER.format(mounts=mounts, hostname=h.hostname, env=env, libvirtd=LIBVIRTD, dir=d)
         )
         launcher.chmod(0o755)
         for f in ("libvirtd.pid", "reaper.pid", "daemon.log"):
@@ -1282,6 +1320,7 @@ class Testbed:
         data = {
             "cache": str(self.cache),
             "profile": self.profile.name,
+            "libvirt": self.libvirt,
             "wire_pid": self.wire_pid,
             "hosts": [dataclasses.asdict(h) for h in self.hosts],
         }
@@ -1296,7 +1335,11 @@ class Testbed:
         except (FileNotFoundError, ValueError):
             return None
         tb = cls(
-            state_dir, [h["port"] for h in data["hosts"]], data.get("cache"), data.get("profile")
+            state_dir,
+            [h["port"] for h in data["hosts"]],
+            data.get("cache"),
+            data.get("profile"),
+            data.get("libvirt"),
         )
         tb.hosts = [Host(**h) for h in data["hosts"]]
         tb.wire_pid = data.get("wire_pid", 0)
@@ -1307,6 +1350,7 @@ class Testbed:
             "state_dir": str(self.state_dir),
             "emulator": self.emulator,
             "link": self.profile.describe(),
+            "libvirt": self.libvirt,
             "hosts": [],
         }
         for h in self.hosts:
@@ -1464,6 +1508,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         choices=sorted(PROFILES),
         help=f"the link between the hosts (default $VMMOVE_TESTBED_PROFILE or {DEFAULT_PROFILE})",
     )
+    s.add_argument(
+        "--libvirt",
+        default=None,
+        choices=LIBVIRT_BUILDS,
+        help=f"which libvirt the hosts run (default $VMMOVE_TESTBED_LIBVIRT or {DEFAULT_LIBVIRT})",
+    )
     s.add_argument("--restart", action="store_true", help="restart even if already running")
     sub.add_parser("stop", help="destroy domains and stop the hosts started from this state dir")
     lc = sub.add_parser("link-check", help="measure the running testbed's link against its profile")
@@ -1489,6 +1539,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             warm=not args.no_warm,
             reuse=not args.restart,
             profile=args.profile,
+            libvirt=args.libvirt,
         )
         how = "started" if tb._procs else "already running"
         print(f"link {tb.profile.describe()}")

@@ -15,6 +15,9 @@
 #      lists and cache dirs under the cache dir; the system's apt sources are not touched) and
 #      unpacked with dpkg-deb -x. Debian 12's QEMU 7.2 corrupts guest memory in TCG live migration
 #      (fixed upstream in QEMU 9.0, commit 03bfc2188f), hence QEMU 10.
+#   3b. libvirt 11 (libvirtd and its QEMU driver) from bookworm-backports the same way, unpacked
+#      beside it: hosts.py bind-mounts it over the system's libvirt inside a host's own mount
+#      namespace when asked (VMMOVE_TESTBED_LIBVIRT=backports). The system's libvirt stays 9.0.
 #   4. an <emulator> wrapper (cache/bin/qemu-system-x86_64-10) that runs QEMU 10 in its own mount
 #      namespace with QEMU 10's module dir bind-mounted over /usr/lib/x86_64-linux-gnu/qemu, and
 #      checks that libvirt can probe it.
@@ -44,6 +47,10 @@ SYSTEM_PKGS=(
 QEMU10_EXTRA_LIBS=()
 # bookworm-backports packages unpacked for QEMU 10 (seabios comes from there too when available).
 QEMU10_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
+# bookworm-backports packages unpacked for the second libvirt the testbed can run
+# (VMMOVE_TESTBED_LIBVIRT=backports, libvirt 11): the daemon and its QEMU driver only.
+LIBVIRT_BPO_PKGS=(libvirt0 libvirt-common libvirt-daemon libvirt-daemon-common libvirt-daemon-log
+                  libvirt-daemon-driver-qemu)
 
 mkdir -p "$CACHE" "$LOGDIR"
 log() { printf '[setup %4ds] %s\n' "$SECONDS" "$*"; }
@@ -153,19 +160,23 @@ fi
 Q="$CACHE/qemu10"
 QROOT="$Q/root"
 PAPT="$Q/apt"
-if [[ ! -x "$QROOT/usr/bin/qemu-system-x86_64" || ! -f "$Q/.complete" ]]; then
-  T=$(date +%s)
-  MIRROR=$(debian_mirror) || exit 1
+PAPT_OPTS=(-o "Dir::Etc::SourceList=$PAPT/sources.list" -o "Dir::Etc::SourceParts=$PAPT/sources.list.d"
+           -o "Dir::State::Lists=$PAPT/lists" -o "Dir::Cache=$PAPT/cache"
+           -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+private_apt_ready() {  # the private bookworm-backports lists, fetched when missing or a week old
+  local mirror
+  mirror=$(debian_mirror) || return 1
   mkdir -p "$PAPT/lists/partial" "$PAPT/cache/archives/partial" "$PAPT/sources.list.d" "$PAPT/debs"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main" \
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm-backports main" \
     > "$PAPT/sources.list"
-  PAPT_OPTS=(-o "Dir::Etc::SourceList=$PAPT/sources.list" -o "Dir::Etc::SourceParts=$PAPT/sources.list.d"
-             -o "Dir::State::Lists=$PAPT/lists" -o "Dir::Cache=$PAPT/cache"
-             -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
   if [[ -z "$(find "$PAPT/lists" -maxdepth 1 -name '*_Packages*' -mtime -7 2>/dev/null)" ]]; then
-    log "private apt-get update: $MIRROR bookworm-backports"
+    log "private apt-get update: $mirror bookworm-backports"
     "${APT[@]}" "${PAPT_OPTS[@]}" update -qq
   fi
+}
+if [[ ! -x "$QROOT/usr/bin/qemu-system-x86_64" || ! -f "$Q/.complete" ]]; then
+  T=$(date +%s)
+  private_apt_ready || exit 1
   log "downloading QEMU 10 packages: ${QEMU10_PKGS[*]}"
   rm -f "$PAPT/debs"/*.deb
   for p in "${QEMU10_PKGS[@]}"; do
@@ -190,6 +201,37 @@ fi
 MISSING_LIBS=$(ldd "$QROOT/usr/bin/qemu-system-x86_64" | grep 'not found' || true)
 if [[ -n "$MISSING_LIBS" ]]; then
   echo "QEMU 10 needs shared libraries that are not installed:" >&2
+  echo "$MISSING_LIBS" >&2
+  exit 1
+fi
+
+# --------------------------------------------------------------------------------------------------
+# 3b. libvirt 11 from bookworm-backports, the same private apt configuration
+# --------------------------------------------------------------------------------------------------
+L="$CACHE/libvirt-bpo"
+LROOT="$L/root"
+if [[ ! -x "$LROOT/usr/sbin/libvirtd" || ! -f "$L/.complete" ]]; then
+  T=$(date +%s)
+  private_apt_ready || exit 1
+  mkdir -p "$L/debs"
+  rm -f "$L/debs"/*.deb
+  log "downloading libvirt packages from bookworm-backports: ${LIBVIRT_BPO_PKGS[*]}"
+  (cd "$L/debs" && "${APT[@]}" "${PAPT_OPTS[@]}" download -qq "${LIBVIRT_BPO_PKGS[@]/%//bookworm-backports}")
+  rm -rf "$LROOT.tmp"
+  mkdir -p "$LROOT.tmp"
+  for d in "$L/debs"/*.deb; do dpkg-deb -x "$d" "$LROOT.tmp"; done
+  rm -rf "$LROOT"
+  mv "$LROOT.tmp" "$LROOT"
+  (cd "$L/debs" && ls *.deb) > "$L/packages"
+  touch "$L/.complete"
+  log "libvirt (backports) unpacked in $(( $(date +%s) - T )) s: $(echo $(cat "$L/packages"))"
+else
+  log "libvirt (backports): present ($(echo $(cat "$L/packages" 2>/dev/null)))"
+fi
+MISSING_LIBS=$(LD_LIBRARY_PATH="$LROOT/usr/lib/x86_64-linux-gnu" ldd "$LROOT/usr/sbin/libvirtd" \
+  "$LROOT/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so" | grep 'not found' || true)
+if [[ -n "$MISSING_LIBS" ]]; then
+  echo "libvirt (backports) needs shared libraries that are not installed:" >&2
   echo "$MISSING_LIBS" >&2
   exit 1
 fi

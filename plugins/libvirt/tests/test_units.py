@@ -23,6 +23,7 @@ from vmmove_libvirt.config import (
 from vmmove_libvirt.stats import (
     DIRTYRATE_MEASURED,
     DIRTYRATE_MEASURING,
+    delta_ratio,
     dirty_rate,
     figures,
     nonzero_memory,
@@ -250,6 +251,24 @@ def test_nonzero_memory_is_what_the_last_migration_did_not_find_zero() -> None:
     for other in ({**arrived, "operation": 7}, {"type": 0}, {**arrived, "memory_constant": -1}):
         assert nonzero_memory(other) is None  # a snapshot's job, no job, a broken counter
     assert nonzero_memory({**arrived, "memory_constant": 10**9}) == 0
+
+
+def test_delta_ratio_is_what_a_compressed_resent_page_cost() -> None:
+    """XBZRLE's counters as libvirt carries the source's to the destination (the cookie's
+    statistics): encoded pages at their size, overflowed ones whole."""
+    arrived = {"operation": 4, "memory_page_size": 4096, "compression_pages": 30000,
+               "compression_bytes": 30000 * 1400, "compression_overflow": 0}  # fmt: skip
+    assert delta_ratio(arrived) == pytest.approx(1400 / 4096)
+    with_overflow = {**arrived, "compression_overflow": 10000}
+    assert delta_ratio(with_overflow) == pytest.approx((30000 * 1400 + 10000 * 4096) / 40000 / 4096)
+    assert delta_ratio({**arrived, "compression_overflow": None}) == pytest.approx(1400 / 4096)
+    for other in (
+        {"operation": 4, "memory_page_size": 4096},  # it did not compress
+        {**arrived, "compression_pages": 100},  # too few pages to say
+        {**arrived, "operation": 7},  # no migration's
+        {**arrived, "compression_bytes": float("nan")},
+    ):
+        assert delta_ratio(other) is None
 
 
 # ---- registration ----------------------------------------------------------------------------

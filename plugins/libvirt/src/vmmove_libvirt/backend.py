@@ -85,6 +85,7 @@ from vmmove_libvirt.stats import (
     JOB_OPERATION_MIGRATION_OUT,
     PAGE,
     completed_flags,
+    delta_ratio,
     dirty_rate,
     nonzero_memory,
 )
@@ -101,6 +102,15 @@ QEMU_DEFAULT_DOWNTIME_MS = 300
 XBZRLE_CACHE_MAX = 1 << 30
 
 
+def release(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a "major.minor.micro" release; (0, 0) if unknown."""
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
 def xbzrle_cache(memory: int) -> int:
     """The cache for a guest of ``memory`` bytes: QEMU takes a power of two, at least a page,
     and no larger than the guest's RAM."""
@@ -108,6 +118,12 @@ def xbzrle_cache(memory: int) -> int:
     return 1 << (size.bit_length() - 1)
 
 
+#: Post-copy preemption (urgent pages on a channel of their own, not queued behind the
+#: background stream): libvirt's VIR_MIGRATE_POSTCOPY_PREEMPT flag since 10.0.0, over QEMU's
+#: ``postcopy-preempt`` capability, stable since QEMU 8.0.
+POSTCOPY_PREEMPT_LIBVIRT = (10, 0)
+POSTCOPY_PREEMPT_QEMU = (8, 0)
+_VIR_MIGRATE_POSTCOPY_PREEMPT = 1 << 21
 #: QEMU releases before this lose guest writes in TCG live migration (QEMU commit 03bfc2188f,
 #: "physmem: Fix migration dirty bitmap coherency with TCG memory access", in 9.0).
 TCG_FIXED_IN = (9, 0)
@@ -509,8 +525,9 @@ class LibvirtBackend(Backend):
 
     def _with_history(self, info: VMInfo, entries: list[tuple[HostConn, Any]]) -> VMInfo:
         """``info`` with what the guest's last migration to its host measured: the memory
-        that was not zero (``extra["resident_mib"]``), which a prediction's first pass sends.
-        One call per VM, so a lookup has it and a listing does not."""
+        that was not zero (``extra["resident_mib"]``), which a prediction's first pass sends,
+        and, if it compressed, what a re-sent page cost (``extra["delta_ratio"]``). One call
+        per VM, so a lookup has it and a listing does not."""
         if info.power is not PowerState.RUNNING:
             return info
         _, dom, _ = self._primary(entries)
@@ -518,11 +535,16 @@ class LibvirtBackend(Backend):
             stats = dom.jobStats(completed_flags(self.lv))
         except self.lv.libvirtError:
             return info
-        nonzero = nonzero_memory(stats) if isinstance(stats, Mapping) else None
-        if nonzero is None:
+        if not isinstance(stats, Mapping):
             return info
-        resident = min(nonzero, info.memory) / MiB
-        return replace(info, extra={**info.extra, "resident_mib": f"{resident:.0f}"})
+        extra = dict(info.extra)
+        nonzero = nonzero_memory(stats)
+        if nonzero is not None:
+            extra["resident_mib"] = f"{min(nonzero, info.memory) / MiB:.0f}"
+        ratio = delta_ratio(stats)
+        if ratio is not None:
+            extra["delta_ratio"] = f"{ratio:.3f}"
+        return replace(info, extra=extra)
 
     def _vm_info(self, entries: list[tuple[HostConn, Any]]) -> VMInfo:
         host, dom, state = self._primary(entries)
@@ -763,6 +785,21 @@ class LibvirtBackend(Backend):
             f"alias?), so the source's QEMU could not connect to it: {fix}"
         )
 
+    def _preempts(self, facts: DomainFacts, source: HostConn, dest: HostConn) -> bool:
+        """Whether post-copy may preempt the stream: configured so, and both daemons and both
+        QEMUs new enough (an older one would fail the call)."""
+        if not self.config.postcopy_preempt:
+            return False
+        for host in (source, dest):
+            em = host.emulator(facts.emulator, facts.arch, facts.virt_type)
+            if (
+                release(host.libvirt_version) < POSTCOPY_PREEMPT_LIBVIRT
+                or em.version is None
+                or em.version < POSTCOPY_PREEMPT_QEMU
+            ):
+                return False
+        return True
+
     def _check_emulators(
         self,
         facts: DomainFacts,
@@ -992,12 +1029,15 @@ class LibvirtBackend(Backend):
         postcopy = "postcopy" in needs
         if auto_converge:
             flags |= lv.VIR_MIGRATE_AUTO_CONVERGE
+        facts = self._facts(source, dom)
         if postcopy:
             flags |= lv.VIR_MIGRATE_POSTCOPY
+            if self._preempts(facts, source, dest):
+                flags |= _VIR_MIGRATE_POSTCOPY_PREEMPT
+                log.info("%s: post-copy page requests will preempt the stream", vm.name)
         compressed = "compression" in needs
         if compressed:
             flags |= lv.VIR_MIGRATE_COMPRESSED
-        facts = self._facts(source, dom)
         if facts.local_disks:
             if self.config.copy_storage == "all":
                 flags |= lv.VIR_MIGRATE_NON_SHARED_DISK

@@ -16,6 +16,7 @@ __all__ = [
     "DIRTYRATE_MEASURING",
     "JOB_ACTIVE",
     "Sample",
+    "delta_ratio",
     "dirty_rate",
     "figures",
     "nonzero_memory",
@@ -144,6 +145,27 @@ def figures(
         data_sent=last.data_processed if last else None,
         iterations=last.iteration if last else None,
     )
+
+
+#: Fewer re-sent pages than this say too little of a guest's writes to forecast by.
+DELTA_MIN_PAGES = 1024
+
+
+def delta_ratio(stats: Mapping[str, Any]) -> float | None:
+    """What a re-sent page cost the guest's last migration with XBZRLE, as a share of a whole
+    page, from its completed statistics (libvirt carries the source's to the destination):
+    encoded pages at their encoded size, pages whose delta overflowed at a page each. ``None``
+    when that migration did not compress or re-sent too few pages to say."""
+    if stats.get("operation") not in (JOB_OPERATION_MIGRATION_IN, JOB_OPERATION_MIGRATION_OUT):
+        return None
+    encoded, sent = _int(stats, "compression_pages"), _int(stats, "compression_bytes")
+    if encoded is None or sent is None:
+        return None
+    overflow = _int(stats, "compression_overflow") or 0
+    page = _int(stats, "memory_page_size") or PAGE
+    if encoded + overflow < DELTA_MIN_PAGES:
+        return None
+    return min((sent + overflow * page) / ((encoded + overflow) * page), 1.0)
 
 
 def nonzero_memory(stats: Mapping[str, Any]) -> int | None:
