@@ -36,7 +36,7 @@ and the dirty-at-link-rate guest under libvirt's defaults, ``balanced`` and
 ``minimal-downtime`` (about 3 minutes). ``--all``: every scenario and run. ``--postcopy``:
 the post-copy runs at dirty = link and 2x link (and the idle guest the bound needs).
 ``--libvirt backports``: the hosts run the libvirt 11 setup.sh unpacked instead of the system's
-9.0, where vmmove's post-copy preempts the stream (libvirt's own post-copy run does not).
+9.0 (the same runs against another release of the platform).
 
     python plugins/libvirt/benchmarks/libvirt_convergence.py [--profile lan|wan|fat]
         [--all | --postcopy] [--libvirt system|backports]

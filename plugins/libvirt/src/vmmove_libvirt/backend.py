@@ -102,15 +102,6 @@ QEMU_DEFAULT_DOWNTIME_MS = 300
 XBZRLE_CACHE_MAX = 1 << 30
 
 
-def release(version: str) -> tuple[int, int]:
-    """``(major, minor)`` of a "major.minor.micro" release; (0, 0) if unknown."""
-    try:
-        major, minor = version.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        return (0, 0)
-
-
 def xbzrle_cache(memory: int) -> int:
     """The cache for a guest of ``memory`` bytes: QEMU takes a power of two, at least a page,
     and no larger than the guest's RAM."""
@@ -118,12 +109,6 @@ def xbzrle_cache(memory: int) -> int:
     return 1 << (size.bit_length() - 1)
 
 
-#: Post-copy preemption (urgent pages on a channel of their own, not queued behind the
-#: background stream): libvirt's VIR_MIGRATE_POSTCOPY_PREEMPT flag since 10.0.0, over QEMU's
-#: ``postcopy-preempt`` capability, stable since QEMU 8.0.
-POSTCOPY_PREEMPT_LIBVIRT = (10, 0)
-POSTCOPY_PREEMPT_QEMU = (8, 0)
-_VIR_MIGRATE_POSTCOPY_PREEMPT = 1 << 21
 #: QEMU releases before this lose guest writes in TCG live migration (QEMU commit 03bfc2188f,
 #: "physmem: Fix migration dirty bitmap coherency with TCG memory access", in 9.0).
 TCG_FIXED_IN = (9, 0)
@@ -785,21 +770,6 @@ class LibvirtBackend(Backend):
             f"alias?), so the source's QEMU could not connect to it: {fix}"
         )
 
-    def _preempts(self, facts: DomainFacts, source: HostConn, dest: HostConn) -> bool:
-        """Whether post-copy may preempt the stream: configured so, and both daemons and both
-        QEMUs new enough (an older one would fail the call)."""
-        if not self.config.postcopy_preempt:
-            return False
-        for host in (source, dest):
-            em = host.emulator(facts.emulator, facts.arch, facts.virt_type)
-            if (
-                release(host.libvirt_version) < POSTCOPY_PREEMPT_LIBVIRT
-                or em.version is None
-                or em.version < POSTCOPY_PREEMPT_QEMU
-            ):
-                return False
-        return True
-
     def _check_emulators(
         self,
         facts: DomainFacts,
@@ -1032,9 +1002,6 @@ class LibvirtBackend(Backend):
         facts = self._facts(source, dom)
         if postcopy:
             flags |= lv.VIR_MIGRATE_POSTCOPY
-            if self._preempts(facts, source, dest):
-                flags |= _VIR_MIGRATE_POSTCOPY_PREEMPT
-                log.info("%s: post-copy page requests will preempt the stream", vm.name)
         compressed = "compression" in needs
         if compressed:
             flags |= lv.VIR_MIGRATE_COMPRESSED

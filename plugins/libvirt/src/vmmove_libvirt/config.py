@@ -106,13 +106,6 @@ OPTIONS: tuple[Option, ...] = (
         default=False,
         doc="define a transient domain on the target too (otherwise it stays transient)",
     ),
-    Option(
-        name="postcopy_preempt",
-        kind="bool",
-        default=True,
-        doc="post-copy page requests take a channel of their own, ahead of the background "
-        "stream, where both hosts offer it (libvirt 10.0 and QEMU 8.0 or later)",
-    ),
 )
 #: Query keys of libvirt's own remote URIs (libvirt's docs, "Remote URI parameters"): the
 #: platform's, passed to libvirt as they are.
@@ -152,7 +145,6 @@ class ClusterConfig:
     #: host name or host URI -> migration address (bare: "10.1.0.2", "kvm2-mig", "fd00::2")
     migration_addresses: Mapping[str, str] = field(default_factory=dict)
     persist_transient: bool = False
-    postcopy_preempt: bool = True
 
 
 def uses_tls(uri: str) -> bool:
@@ -324,7 +316,6 @@ def build(uri: str, options: Mapping[str, Any]) -> ClusterConfig:
         insecure=insecure,
         migration_addresses=_migration_addresses(options.get("migration_address", {})),
         persist_transient=bool(options.get("persist_transient", False)),
-        postcopy_preempt=bool(options.get("postcopy_preempt", True)),
     )
 
 
