@@ -21,7 +21,7 @@ from vmmove.backend import JobRef
 from vmmove.errors import ConnectionFailed, InvalidInput, NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Capacity, HostInfo, MiB, MigrationMode, MigrationSpec, PowerState, VMInfo
-from vmmove.policy import PRESETS, AtIteration, AutoConverge, Compress, Policy, Step
+from vmmove.policy import PRESETS, AtIteration, AutoConverge, Compress, Policy, PostCopy, Step
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -563,7 +563,7 @@ def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
         "b",
         "req-1",
     )
-    assert other.poll(job).phase is Phase.TRANSFERRING
+    wait_for(lambda: other.poll(job).phase is Phase.TRANSFERRING)  # its monitor's first sample
     FakeDom(fake.hosts["qemu+tcp://b/system"]).marker = dom.marker  # it lands ...
     del fake.hosts["qemu+tcp://a/system"].doms[UUID]  # ... and the source goes (UNDEFINE_SOURCE)
     dom.migrated.set()
@@ -571,6 +571,25 @@ def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
     assert (other.poll(job).phase, other.poll(job).vm_host) == (Phase.COMPLETED, "b")
     # The same process finds its own job at once, even after the answer to start was lost.
     assert backend.attach(intent()).id == first.id
+
+
+def test_an_adopted_job_can_still_switch_to_postcopy(cluster: Any) -> None:
+    """The adopting process does not know the flags the job started with: it asks libvirt
+    to switch, and libvirt is the one to refuse a job started without POSTCOPY. Steps libvirt
+    arms only with the call are refused, saying why."""
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    start(backend)
+    wait_for(lambda: dom.marker is not None)
+    other, _ = cluster(*fake.hosts.values())
+    job = other.attach(intent())
+    assert other.tune(job, PostCopy()) is not None  # submitted: look again soon
+    wait_for(lambda: ("postcopy",) in dom.calls)
+    for action in (Compress(), AutoConverge()):
+        with pytest.raises(NotSupported, match="adopted"):
+            other.tune(job, action)
+    dom.migrated.set()
+    wait_for(lambda: other.poll(job).phase.terminal)
 
 
 def test_attach_finds_a_request_that_already_landed(cluster: Any) -> None:

@@ -102,6 +102,16 @@ QEMU_DEFAULT_DOWNTIME_MS = 300
 XBZRLE_CACHE_MAX = 1 << 30
 
 
+def _unarmed(job: LiveJob, what: str) -> str:
+    """Why a step that libvirt arms only with the call cannot be applied to ``job``."""
+    if job.attached:
+        return (
+            f"{what} is armed only when the migration starts, and this job was adopted: "
+            "libvirt does not say whether the process that started it armed it"
+        )
+    return f"{what} must be enabled when the job starts"
+
+
 def xbzrle_cache(memory: int) -> int:
     """The cache for a guest of ``memory`` bytes: QEMU takes a power of two, at least a page,
     and no larger than the guest's RAM."""
@@ -1094,7 +1104,7 @@ class LibvirtBackend(Backend):
             call = lambda: st.dom.migrateSetMaxSpeed(action.mib_s, 0)  # noqa: E731
         elif isinstance(action, AutoConverge):
             if not st.auto_converge:
-                raise NotSupported("auto-converge must be enabled when the job starts")
+                raise NotSupported(_unarmed(st, "auto-converge"))
             started = (
                 st.params.get(lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL),
                 st.params.get(lv.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT),
@@ -1109,10 +1119,12 @@ class LibvirtBackend(Backend):
             return None  # armed at start (AUTO_CONVERGE): QEMU throttles the guest by its own rule
         elif isinstance(action, Compress):
             if not st.flags & lv.VIR_MIGRATE_COMPRESSED:
-                raise NotSupported("compression must be enabled when the job starts")
+                raise NotSupported(_unarmed(st, "compression"))
             return None  # armed at start (COMPRESSED): XBZRLE from the third pass on
         elif isinstance(action, PostCopy):
-            if not st.postcopy_enabled:
+            # An adopted job's flags are not known here: libvirt itself refuses the switch
+            # of a job started without POSTCOPY ("post-copy migration was not enabled").
+            if not st.postcopy_enabled and not st.attached:
                 raise NotSupported("post-copy must be enabled when the job starts")
             st.postcopy_requested = True  # from now on the monitor watches for a broken one
             call = lambda: st.dom.migrateStartPostCopy(0)  # noqa: E731
