@@ -374,9 +374,11 @@ class ColdMove:
     data_sent: int | None = None
 
     def _done(self) -> Ending:
-        total = self.run.clock.now() - self.started
-        figures = Figures(total_time=total, downtime_ms=None, data_sent=self.data_sent)
-        return _ending(Phase.COMPLETED, None, "", figures=figures)
+        # The total is taken when the outcome is written (after the inventory confirmed it).
+        figures = Figures(total_time=None, downtime_ms=None, data_sent=self.data_sent)
+        ending = _ending(Phase.COMPLETED, None, "", figures=figures)
+        ending.started = self.started
+        return ending
 
 
 def _ending(

@@ -52,6 +52,9 @@ class Ending:
     reported: str = ""  # the job's native status, for the record's warnings
     since: float = 0.0
     cause: VMMoveError | None = None
+    #: When vmmove began a migration whose time it takes itself (a cold move): the record's
+    #: total then runs to the outcome the inventory confirmed, not to the job's last report.
+    started: float | None = None
 
 
 def replace_ending(

@@ -214,9 +214,10 @@ def finalize(run: MigrationRun, ending: Ending, vm_host: str | None, *, located:
         "vm_power": power_now(run) if located else None,
     }
     figures = ending.figures or run.record.figures
-    if run.started_at is not None and figures.total_time is None:
+    started = ending.started if ending.started is not None else run.started_at
+    if started is not None and figures.total_time is None:
         # A platform that reports no time: what vmmove itself saw go by.
-        figures = replace(figures, total_time=run.clock.now() - run.started_at)
+        figures = replace(figures, total_time=run.clock.now() - started)
     changes["figures"] = figures
     if kind is not None:
         changes.update(error=message, error_type=kind.__name__)
