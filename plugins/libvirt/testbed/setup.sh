@@ -48,9 +48,10 @@ QEMU10_EXTRA_LIBS=()
 # bookworm-backports packages unpacked for QEMU 10 (seabios comes from there too when available).
 QEMU10_PKGS=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 # bookworm-backports packages unpacked for the second libvirt the testbed can run
-# (VMMOVE_TESTBED_LIBVIRT=backports, libvirt 11): the daemon and its QEMU driver only.
+# (VMMOVE_TESTBED_LIBVIRT=backports, libvirt 11): the daemon, its QEMU driver and the storage
+# driver (the local-disk tests define a directory pool).
 LIBVIRT_BPO_PKGS=(libvirt0 libvirt-common libvirt-daemon libvirt-daemon-common libvirt-daemon-log
-                  libvirt-daemon-driver-qemu)
+                  libvirt-daemon-driver-qemu libvirt-daemon-driver-storage)
 
 mkdir -p "$CACHE" "$LOGDIR"
 log() { printf '[setup %4ds] %s\n' "$SECONDS" "$*"; }

@@ -57,7 +57,8 @@ def lv() -> Any:
 
 
 #: The link between the hosts: ``lan`` (32 MiB/s, 0.5 ms RTT) unless VMMOVE_TESTBED_PROFILE
-#: names another (``wan``, ``fat``: unshaped).
+#: names another (``wan``, ``fat``: unshaped). Which libvirt the hosts run: the machine's (9.0)
+#: unless VMMOVE_TESTBED_LIBVIRT=backports (libvirt 11, see the testbed's README).
 PROFILE = os.environ.get("VMMOVE_TESTBED_PROFILE") or "lan"
 
 
