@@ -399,3 +399,25 @@ def test_compression_is_forecast_from_what_the_guests_last_migration_paid() -> N
     assert cheap.downtime_ms is not None
     assert whole.downtime_ms is not None
     assert cheap.downtime_ms <= whole.downtime_ms
+
+
+def test_a_forecast_skips_the_steps_the_platform_cannot_take() -> None:
+    """What the engine would skip for want of a capability, the walk skips too (and says so):
+    a platform without auto-converge or post-copy is not forecast to converge by them."""
+    from vmmove.backend import Capabilities
+    from vmmove.policy import PRESETS
+    from vmmove.prediction import forecast, predict_migration
+
+    guest = vm(memory_gib=0.25, dirty_mib_s=32, extra={"working_set_mib": "128"})
+    policy = PRESETS["converge"]
+    every = predict_migration(guest, host("a"), host("b"), policy, link=31 * MiB)
+    bare = Capabilities(max_downtime=True)
+    plain = predict_migration(guest, host("a"), host("b"), policy, link=31 * MiB, capabilities=bare)
+    assert every.converges
+    assert any("post-copy" in s or "auto-converge" in s for s in every.steps)
+    assert not any("post-copy" in s or "auto-converge" in s for s in plain.steps)
+    assert not plain.converges  # a writer at the link's rate, and nothing to slow it
+    assert any("for want of the platform's capability" in note for note in plain.basis)
+    # the record's forecast follows the same rule
+    kept = forecast(guest, host("a"), host("b"), policy, link=31 * MiB, capabilities=bare)
+    assert kept.total_time is None

@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from vmmove.model import Figures, HostInfo, MiB, PowerState, VMInfo
 from vmmove.policy import (
@@ -39,6 +40,9 @@ from vmmove.policy import (
     adapt,
 )
 
+if TYPE_CHECKING:
+    from vmmove.backend import Capabilities
+
 __all__ = [
     "DEFAULT_LINK",
     "Cost",
@@ -51,6 +55,7 @@ __all__ = [
     "predict_migration",
     "resident",
     "sized_throttle",
+    "usable",
     "working_set",
 ]
 
@@ -256,6 +261,7 @@ def predict_migration(
     max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
+    capabilities: Capabilities | None = None,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
 
@@ -270,10 +276,14 @@ def predict_migration(
     attempt, as does a throttle above ``max_slowdown`` (percent; the first throttle is
     capped at it). ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
     added to the total time; ``switchover_s``: the fixed part of its pre-copy pause
-    (``Backend.switchover_s``), added to the last copy.
+    (``Backend.switchover_s``), added to the last copy. ``capabilities``: the platform's; the
+    engine skips a step whose action it lacks, and so does the walk (without them, the
+    platform is assumed to have every one).
     """
-    # As the engine runs it: a policy not yet adapted is, for a platform that can post-copy.
-    policy = adapt(policy, allow_postcopy=allow_postcopy, postcopy=True, max_slowdown=max_slowdown)
+    # As the engine runs it: adapted for this caller and platform, less what it cannot do.
+    policy, lacking = usable(
+        policy, capabilities, allow_postcopy=allow_postcopy, max_slowdown=max_slowdown
+    )
     rate = _rate(source, target, link, bandwidth)
     declared = "as declared (link_mib_s)" if link else "10 GbE"
     basis = [f"link {rate / MiB:.0f} MiB/s (the slower host's link_mib_s, else {declared})"]
@@ -291,6 +301,11 @@ def predict_migration(
     else:
         basis.append("every page assumed not zero: the platform did not say (a lookup of a VM "
                      "that migrated before may)")  # fmt: skip
+    if lacking:
+        basis.append(
+            "skipped, as the engine would, for want of the platform's capability: "
+            + "; ".join(f"{s} ({s.action.capability})" for s in lacking)
+        )
     if setup_s:
         basis.append(f"{setup_s:g} s of the platform's fixed set-up (Backend.setup_s)")
     basis.append(f"{switchover_s * 1000:g} ms of fixed pause at switch-over (Backend.switchover_s)")
@@ -351,9 +366,12 @@ def forecast(
     max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
+    capabilities: Capabilities | None = None,
 ) -> Figures:
     """:func:`predict_migration`'s figures alone, for an already adapted ``policy``: what the
     engine records on every live migration, so it builds none of the explanation."""
+    if capabilities is not None:
+        policy, _ = _without(policy, capabilities)
     rate = _rate(source, target, link, bandwidth)
     w = _walk(
         vm,
@@ -372,6 +390,33 @@ def forecast(
         data_sent=int(w.data),
         iterations=w.passes,
     )
+
+
+def usable(
+    policy: Policy,
+    capabilities: Capabilities | None,
+    *,
+    allow_postcopy: bool | None,
+    max_slowdown: int | None = None,
+) -> tuple[Policy, tuple[Step, ...]]:
+    """``policy`` as the engine runs it on a platform with ``capabilities`` (``None``: every
+    one): adapted for the caller, and without the steps the engine would skip for want of a
+    capability, which come second."""
+    postcopy = capabilities is None or capabilities.has("postcopy")
+    adapted = adapt(
+        policy, allow_postcopy=allow_postcopy, postcopy=postcopy, max_slowdown=max_slowdown
+    )
+    if capabilities is None:
+        return adapted, ()
+    return _without(adapted, capabilities)
+
+
+def _without(policy: Policy, capabilities: Capabilities) -> tuple[Policy, tuple[Step, ...]]:
+    lacking = tuple(s for s in policy.steps if not capabilities.has(s.action.capability))
+    if not lacking:
+        return policy, ()
+    kept = tuple(s for s in policy.steps if s not in lacking)
+    return replace(policy, steps=kept), lacking
 
 
 def _rate(

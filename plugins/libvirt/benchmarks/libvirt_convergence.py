@@ -319,6 +319,7 @@ class Bench:
             "steps": list(p.steps),
             "dirty_mib_s": p.dirty_rate / MiB,
             "link_mib_s": p.rate / MiB,
+            "basis": list(p.basis),  # e.g. whether compression was counted, and at what cost
             "took_s": time.monotonic() - t0,  # the dirty-rate sample, mostly
         }
 

@@ -398,6 +398,7 @@ class MigrationRun:
             link=self.conn.link,
             setup_s=self.backend.setup_s,
             switchover_s=self.backend.switchover_s,
+            capabilities=self.backend.capabilities,
         )
 
     def _start(self, now: float) -> None:
