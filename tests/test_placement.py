@@ -401,6 +401,30 @@ def test_compression_is_forecast_from_what_the_guests_last_migration_paid() -> N
     assert cheap.downtime_ms <= whole.downtime_ms
 
 
+def test_compressed_passes_start_at_the_third() -> None:
+    """Pass by pass, with compression the only step: 194 MiB, then the 128 MiB working set
+    whole (the cache fills), then deltas at a quarter of a page, until the rest fits 300 ms."""
+    from vmmove.policy import AtIteration, Compress, Policy, Step
+    from vmmove.prediction import predict_migration
+
+    only = Policy(name="compress", steps=(Step(trigger=AtIteration(n=1), action=Compress()),))
+    guest = vm(
+        memory_gib=0.25,
+        dirty_mib_s=32,
+        extra={"working_set_mib": "128", "resident_mib": "194", "delta_ratio": "0.25"},
+    )
+    p = predict_migration(guest, host("a"), host("b"), only, link=31 * MiB, switchover_s=0)
+    # pass 1: 194 MiB; the guest rewrites its 128 MiB meanwhile (6.3 s at 32 MiB/s)
+    # pass 2: 128 MiB whole (4.1 s); a quarter of it would take 1.03 s, over 300 ms
+    # pass 3: 128 MiB as deltas, 32 MiB (1.03 s); the guest dirties 33 MiB, whose deltas
+    # (8.3 MiB, 0.27 s) fit: the switch-over sends them
+    third = 128 * 0.25
+    last = min(128.0, 32 * third / 31) * 0.25
+    assert p.passes == 3
+    assert p.data == pytest.approx((194 + 128 + third + last) * MiB, rel=1e-3)
+    assert p.downtime_ms == pytest.approx(last / 31 * 1000, rel=1e-3)
+
+
 def test_a_forecast_skips_the_steps_the_platform_cannot_take() -> None:
     """What the engine would skip for want of a capability, the walk skips too (and says so):
     a platform without auto-converge or post-copy is not forecast to converge by them."""

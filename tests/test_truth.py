@@ -342,6 +342,10 @@ def test_attach_resumes_a_cold_move_the_client_left_half_done(interrupted_in: Ph
     vm = again.vm("v")
     assert (vm.host, vm.power) == ("b", vmmove.PowerState.RUNNING)
     assert (record.vm_host, record.vm_power) == ("b", vmmove.PowerState.RUNNING)
+    # Its time runs from the start of the move in the first process, not from the attach.
+    asked = next(t.at for t in record.history if t.phase is Phase.REQUESTING)
+    assert record.figures.total_time is not None
+    assert record.figures.total_time >= record.history[-1].at - asked - 0.05
 
 
 @pytest.mark.parametrize("acted", [True, False], ids=["acted-on", "never-received"])

@@ -322,7 +322,7 @@ def predict_migration(
     )
     if w.ended:
         basis.append(w.ended)
-    if any(isinstance(s.action, Compress) for s in w.fired):
+    if any(isinstance(s.action, Compress) for s in policy.steps):
         ratio = delta_ratio(vm)
         if ratio is None:
             basis.append(
@@ -333,7 +333,8 @@ def predict_migration(
         else:
             basis.append(
                 f"a compressed re-sent page costs {ratio:.0%} of a page (the guest's last "
-                "migration), from the pass after the one that fills the cache"
+                "migration), from the third pass on (compression is armed with the start; "
+                "the second pass fills the cache)"
             )
     return Prediction(
         vm=vm.id,
@@ -461,22 +462,22 @@ def _walk(
     budget = policy.budget(vm.memory)
     limit = min(QEMU_DOWNTIME_S, cap) if cap else QEMU_DOWNTIME_S
     w = _Walk(rate=rate, dirty=dirty, fired=[], elapsed=setup_s)
-    ratio = delta_ratio(vm)
-    # XBZRLE sends a page whole until its last copy is in the cache: the first pass never
-    # encodes, the pass after compression starts fills the cache, the ones after it encode.
-    compressed_from: int | None = None
+    # Compression is armed with the start where a policy may compress (a start-time
+    # capability), whichever pass its step fires in. XBZRLE sends a page whole until its last
+    # copy is in the cache: the first pass never encodes, the second fills the cache, the
+    # ones after it send deltas.
+    ratio = delta_ratio(vm) if any(isinstance(s.action, Compress) for s in policy.steps) else None
+    compressed_from = 3
     throttle = 0.0
     throttle_step = 0.0
     stalled_since: float | None = None
     smallest = math.inf
 
-    def fire(step: Step, n: int) -> None:
-        nonlocal limit, throttle_step, compressed_from
+    def fire(step: Step) -> None:
+        nonlocal limit, throttle_step
         w.fired.append(step)
         act = step.action
-        if isinstance(act, Compress) and ratio is not None and compressed_from is None:
-            compressed_from = max(n, 2) + 1
-        elif isinstance(act, SetDowntime):
+        if isinstance(act, SetDowntime):
             limit = max(limit, min(act.ms / 1000, cap) if cap else act.ms / 1000)
         elif isinstance(act, SetBandwidth):
             w.rate = min(w.rate, act.mib_s * MiB)
@@ -531,7 +532,7 @@ def _walk(
             )
         ]
         for step in now_fired:
-            fire(step, n)
+            fire(step)
             if isinstance(step.action, (Abort, ColdFallback)):
                 w.ended = f"the live attempt ends at {step}"
                 return w
@@ -541,8 +542,8 @@ def _walk(
             w.elapsed += size / rate
             return ends(POSTCOPY_PAUSE_S, size, postcopy=True)
         # What this pass's pages and the next's cost on the wire, compressed or whole.
-        here = ratio if compressed_from is not None and ratio and n >= compressed_from else 1.0
-        after = ratio if compressed_from is not None and ratio and n + 1 >= compressed_from else 1.0
+        here = ratio if ratio is not None and n >= compressed_from else 1.0
+        after = ratio if ratio is not None and n + 1 >= compressed_from else 1.0
         if now_fired and n > 1 and size * here / rate <= limit:
             return ends(size * here / rate + switchover_s, size * here)
         t = size * here / rate

@@ -1339,7 +1339,7 @@ class Testbed:
             [h["port"] for h in data["hosts"]],
             data.get("cache"),
             data.get("profile"),
-            data.get("libvirt"),
+            data.get("libvirt") or "system",  # recorded before the choice existed: the system's
         )
         tb.hosts = [Host(**h) for h in data["hosts"]]
         tb.wire_pid = data.get("wire_pid", 0)

@@ -211,7 +211,8 @@ fi
 # --------------------------------------------------------------------------------------------------
 L="$CACHE/libvirt-bpo"
 LROOT="$L/root"
-if [[ ! -x "$LROOT/usr/sbin/libvirtd" || ! -f "$L/.complete" ]]; then
+# The stamp holds the package list it was made from: a list that grew (a driver added) redoes it.
+if [[ ! -x "$LROOT/usr/sbin/libvirtd" || "$(cat "$L/.complete" 2>/dev/null)" != "${LIBVIRT_BPO_PKGS[*]}" ]]; then
   T=$(date +%s)
   private_apt_ready || exit 1
   mkdir -p "$L/debs"
@@ -224,13 +225,13 @@ if [[ ! -x "$LROOT/usr/sbin/libvirtd" || ! -f "$L/.complete" ]]; then
   rm -rf "$LROOT"
   mv "$LROOT.tmp" "$LROOT"
   (cd "$L/debs" && ls *.deb) > "$L/packages"
-  touch "$L/.complete"
+  echo "${LIBVIRT_BPO_PKGS[*]}" > "$L/.complete"
   log "libvirt (backports) unpacked in $(( $(date +%s) - T )) s: $(echo $(cat "$L/packages"))"
 else
   log "libvirt (backports): present ($(echo $(cat "$L/packages" 2>/dev/null)))"
 fi
 MISSING_LIBS=$(LD_LIBRARY_PATH="$LROOT/usr/lib/x86_64-linux-gnu" ldd "$LROOT/usr/sbin/libvirtd" \
-  "$LROOT/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so" | grep 'not found' || true)
+  "$LROOT/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/"*.so | grep 'not found' || true)
 if [[ -n "$MISSING_LIBS" ]]; then
   echo "libvirt (backports) needs shared libraries that are not installed:" >&2
   echo "$MISSING_LIBS" >&2

@@ -137,6 +137,12 @@ class FakeDom:
             self.after_downtime(ms)
 
     def migrateStartPostCopy(self, _flags: int) -> None:
+        started = [c for c in self.calls if c[0] == "migrate"]
+        if started and not started[-1][3] & libvirt.VIR_MIGRATE_POSTCOPY:
+            raise FakeError(
+                "Requested operation is not valid: post-copy migration was not enabled",
+                libvirt.VIR_ERR_OPERATION_INVALID,
+            )
         self.calls.append(("postcopy",))
 
     def startDirtyRateCalc(self, seconds: int, _flags: int) -> None:
@@ -573,18 +579,34 @@ def test_attach_finds_the_request_on_the_source(cluster: Any) -> None:
     assert backend.attach(intent()).id == first.id
 
 
-def test_an_adopted_job_can_still_switch_to_postcopy(cluster: Any) -> None:
+@pytest.mark.parametrize("armed", [True, False])
+def test_an_adopted_job_can_still_switch_to_postcopy(cluster: Any, armed: bool) -> None:
     """The adopting process does not know the flags the job started with: it asks libvirt
     to switch, and libvirt is the one to refuse a job started without POSTCOPY. Steps libvirt
     arms only with the call are refused, saying why."""
     backend, fake = cluster()
     dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
-    start(backend)
+    backend.start(
+        vm_on("a"),
+        host_info("b"),
+        MigrationSpec(vm=UUID),
+        MigrationMode.LIVE,
+        policy=PRESETS["minimal-downtime"],
+        needs=frozenset({"postcopy"} if armed else ()),
+        reservation=None,
+        request_id="req-1",
+    )
     wait_for(lambda: dom.marker is not None)
     other, _ = cluster(*fake.hosts.values())
     job = other.attach(intent())
-    assert other.tune(job, PostCopy()) is not None  # submitted: look again soon
-    wait_for(lambda: ("postcopy",) in dom.calls)
+    if armed:
+        assert other.tune(job, PostCopy()) is not None  # submitted: look again soon
+        wait_for(lambda: ("postcopy",) in dom.calls)
+    else:
+        with pytest.raises(NotSupported, match="post-copy migration was not enabled"):
+            other.tune(job, PostCopy())
+        assert ("postcopy",) not in dom.calls
+        assert not other._job(job).postcopy_requested  # a pause stays a pre-copy pause
     for action in (Compress(), AutoConverge()):
         with pytest.raises(NotSupported, match="adopted"):
             other.tune(job, action)

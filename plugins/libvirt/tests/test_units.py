@@ -255,13 +255,14 @@ def test_nonzero_memory_is_what_the_last_migration_did_not_find_zero() -> None:
 
 def test_delta_ratio_is_what_a_compressed_resent_page_cost() -> None:
     """XBZRLE's counters as libvirt carries the source's to the destination (the cookie's
-    statistics): encoded pages at their size, overflowed ones whole."""
-    arrived = {"operation": 4, "memory_page_size": 4096, "compression_pages": 30000,
-               "compression_bytes": 30000 * 1400, "compression_overflow": 0}  # fmt: skip
-    assert delta_ratio(arrived) == pytest.approx(1400 / 4096)
-    with_overflow = {**arrived, "compression_overflow": 10000}
-    assert delta_ratio(with_overflow) == pytest.approx((30000 * 1400 + 10000 * 4096) / 40000 / 4096)
-    assert delta_ratio({**arrived, "compression_overflow": None}) == pytest.approx(1400 / 4096)
+    statistics). QEMU counts every page found in its cache, an overflowed one at a whole
+    page: 30,000 deltas of 1,400 bytes and 10,000 overflows are 40,000 pages."""
+    arrived = {"operation": 4, "memory_page_size": 4096, "compression_pages": 40000,
+               "compression_bytes": 30000 * 1400 + 10000 * 4096,
+               "compression_overflow": 10000}  # fmt: skip
+    assert delta_ratio(arrived) == pytest.approx((30000 * 1400 + 10000 * 4096) / 40000 / 4096)
+    assert delta_ratio({**arrived, "memory_page_size": None}) == delta_ratio(arrived)
+    assert delta_ratio({**arrived, "compression_bytes": 0}) == 0.001  # unchanged pages: cheap
     for other in (
         {"operation": 4, "memory_page_size": 4096},  # it did not compress
         {**arrived, "compression_pages": 100},  # too few pages to say

@@ -68,6 +68,8 @@ class ColdMove:
         was_running = run.vm.power is PowerState.RUNNING
         move = cls(run, was_running=was_running, step="", since=now)
         move.request_id = request_id
+        # The migration's time: from its live attempt where the policy fell back to cold.
+        move.started = run.started_at if run.started_at is not None else now
         if was_running:
             move._goto("stopping", now)
             run.backend.power_off(run.vm, force=False)
@@ -83,6 +85,9 @@ class ColdMove:
             step = "stopping"
         move = cls(run, was_running=ref.get("was_running") == "1", step=step, since=now)
         move.request_id = ref.get("request_id", "")
+        began = float(ref.get("began") or "nan")  # the connection clock's time, as "at"
+        if math.isfinite(began):
+            move.started = now - max(0.0, run.clock.time() - began)
         move.sent_at = float(ref.get("at") or "nan")
         job_keys = {k.removeprefix("job."): v for k, v in ref.items() if k.startswith("job.")}
         if step == "moving" and job_keys:
@@ -105,6 +110,7 @@ class ColdMove:
             "target": run.target.id if run.target else "",
             "request_id": self.request_id,
             "at": repr(self.sent_at),
+            "began": repr(run.clock.time() - (now - self.started)),
         }
         if run.job is not None and step == "moving":
             ref.update({f"job.{k}": v for k, v in run.job.ref.data.items()})
@@ -153,7 +159,7 @@ class ColdMove:
             self.backend.power_off(run.vm, force=True)
             self._goto("forcing", now)
             return
-        run.end(
+        self._end(
             _ending(Phase.FAILED, MigrationFailed, "the VM could not be stopped on its source"),
             now,
         )
@@ -226,7 +232,7 @@ class ColdMove:
                     self.backend.power_on(self.backend.vm(run.vm.id))
                     return
                 run.walk(Phase.TRANSFERRING)
-                run.end(self._done(), now)
+                self._end(self._done(), now)
                 return
             message = f"the move reported success, but the VM is registered on {host}"
         else:
@@ -242,7 +248,7 @@ class ColdMove:
         assert run.target is not None
         host, power = self._power()
         if power is PowerState.RUNNING and host == run.target.id:
-            run.end(self._done(), now)
+            self._end(self._done(), now)
             return
         why = self.backend.power_on_failure(run.vm)
         if why:
@@ -292,7 +298,7 @@ class ColdMove:
         host, power = self._power()
         if power is PowerState.RUNNING and host == run.record.source:
             outcome, self.outcome = self.outcome, None
-            run.end(outcome, now)
+            self._end(outcome, now)
             return
         if now - self.since > run.policy.boot_timeout:
             outcome, self.outcome = self.outcome, None
@@ -301,7 +307,7 @@ class ColdMove:
                 "not be started again; start it there"
             )
             outcome.message += "; the VM could not be started again on its source"
-            run.end(outcome, now)
+            self._end(outcome, now)
 
     # ---- the ways out -------------------------------------------------------------------
     def _cancel(self, now: float) -> None:
@@ -322,7 +328,7 @@ class ColdMove:
         run = self.run
         self._close_job()
         if not self.was_running:
-            run.end(outcome, now)
+            self._end(outcome, now)
             return
         self.outcome = outcome
         self._goto("restoring", now)
@@ -337,7 +343,7 @@ class ColdMove:
             f"{run.vm.name} is stopped on {run.target.name if run.target else '?'}: {why}; start "
             "it there (attach retries the start)"
         )
-        run.end(_ending(Phase.FAILED, MigrationFailed, why), now)
+        self._end(_ending(Phase.FAILED, MigrationFailed, why), now)
 
     def _failed(self, exc: VMMoveError, now: float) -> None:
         """A primitive raised: restore what can be restored, and say where the VM is."""
@@ -354,7 +360,7 @@ class ColdMove:
             outcome, self.outcome = self.outcome, None
             assert outcome is not None
             outcome.message += f"; starting it again on its source failed: {exc}"
-            run.end(outcome, now)
+            self._end(outcome, now)
         else:
             if self.step == "moving" and run.job is not None and run.backend.capabilities.cancel:
                 with contextlib.suppress(VMMoveError):  # best effort: restoring follows
@@ -374,11 +380,14 @@ class ColdMove:
     data_sent: int | None = None
 
     def _done(self) -> Ending:
-        # The total is taken when the outcome is written (after the inventory confirmed it).
         figures = Figures(total_time=None, downtime_ms=None, data_sent=self.data_sent)
-        ending = _ending(Phase.COMPLETED, None, "", figures=figures)
-        ending.started = self.started
-        return ending
+        return _ending(Phase.COMPLETED, None, "", figures=figures)
+
+    def _end(self, outcome: Ending, now: float) -> None:
+        # The total is taken when the outcome is written (after the inventory confirmed it),
+        # from the start of the move, or of the live attempt it fell back from.
+        outcome.started = self.started
+        self.run.end(outcome, now)
 
 
 def _ending(

@@ -1126,8 +1126,11 @@ class LibvirtBackend(Backend):
             # of a job started without POSTCOPY ("post-copy migration was not enabled").
             if not st.postcopy_enabled and not st.attached:
                 raise NotSupported("post-copy must be enabled when the job starts")
-            st.postcopy_requested = True  # from now on the monitor watches for a broken one
-            call = lambda: st.dom.migrateStartPostCopy(0)  # noqa: E731
+
+            def call() -> None:  # on the monitor's thread, in order with its samples
+                st.dom.migrateStartPostCopy(0)
+                st.postcopy_requested = True  # switching: the monitor watches for a broken one
+
         else:
             raise NotSupported(f"libvirt cannot apply {action}")
         try:

@@ -153,19 +153,19 @@ DELTA_MIN_PAGES = 1024
 
 def delta_ratio(stats: Mapping[str, Any]) -> float | None:
     """What a re-sent page cost the guest's last migration with XBZRLE, as a share of a whole
-    page, from its completed statistics (libvirt carries the source's to the destination):
-    encoded pages at their encoded size, pages whose delta overflowed at a page each. ``None``
-    when that migration did not compress or re-sent too few pages to say."""
+    page, from its completed statistics (libvirt carries the source's to the destination).
+    QEMU (since 5.1) counts every page it found in the cache in ``compression_pages`` and
+    what it sent for them in ``compression_bytes``: a delta's size, a whole page for one
+    whose delta overflowed, nothing for one unchanged. ``None`` when that migration did not
+    compress or re-sent too few pages to say."""
     if stats.get("operation") not in (JOB_OPERATION_MIGRATION_IN, JOB_OPERATION_MIGRATION_OUT):
         return None
     encoded, sent = _int(stats, "compression_pages"), _int(stats, "compression_bytes")
-    if encoded is None or sent is None:
+    if encoded is None or sent is None or encoded < DELTA_MIN_PAGES:
         return None
-    overflow = _int(stats, "compression_overflow") or 0
     page = _int(stats, "memory_page_size") or PAGE
-    if encoded + overflow < DELTA_MIN_PAGES:
-        return None
-    return min((sent + overflow * page) / ((encoded + overflow) * page), 1.0)
+    # At least a thousandth: a guest that rewrote its pages unchanged still costs headers.
+    return min(max(sent / (encoded * page), 0.001), 1.0)
 
 
 def nonzero_memory(stats: Mapping[str, Any]) -> int | None:
