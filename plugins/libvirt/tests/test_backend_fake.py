@@ -530,6 +530,12 @@ def test_a_lookup_knows_the_memory_the_last_migration_found_not_zero(cluster: An
     assert "delta_ratio" not in backend.vm(UUID).extra  # it moved uncompressed
     dom.stats = {**dom.stats, "compression_pages": 8192, "compression_bytes": 8192 * 1024}
     assert backend.vm(UUID).extra["delta_ratio"] == "0.250"  # a re-sent page cost a quarter
+    # A later migration that left no counts (failed, or post-copy): the last ones stand.
+    dom.stats = {"type": 4, "operation": 5}
+    assert backend.vm(UUID).extra["resident_mib"] == "224"
+    assert backend.vm(UUID).extra["delta_ratio"] == "0.250"
+    other, _ = cluster(*fake.hosts.values())  # another process has seen no migration of it
+    assert "resident_mib" not in other.vm(UUID).extra
     dom.st = SHUTOFF  # a stopped VM's figure would be stale: not used
     assert "resident_mib" not in backend.vm(UUID).extra
     assert "delta_ratio" not in backend.vm(UUID).extra

@@ -235,6 +235,9 @@ class LibvirtBackend(Backend):
         self._pool_types: dict[tuple[str, str], str] = {}
         self._capacity: dict[str, Capacity] = {}
         self._resolved: set[str] = set()
+        # What a VM's migrations measured, by UUID: libvirt keeps the counts of the last job
+        # only, and a failed or post-copy migration leaves none (see _with_history).
+        self._history: dict[str, dict[str, str]] = {}
         opened: list[HostConn] = []
         try:
             for uri in config.uris:
@@ -522,24 +525,30 @@ class LibvirtBackend(Backend):
         """``info`` with what the guest's last migration to its host measured: the memory
         that was not zero (``extra["resident_mib"]``), which a prediction's first pass sends,
         and, if it compressed, what a re-sent page cost (``extra["delta_ratio"]``). One call
-        per VM, so a lookup has it and a listing does not."""
+        per VM, so a lookup has it and a listing does not. libvirt keeps only its last job's
+        counts, and a migration that failed, or went post-copy, leaves none: the figures an
+        earlier migration of the VM left, seen by this process, stand in for them."""
         if info.power is not PowerState.RUNNING:
             return info
         _, dom, _ = self._primary(entries)
+        with self._lock:
+            known = dict(self._history.get(info.id, {}))
         try:
             stats = dom.jobStats(completed_flags(self.lv))
         except self.lv.libvirtError:
+            stats = None
+        if isinstance(stats, Mapping):
+            nonzero = nonzero_memory(stats)
+            if nonzero is not None:
+                known["resident_mib"] = f"{min(nonzero, info.memory) / MiB:.0f}"
+            ratio = delta_ratio(stats)
+            if ratio is not None:
+                known["delta_ratio"] = f"{ratio:.3f}"
+        if not known:
             return info
-        if not isinstance(stats, Mapping):
-            return info
-        extra = dict(info.extra)
-        nonzero = nonzero_memory(stats)
-        if nonzero is not None:
-            extra["resident_mib"] = f"{min(nonzero, info.memory) / MiB:.0f}"
-        ratio = delta_ratio(stats)
-        if ratio is not None:
-            extra["delta_ratio"] = f"{ratio:.3f}"
-        return replace(info, extra=extra)
+        with self._lock:
+            self._history[info.id] = known
+        return replace(info, extra={**info.extra, **known})
 
     def _vm_info(self, entries: list[tuple[HostConn, Any]]) -> VMInfo:
         host, dom, state = self._primary(entries)
