@@ -51,10 +51,11 @@ def test_loading_the_plugins_loads_none_of_them() -> None:
 
 
 def test_a_migration_runs_the_same_without_the_extras() -> None:
-    # A None in sys.modules is how Python says "not installed" to find_spec and import.
+    # A None in sys.modules is how Python says "not installed" to find_spec and import. Only
+    # the top packages: as on a machine without them, a submodule's lookup imports its package.
     code = (
         "import sys, logging\n"
-        "for name in ('prometheus_client', 'opentelemetry', 'opentelemetry.trace'):\n"
+        "for name in ('prometheus_client', 'opentelemetry'):\n"
         "    sys.modules[name] = None\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "import vmmove\n"
@@ -66,3 +67,4 @@ def test_a_migration_runs_the_same_without_the_extras() -> None:
     )
     assert out.stdout.strip() == "completed"
     assert "could not record" not in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr  # no observer raised either

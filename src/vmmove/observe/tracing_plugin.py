@@ -24,7 +24,7 @@ _available: bool | None = None  # is opentelemetry-api installed? asked once
 def vmmove_migration_event(event: MigrationEvent) -> None:
     global _available  # noqa: PLW0603 (a flag set once; a race sets it twice, the same)
     if _available is None:
-        _available = importlib.util.find_spec("opentelemetry.trace") is not None
+        _available = _installed()
     if not _available:
         return
     try:
@@ -33,3 +33,12 @@ def vmmove_migration_event(event: MigrationEvent) -> None:
         tracker().observe(event)
     except Exception:  # an observer never breaks a migration
         log.exception("vmmove tracing: could not record an event")
+
+
+def _installed() -> bool:
+    """Whether opentelemetry-api is importable. ``find_spec`` of a submodule imports its
+    package first, and raises when the package itself is missing."""
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except ImportError:
+        return False
