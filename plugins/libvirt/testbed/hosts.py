@@ -413,7 +413,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going between open and read
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
 
