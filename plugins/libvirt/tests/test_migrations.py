@@ -425,8 +425,10 @@ def test_the_inventory_shows_a_guest_dirty_rate_once_libvirt_measured_it(
     dirty, calm = seen["vt-dirty"], seen["vt-calm"]
     assert dirty is not None, seen
     assert calm is not None, seen
-    # QEMU's page sampling is noisy (Poisson) under TCG: order, not exact figures.
-    assert dirty > 4 * MiB > calm, seen
+    # QEMU's page sampling is noisy (Poisson) under TCG, and coarse (libvirt 11.3 read the
+    # idle guest at exactly 4 MiB/s once): order, not exact figures.
+    assert dirty > 4 * MiB, seen
+    assert dirty > 2 * calm, seen
     # A prediction takes a sample of its own, now, and says so.
     predicted = conn.predict("vt-dirty", to=HOST_B)
     assert predicted.dirty_rate > 4 * MiB, predicted
