@@ -175,6 +175,14 @@ private_apt_ready() {  # the private bookworm-backports lists, fetched when miss
     "${APT[@]}" "${PAPT_OPTS[@]}" update -qq
   fi
 }
+unpack_debs() {  # DEBDIR ROOT LIST: every .deb of DEBDIR unpacked into ROOT (swapped in whole)
+  rm -rf "$2.tmp"
+  mkdir -p "$2.tmp"
+  for d in "$1"/*.deb; do dpkg-deb -x "$d" "$2.tmp"; done
+  rm -rf "$2"
+  mv "$2.tmp" "$2"
+  (cd "$1" && ls *.deb) > "$3"
+}
 if [[ ! -x "$QROOT/usr/bin/qemu-system-x86_64" || ! -f "$Q/.complete" ]]; then
   T=$(date +%s)
   private_apt_ready || exit 1
@@ -188,12 +196,7 @@ if [[ ! -x "$QROOT/usr/bin/qemu-system-x86_64" || ! -f "$Q/.complete" ]]; then
       (cd "$PAPT/debs" && "${APT[@]}" download -qq "$p")
     fi
   done
-  rm -rf "$QROOT.tmp"
-  mkdir -p "$QROOT.tmp"
-  for d in "$PAPT/debs"/*.deb; do dpkg-deb -x "$d" "$QROOT.tmp"; done
-  rm -rf "$QROOT"
-  mv "$QROOT.tmp" "$QROOT"
-  (cd "$PAPT/debs" && ls *.deb) > "$Q/packages"
+  unpack_debs "$PAPT/debs" "$QROOT" "$Q/packages"
   touch "$Q/.complete"
   log "QEMU 10 unpacked in $(( $(date +%s) - T )) s: $(echo $(cat "$Q/packages"))"
 else
@@ -219,12 +222,7 @@ if [[ ! -x "$LROOT/usr/sbin/libvirtd" || "$(cat "$L/.complete" 2>/dev/null)" != 
   rm -f "$L/debs"/*.deb
   log "downloading libvirt packages from bookworm-backports: ${LIBVIRT_BPO_PKGS[*]}"
   (cd "$L/debs" && "${APT[@]}" "${PAPT_OPTS[@]}" download -qq "${LIBVIRT_BPO_PKGS[@]/%//bookworm-backports}")
-  rm -rf "$LROOT.tmp"
-  mkdir -p "$LROOT.tmp"
-  for d in "$L/debs"/*.deb; do dpkg-deb -x "$d" "$LROOT.tmp"; done
-  rm -rf "$LROOT"
-  mv "$LROOT.tmp" "$LROOT"
-  (cd "$L/debs" && ls *.deb) > "$L/packages"
+  unpack_debs "$L/debs" "$LROOT" "$L/packages"
   echo "${LIBVIRT_BPO_PKGS[*]}" > "$L/.complete"
   log "libvirt (backports) unpacked in $(( $(date +%s) - T )) s: $(echo $(cat "$L/packages"))"
 else
