@@ -364,6 +364,24 @@ def test_migrate_without_a_target_honours_anti_affinity() -> None:
     assert conn.migrate("web-1").wait().vm_host == "c"
 
 
+def test_a_forecast_says_whether_it_knew_the_working_set() -> None:
+    """Without the platform's working set every page may be rewritten: the second pass is
+    forecast as large as the dirt of the first allows, and the basis says so."""
+    from vmmove.policy import PRESETS
+    from vmmove.prediction import Prediction, predict_migration
+
+    def forecast(**extra: str) -> Prediction:
+        guest = vm(memory_gib=0.25, dirty_mib_s=32, extra={"resident_mib": "194", **extra})
+        return predict_migration(
+            guest, host("a"), host("b"), PRESETS["balanced"], link=31 * MiB, allow_postcopy=False
+        )
+
+    known, unknown = forecast(working_set_mib="128"), forecast()
+    assert any("working set 128 MiB" in note for note in known.basis)
+    assert any("working set not known" in note for note in unknown.basis)
+    assert known.data < unknown.data  # pass 2 re-sends 128 MiB, not the ~190 a first pass dirties
+
+
 def test_compression_is_forecast_from_what_the_guests_last_migration_paid() -> None:
     """A Compress step counts only with the guest's own figure (``delta_ratio``), and only
     from the pass after the one that fills XBZRLE's cache: passes 1 and 2 go whole."""

@@ -296,6 +296,10 @@ def predict_migration(
         basis.append(
             f"dirty rate {float(vm.dirty_rate or 0) / MiB:.1f} MiB/s (the platform's sample)"
         )
+    if "working_set_mib" in vm.extra:
+        basis.append(f"working set {working_set(vm) / MiB:.0f} MiB (the platform's figure)")
+    elif running and vm.dirty_rate:
+        basis.append("working set not known: every page the guest may rewrite (an upper bound)")
     if "resident_mib" in vm.extra:
         basis.append(f"{resident(vm) / MiB:.0f} MiB not zero (the platform's figure)")
     else:

@@ -541,6 +541,39 @@ def test_a_lookup_knows_the_memory_the_last_migration_found_not_zero(cluster: An
     assert "delta_ratio" not in backend.vm(UUID).extra
 
 
+def test_a_lookup_knows_what_the_guest_dirtied_during_a_first_pass(cluster: Any) -> None:
+    """The second pass sends what the guest dirtied during the first: the working set a later
+    prediction uses. Counted from pass 2's first sample, plus what pass 2 had sent by then,
+    less what pass 1 still had to send at its last sample."""
+    backend, fake = cluster()
+    dom = FakeDom(fake.hosts["qemu+tcp://a/system"])
+    job = start(backend)
+    wait_for(lambda: backend.poll(job).phase is Phase.TRANSFERRING)
+    running = {"type": 2, "operation": 5, "data_total": 256 * MiB}
+    dom.stats = {
+        **running,
+        "memory_iteration": 1,
+        "memory_processed": 100 * MiB,
+        "memory_remaining": 20 * MiB,
+    }
+    wait_for(lambda: backend._jobs[job.id].last.memory_processed == 100 * MiB)
+    # 20 MiB of pass 1 went, then 30 MiB of pass 2, whose 100 MiB are still to go.
+    dom.stats = {
+        **running,
+        "memory_iteration": 2,
+        "memory_processed": 150 * MiB,
+        "memory_remaining": 100 * MiB,
+    }
+    wait_for(lambda: backend.poll(job).iteration == 2)
+    dom.stats = {**dom.stats, "memory_iteration": 3, "memory_remaining": 10 * MiB}
+    wait_for(lambda: backend.poll(job).iteration == 3)
+    assert "working_set_mib" not in backend.vm(UUID).extra  # the job has not finished
+    dom.migrated.set()
+    wait_for(lambda: backend.poll(job).phase.terminal)
+    backend.finish(job)
+    assert backend.vm(UUID).extra["working_set_mib"] == "130"  # 100 + (150 - 100 - 20)
+
+
 def test_locate_lists_nothing(cluster: Any) -> None:
     """One UUID lookup and one state per host: no inventory listing."""
     backend, fake = cluster()

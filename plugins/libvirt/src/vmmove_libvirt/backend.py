@@ -527,7 +527,9 @@ class LibvirtBackend(Backend):
         and, if it compressed, what a re-sent page cost (``extra["delta_ratio"]``). One call
         per VM, so a lookup has it and a listing does not. libvirt keeps only its last job's
         counts, and a migration that failed, or went post-copy, leaves none: the figures an
-        earlier migration of the VM left, seen by this process, stand in for them."""
+        earlier migration of the VM left, seen by this process, stand in for them. So does
+        the working set (``extra["working_set_mib"]``), which no count of libvirt's gives:
+        what this process saw the guest dirty during a migration's first pass."""
         if info.power is not PowerState.RUNNING:
             return info
         _, dom, _ = self._primary(entries)
@@ -1163,6 +1165,10 @@ class LibvirtBackend(Backend):
             st = self._jobs.pop(job.id, None)
             if st is None:
                 return
+            if isinstance(st, LiveJob) and st.resent is not None:
+                # The guest's working set, as far as its first pass saw (see _with_history).
+                known = self._history.setdefault(st.vm, {})
+                known["working_set_mib"] = f"{st.resent / MiB:.0f}"
             if self._by_vm.get(st.vm) is st:
                 del self._by_vm[st.vm]
             if st.request_id and self._by_request.get(st.request_id) is st:

@@ -224,6 +224,8 @@ class LiveJob(MigrationJob):
         self.source_stopped = False
         self.abort_sent_at: float | None = None
         self.sampled_dirty: float | None = None
+        self.resent: int | None = None  # bytes dirtied during the first pass (_note_resent)
+        self._first_pass: Sample | None = None  # the last sample of the first pass
         self.dirty_calc_at: float | None = None
         self.dirty_calc_epoch = 0.0
         self.unwatched_end = False  # an attached job found its migration over
@@ -480,8 +482,27 @@ class LiveJob(MigrationJob):
                 self.last = s
                 if s.started:
                     self.transferring = True
+                self._note_resent(s)
             elif self.attached:
                 self.unwatched_end = True
+
+    def _note_resent(self, s: Sample) -> None:
+        """What the second pass had to send: the memory the guest dirtied during the first,
+        which libvirt reports nowhere once the job is over. The next prediction for this VM
+        takes it as the guest's working set (at least what it rewrites in a first pass). Read
+        at the first sample of pass 2, plus what pass 2 had sent by then, less what pass 1
+        still had to send at its last sample (samples come every 0.1 s)."""
+        iteration = s.iteration or 0
+        if iteration <= 1:
+            self._first_pass = s
+            return
+        last, self._first_pass = self._first_pass, None
+        if iteration != 2 or last is None or self.resent is not None:
+            return  # pass 2 went unseen (attached, or one sample spanned it)
+        left, now, then = s.memory_remaining, s.memory_processed, last.memory_processed
+        if left is None or now is None or then is None:
+            return  # a libvirt that does not count memory apart
+        self.resent = left + max(now - then - (last.memory_remaining or 0), 0)
 
     def _drain(self) -> None:
         """Run the queued commands. A policy often takes several steps in one poll, each sent

@@ -49,6 +49,8 @@ class Sample:
     data_total: int | None = None
     data_processed: int | None = None
     data_remaining: int | None = None
+    memory_processed: int | None = None  # memory alone: data_* count copied disks too
+    memory_remaining: int | None = None
     transfer_rate: float | None = None  # memory_bps
     dirty_rate: float | None = None  # memory_dirty_rate pages/s x memory_page_size
     iteration: int | None = None  # memory_iteration: QEMU's dirty-sync count, 1 in the first pass
@@ -110,6 +112,8 @@ def sample(stats: Mapping[str, Any]) -> Sample:
         data_total=_int(stats, "data_total"),
         data_processed=_int(stats, "data_processed"),
         data_remaining=_int(stats, "data_remaining"),
+        memory_processed=_int(stats, "memory_processed"),
+        memory_remaining=_int(stats, "memory_remaining"),
         transfer_rate=float(bps) if bps else None,
         dirty_rate=dirty,
         iteration=iteration,
