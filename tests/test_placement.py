@@ -382,6 +382,25 @@ def test_a_forecast_says_whether_it_knew_the_working_set() -> None:
     assert known.data < unknown.data  # pass 2 re-sends 128 MiB, not the ~190 a first pass dirties
 
 
+def test_a_postcopy_forecast_pauses_for_the_platforms_switch() -> None:
+    from vmmove.policy import PRESETS
+    from vmmove.prediction import POSTCOPY_PAUSE_S, predict_migration
+
+    guest = vm(memory_gib=0.25, dirty_mib_s=64, extra={"working_set_mib": "128"})
+    for switch in (POSTCOPY_PAUSE_S, 0.01):
+        p = predict_migration(
+            guest,
+            host("a"),
+            host("b"),
+            PRESETS["minimal-downtime"],
+            link=32 * MiB,
+            postcopy_switch_s=switch,
+        )
+        assert p.postcopy
+        assert p.downtime_ms == pytest.approx(switch * 1000)
+        assert any(f"{switch * 1000:g} ms of pause at the switch" in b for b in p.basis)
+
+
 def test_compression_is_forecast_from_what_the_guests_last_migration_paid() -> None:
     """A Compress step counts only with the guest's own figure (``delta_ratio``), and only
     from the pass after the one that fills XBZRLE's cache: passes 1 and 2 go whole."""

@@ -28,7 +28,7 @@ from vmmove.errors import NotFound, NotSupported
 from vmmove.machine import Phase
 from vmmove.model import Figures, HostInfo, MigrationMode, MigrationSpec, Problem, VMInfo
 from vmmove.policy import Action, Policy
-from vmmove.prediction import SWITCH_OVERHEAD_S
+from vmmove.prediction import POSTCOPY_PAUSE_S, SWITCH_OVERHEAD_S
 
 __all__ = [
     "Backend",
@@ -250,6 +250,9 @@ class Backend(abc.ABC):
     #: seconds a pre-copy switch-over pauses the guest beyond copying the last pages (device
     #: state, the target's resume): what predictions add to the pause
     switchover_s: float = SWITCH_OVERHEAD_S
+    #: seconds a switch to post-copy pauses the guest (device state, the target's resume; the
+    #: pages follow on demand): the pause predictions give a post-copy migration
+    postcopy_switch_s: float = POSTCOPY_PAUSE_S
 
     @property
     def clock(self) -> Clock:

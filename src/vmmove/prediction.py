@@ -64,7 +64,7 @@ DEFAULT_LINK = 1170.0 * MiB
 #: QEMU's defaults: the downtime limit, and auto-converge's first throttle and its step.
 QEMU_DOWNTIME_S = 0.3
 AC_INITIAL, AC_INCREMENT, AC_MAX = QEMU_THROTTLE_INITIAL, 10, 99
-#: The pause of a post-copy switch: device state only (QEMU ~5 ms on a LAN).
+#: The pause of a post-copy switch where the platform does not say: device state only.
 POSTCOPY_PAUSE_S = 0.005
 SWITCH_OVERHEAD_S = 0.02
 #: Passes a policy walk tries before it calls a migration one that does not switch over.
@@ -261,6 +261,7 @@ def predict_migration(
     max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
+    postcopy_switch_s: float = POSTCOPY_PAUSE_S,
     capabilities: Capabilities | None = None,
 ) -> Prediction:
     """Walk ``policy`` over the predicted passes of a live migration of ``vm`` to ``target``.
@@ -276,7 +277,8 @@ def predict_migration(
     attempt, as does a throttle above ``max_slowdown`` (percent; the first throttle is
     capped at it). ``setup_s``: the platform's fixed cost of a migration (``Backend.setup_s``),
     added to the total time; ``switchover_s``: the fixed part of its pre-copy pause
-    (``Backend.switchover_s``), added to the last copy. ``capabilities``: the platform's; the
+    (``Backend.switchover_s``), added to the last copy; ``postcopy_switch_s``: the pause of
+    its switch to post-copy (``Backend.postcopy_switch_s``). ``capabilities``: the platform's; the
     engine skips a step whose action it lacks, and so does the walk (without them, the
     platform is assumed to have every one).
     """
@@ -323,7 +325,13 @@ def predict_migration(
         max_slowdown=max_slowdown,
         setup_s=setup_s,
         switchover_s=switchover_s,
+        postcopy_switch_s=postcopy_switch_s,
     )
+    if w.postcopy:
+        basis.append(
+            f"{postcopy_switch_s * 1000:g} ms of pause at the switch to post-copy "
+            "(Backend.postcopy_switch_s)"
+        )
     if w.ended:
         basis.append(w.ended)
     if any(isinstance(s.action, Compress) for s in policy.steps):
@@ -371,6 +379,7 @@ def forecast(
     max_slowdown: int | None = None,
     setup_s: float = 0.0,
     switchover_s: float = SWITCH_OVERHEAD_S,
+    postcopy_switch_s: float = POSTCOPY_PAUSE_S,
     capabilities: Capabilities | None = None,
 ) -> Figures:
     """:func:`predict_migration`'s figures alone, for an already adapted ``policy``: what the
@@ -388,6 +397,7 @@ def forecast(
         max_slowdown=max_slowdown,
         setup_s=setup_s,
         switchover_s=switchover_s,
+        postcopy_switch_s=postcopy_switch_s,
     )
     return Figures(
         total_time=w.elapsed if w.converges else None,
@@ -457,6 +467,7 @@ def _walk(
     max_slowdown: int | None = None,
     setup_s: float,
     switchover_s: float,
+    postcopy_switch_s: float = POSTCOPY_PAUSE_S,
 ) -> _Walk:
     running = vm.power is PowerState.RUNNING
     dirty = float(vm.dirty_rate or 0.0) if running else 0.0
@@ -544,7 +555,7 @@ def _walk(
         if allow_postcopy is not False and any(isinstance(s.action, PostCopy) for s in now_fired):
             # The rest, pulled over the link after a pause for device state only.
             w.elapsed += size / rate
-            return ends(POSTCOPY_PAUSE_S, size, postcopy=True)
+            return ends(postcopy_switch_s, size, postcopy=True)
         # What this pass's pages and the next's cost on the wire, compressed or whole.
         here = ratio if ratio is not None and n >= compressed_from else 1.0
         after = ratio if ratio is not None and n + 1 >= compressed_from else 1.0

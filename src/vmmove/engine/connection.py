@@ -295,6 +295,7 @@ class Connection:
             link=self.link,
             setup_s=self.backend.setup_s,
             switchover_s=self.backend.switchover_s,
+            postcopy_switch_s=self.backend.postcopy_switch_s,
             capabilities=self.backend.capabilities,
         )
 

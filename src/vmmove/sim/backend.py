@@ -42,6 +42,7 @@ from vmmove.sim.physics import (
     BOOT_S,
     CLEANUP_S,
     DEFAULT_DOWNTIME_MS,
+    POSTCOPY_PAUSE_S,
     SETUP_S,
     SHUTDOWN_S,
     SWITCH_OVERHEAD_S,
@@ -90,6 +91,7 @@ class SimBackend(Backend):
     poll_interval = 0.5
     setup_s = SETUP_S + CLEANUP_S
     switchover_s = SWITCH_OVERHEAD_S
+    postcopy_switch_s = POSTCOPY_PAUSE_S
 
     def __init__(
         self,
