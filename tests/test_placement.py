@@ -380,6 +380,12 @@ def test_a_forecast_says_whether_it_knew_the_working_set() -> None:
     assert any("working set 128 MiB" in note for note in known.basis)
     assert any("working set not known" in note for note in unknown.basis)
     assert known.data < unknown.data  # pass 2 re-sends 128 MiB, not the ~190 a first pass dirties
+    # A figure read from a first pass (libvirt's) caps passes no longer than that one.
+    seen = forecast(working_set_mib="128", working_set_window_s="7")
+    assert seen.data == known.data
+    assert any("dirtied in 7 s" in note for note in seen.basis)
+    short = forecast(working_set_mib="128", working_set_window_s="2")  # pass 1 here: ~6 s
+    assert short.data == unknown.data
 
 
 def test_a_postcopy_forecast_pauses_for_the_platforms_switch() -> None:

@@ -90,6 +90,21 @@ def working_set(vm: VMInfo) -> int:
         return vm.memory
 
 
+def _window(vm: VMInfo) -> float:
+    """The longest pass the working set caps (``extra["working_set_window_s"]``): a figure
+    read as what the guest dirtied in that time (libvirt's) says nothing of longer passes."""
+    try:
+        window = float(vm.extra["working_set_window_s"])
+    except (KeyError, ValueError):
+        return math.inf
+    return window if window > 0 else math.inf
+
+
+def _dirtied(ws: float, window: float, memory: float, dirty: float, t: float) -> float:
+    """What a guest dirtying ``dirty`` bytes/s leaves to send after a pass of ``t`` s."""
+    return min(ws if t <= window else memory, dirty * t)
+
+
 def resident(vm: VMInfo) -> int:
     """Memory pass 1 sends (``extra["resident_mib"]``), else all of it."""
     try:
@@ -177,6 +192,8 @@ def predict(
         max(rate, 1.0),
         limits=tuple(sorted(downtime)),
         max_passes=max_passes,
+        window=_window(vm),
+        memory=vm.memory,
     )
 
 
@@ -189,6 +206,8 @@ def _predict(
     *,
     limits: tuple[tuple[int, float], ...],
     max_passes: int,
+    window: float,
+    memory: int,
 ) -> Cost:
     d_max = max((s for _, s in limits), default=QEMU_DOWNTIME_S)
     need = 0.0 if dirty <= 0 else min(dirty / 0.8, ws / d_max)
@@ -203,7 +222,7 @@ def _predict(
         t = size / rate
         seconds += t
         data += size
-        pending = min(float(ws), dirty * t)
+        pending = _dirtied(ws, window, memory, dirty, t)
         limit = max((s for i, s in limits if i <= n), default=QEMU_DOWNTIME_S)
         if pending / rate <= limit:
             seconds += pending / rate
@@ -299,7 +318,9 @@ def predict_migration(
             f"dirty rate {float(vm.dirty_rate or 0) / MiB:.1f} MiB/s (the platform's sample)"
         )
     if "working_set_mib" in vm.extra:
-        basis.append(f"working set {working_set(vm) / MiB:.0f} MiB (the platform's figure)")
+        window = _window(vm)
+        within = "" if math.isinf(window) else f", dirtied in {window:g} s: a cap on passes as long"
+        basis.append(f"working set {working_set(vm) / MiB:.0f} MiB (the platform's figure{within})")
     elif running and vm.dirty_rate:
         basis.append("working set not known: every page the guest may rewrite (an upper bound)")
     if "resident_mib" in vm.extra:
@@ -467,11 +488,11 @@ def _walk(
     max_slowdown: int | None = None,
     setup_s: float,
     switchover_s: float,
-    postcopy_switch_s: float = POSTCOPY_PAUSE_S,
+    postcopy_switch_s: float,
 ) -> _Walk:
     running = vm.power is PowerState.RUNNING
     dirty = float(vm.dirty_rate or 0.0) if running else 0.0
-    ws, size = working_set(vm), float(resident(vm))
+    ws, size, window = working_set(vm), float(resident(vm)), _window(vm)
     cap_ms = max_downtime if max_downtime else policy.platform_cap_ms(switchover_s)
     cap = cap_ms / 1000 if cap_ms else None
     budget = policy.budget(vm.memory)
@@ -564,7 +585,7 @@ def _walk(
         t = size * here / rate
         w.elapsed += t
         w.data += size * here
-        pending = min(float(ws), guest * t)
+        pending = _dirtied(ws, window, vm.memory, guest, t)
         if pending * after / rate <= limit:
             return ends(pending * after / rate + switchover_s, pending * after)
         if pending < smallest * 0.999:

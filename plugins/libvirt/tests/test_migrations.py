@@ -160,8 +160,10 @@ def test_dirty_at_link_rate_pauses_long_only_when_the_caller_allows_it(
     assert all(not s.applied and "only when the migration starts" in s.reason for s in sized)
     # The first pass (~6 s) outlasts one sweep of the working set (4 s): the second pass
     # re-sent all of it, and the next forecast knows it (libvirt itself reports no such count).
-    seen = float(conn.vm("vt-busy").extra["working_set_mib"])
-    assert 0.8 * BUSY["wss_mib"] <= seen <= BUSY["wss_mib"] + 32, seen
+    extra = conn.vm("vt-busy").extra
+    seen, window = float(extra["working_set_mib"]), float(extra["working_set_window_s"])
+    assert 0.8 * BUSY["wss_mib"] <= seen <= BUSY["wss_mib"] + 32, extra
+    assert 4 < window < 12, extra
     guests.assert_alive_and_intact("vt-busy")
 
 

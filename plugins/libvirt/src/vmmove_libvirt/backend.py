@@ -532,28 +532,28 @@ class LibvirtBackend(Backend):
         counts, and a migration that failed, or went post-copy, leaves none: the figures an
         earlier migration of the VM left, seen by this process, stand in for them. So does
         the working set (``extra["working_set_mib"]``), which no count of libvirt's gives:
-        what this process saw the guest dirty during a migration's first pass."""
+        what this process saw the guest dirty during a migration's first pass, and how long
+        that pass took (``extra["working_set_window_s"]``)."""
         if info.power is not PowerState.RUNNING:
             return info
         _, dom, _ = self._primary(entries)
-        with self._lock:
-            known = dict(self._history.get(info.id, {}))
         try:
-            stats = dom.jobStats(completed_flags(self.lv))
+            stats = dom.jobStats(completed_flags(self.lv))  # may block: not under the lock
         except self.lv.libvirtError:
             stats = None
+        fresh: dict[str, str] = {}
         if isinstance(stats, Mapping):
             nonzero = nonzero_memory(stats)
             if nonzero is not None:
-                known["resident_mib"] = f"{min(nonzero, info.memory) / MiB:.0f}"
+                fresh["resident_mib"] = f"{min(nonzero, info.memory) / MiB:.0f}"
             ratio = delta_ratio(stats)
             if ratio is not None:
-                known["delta_ratio"] = f"{ratio:.3f}"
-        if not known:
-            return info
-        with self._lock:
-            self._history[info.id] = known
-        return replace(info, extra={**info.extra, **known})
+                fresh["delta_ratio"] = f"{ratio:.3f}"
+        with self._lock:  # merged, so that a figure finish() stored meanwhile stays
+            if fresh:
+                self._history.setdefault(info.id, {}).update(fresh)
+            known = dict(self._history.get(info.id, {}))
+        return replace(info, extra={**info.extra, **known}) if known else info
 
     def _vm_info(self, entries: list[tuple[HostConn, Any]]) -> VMInfo:
         host, dom, state = self._primary(entries)
@@ -1168,10 +1168,12 @@ class LibvirtBackend(Backend):
             st = self._jobs.pop(job.id, None)
             if st is None:
                 return
-            if isinstance(st, LiveJob) and st.resent is not None:
-                # The guest's working set, as far as its first pass saw (see _with_history).
+            if isinstance(st, LiveJob) and st.working_set is not None:
+                # What the first pass showed of the guest's working set (see _with_history).
+                dirtied, window = st.working_set
                 known = self._history.setdefault(st.vm, {})
-                known["working_set_mib"] = f"{st.resent / MiB:.0f}"
+                known["working_set_mib"] = f"{dirtied / MiB:.0f}"
+                known["working_set_window_s"] = f"{window:.1f}"
             if self._by_vm.get(st.vm) is st:
                 del self._by_vm[st.vm]
             if st.request_id and self._by_request.get(st.request_id) is st:

@@ -224,7 +224,8 @@ class LiveJob(MigrationJob):
         self.source_stopped = False
         self.abort_sent_at: float | None = None
         self.sampled_dirty: float | None = None
-        self.resent: int | None = None  # bytes dirtied during the first pass (_note_resent)
+        # What the guest dirtied during the first pass (bytes), and that pass's length (s)
+        self.working_set: tuple[int, float] | None = None
         self._first_pass: Sample | None = None  # the last sample of the first pass
         self.dirty_calc_at: float | None = None
         self.dirty_calc_epoch = 0.0
@@ -482,27 +483,40 @@ class LiveJob(MigrationJob):
                 self.last = s
                 if s.started:
                     self.transferring = True
-                self._note_resent(s)
+                self._note_working_set(s)
             elif self.attached:
                 self.unwatched_end = True
 
-    def _note_resent(self, s: Sample) -> None:
-        """What the second pass had to send: the memory the guest dirtied during the first,
-        which libvirt reports nowhere once the job is over. The next prediction for this VM
-        takes it as the guest's working set (at least what it rewrites in a first pass). Read
-        at the first sample of pass 2, plus what pass 2 had sent by then, less what pass 1
-        still had to send at its last sample (samples come every 0.1 s)."""
-        iteration = s.iteration or 0
-        if iteration <= 1:
+    def _note_working_set(self, s: Sample) -> None:
+        """The guest's working set, as a first pass shows it: the second pass sends what the
+        guest dirtied during the first, with the pass's length. A guest that kept rewriting
+        the same pages shows its working set; one that did not, what it dirties in that time,
+        which a pass no longer than that cannot exceed either. libvirt keeps no such count;
+        the next prediction for the VM uses it as a cap on passes up to that long (see
+        finish()).
+
+        QEMU begins pass 2 (``memory_iteration`` 2) at a sync of its dirty bitmap, once pass
+        1's unsent pages fall under its switch-over threshold, and those carry over. So:
+        pass 2's first ``memory_remaining``, plus the pages sent since pass 1's last sample
+        (whole pages, zero or not: ``memory_processed`` counts wire bytes), less what pass 1
+        still had then. Samples come every 0.1 s. Not for an adopted job (its pass 1 went
+        unseen), nor once post-copy is asked for (that sync ends no pass)."""
+        if self.attached or self.postcopy or self.postcopy_requested:
+            self._first_pass = None
+            return
+        if (s.iteration or 0) <= 1:
             self._first_pass = s
             return
         last, self._first_pass = self._first_pass, None
-        if iteration != 2 or last is None or self.resent is not None:
-            return  # pass 2 went unseen (attached, or one sample spanned it)
-        left, now, then = s.memory_remaining, s.memory_processed, last.memory_processed
-        if left is None or now is None or then is None:
-            return  # a libvirt that does not count memory apart
-        self.resent = left + max(now - then - (last.memory_remaining or 0), 0)
+        if s.iteration != 2 or last is None:
+            return  # seen already, or one sample spanned pass 2
+        left, now, then = s.memory_remaining, s.pages_sent, last.pages_sent
+        tail, took = last.memory_remaining, s.elapsed_ms
+        if left is None or now is None or then is None or tail is None or took is None:
+            return  # a libvirt that does not count these
+        dirtied = left + (now - then) * s.page_size - tail
+        if dirtied > 0:
+            self.working_set = dirtied, took / 1000
 
     def _drain(self) -> None:
         """Run the queued commands. A policy often takes several steps in one poll, each sent

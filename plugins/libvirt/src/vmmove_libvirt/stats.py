@@ -49,8 +49,10 @@ class Sample:
     data_total: int | None = None
     data_processed: int | None = None
     data_remaining: int | None = None
-    memory_processed: int | None = None  # memory alone: data_* count copied disks too
-    memory_remaining: int | None = None
+    memory_remaining: int | None = None  # bytes of whole pages: data_* count disks too
+    pages_sent: int | None = None  # memory_normal + memory_constant: whole pages, zero or not
+    page_size: int = PAGE
+    elapsed_ms: int | None = None  # time_elapsed: since the job began
     transfer_rate: float | None = None  # memory_bps
     dirty_rate: float | None = None  # memory_dirty_rate pages/s x memory_page_size
     iteration: int | None = None  # memory_iteration: QEMU's dirty-sync count, 1 in the first pass
@@ -112,8 +114,10 @@ def sample(stats: Mapping[str, Any]) -> Sample:
         data_total=_int(stats, "data_total"),
         data_processed=_int(stats, "data_processed"),
         data_remaining=_int(stats, "data_remaining"),
-        memory_processed=_int(stats, "memory_processed"),
         memory_remaining=_int(stats, "memory_remaining"),
+        pages_sent=_sum(_int(stats, "memory_normal"), _int(stats, "memory_constant")),
+        page_size=page_size,
+        elapsed_ms=_int(stats, "time_elapsed"),
         transfer_rate=float(bps) if bps else None,
         dirty_rate=dirty,
         iteration=iteration,
@@ -121,6 +125,10 @@ def sample(stats: Mapping[str, Any]) -> Sample:
         postcopy_requests=_int(stats, "memory_postcopy_requests"),
         throttle=_int(stats, "auto_converge_throttle") or None,
     )
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
 
 
 def figures(
