@@ -31,8 +31,8 @@ longest stall the guest's clock saw (throttling, post-copy faults); the guest's 
 (pages it wrote during the migration against its own pace just before); data sent;
 iterations; its page check (``bad=0`` after the migration).
 
-The idle ratio (vmmove over the bare call) is a ratio of medians: the idle rows, then one ABBA
-block of the two (bare, vmmove, vmmove, bare).
+The idle ratio (vmmove over the bare call) is a ratio of medians: the idle rows, then ABBA
+blocks of the two (bare, vmmove, vmmove, bare; ``--idle-blocks``, 1 by default).
 
 With no arguments (CI runs it so): the ``lan`` profile, the idle guest (bare call vs vmmove)
 and the dirty-at-link-rate guest under libvirt's defaults, ``balanced`` and
@@ -390,13 +390,14 @@ class Bench:
         return row
 
     def idle_walls(self, conn: Any, name: str, rows: list[Row]) -> dict[str, list[float]]:
-        """The idle guest's walls for the bare call and vmmove: the rows', then one more of
-        each in an ABBA block (bare, vmmove, vmmove, bare). A one-run ratio was at the mercy
-        of one draw of the link (wan's loss) and of a drift through the run; ABBA gives both
-        sides both directions of the move and both halves of the block."""
+        """The idle guest's walls for the bare call and vmmove: the rows', then two more of
+        each per ABBA block (bare, vmmove, vmmove, bare; ``--idle-blocks``). A one-run ratio
+        was at the mercy of one draw of the link (wan's loss) and of a drift through the run;
+        ABBA gives both sides both directions of the move and both halves of the block."""
         walls: dict[str, list[float]] = {label: [] for label in IDLE_PAIR}
         bare, ours = IDLE_PAIR
-        extra = [self.one(conn, name, label) for label in (bare, ours, ours, bare)]
+        order = (bare, ours, ours, bare) * self.args.idle_blocks
+        extra = [self.one(conn, name, label) for label in order]
         for row in [*rows, *extra]:
             if row.run in walls and row.outcome == "completed" and row.pages_ok:
                 walls[row.run].append(row.wall)
@@ -645,6 +646,13 @@ def main() -> int:
         help="the hosts' libvirt: the system's (9.0) or setup.sh's backports (11)",
     )
     ap.add_argument("--timeout", type=float, default=40.0, help="abort a migration after (s)")
+    ap.add_argument(
+        "--idle-blocks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ABBA blocks of bare and vmmove runs on the idle guest, for the idle ratio",
+    )
     ap.add_argument("--ac-timeout", type=float, default=90.0, help="same, for auto-converge")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     args = ap.parse_args()
