@@ -129,6 +129,9 @@ class Row:
     # vmmove.predict's forecast, made just before the run from a fresh dirty-rate sample
     predicted: dict[str, Any] = field(default_factory=dict)
     load: str = ""  # /proc/loadavg when it started: other work on the machine shows here
+    # CPU time the hypervisor under this machine took during the run (/proc/stat steal): a
+    # run with much of it measured a slower machine
+    steal_pct: float | None = None
 
 
 class Bench:
@@ -369,6 +372,7 @@ class Bench:
         self.settle(name)
         predicted = self.predict(conn, name, label)
         holder: list[Row] = []
+        before = cpu_times()
         with self.watched(name, holder):
             kinds = {BARE_RUNS[0]: "defaults", BARE_RUNS[1]: "auto-converge"}
             kinds[BARE_RUNS[2]] = "postcopy"
@@ -380,12 +384,14 @@ class Bench:
         row = holder[0]
         row.run = label
         row.predicted = predicted
+        row.steal_pct = steal_pct(before, cpu_times())
         row.pages_ok = self.settle(name, restarted="cold" in row.outcome)
         if "cold" in row.outcome:
             row.work_lost_pct = None  # it restarted: its page counter started over
         log(
             f"  {label}: {row.outcome}, {row.wall:.1f} s, pause {fmt(row.pause_ms, '.0f')} ms, "
-            f"downtime {fmt(row.downtime_ms, '.0f')} ms, work lost {fmt(row.work_lost_pct)} %"
+            f"downtime {fmt(row.downtime_ms, '.0f')} ms, work lost {fmt(row.work_lost_pct)} %, "
+            f"steal {fmt(row.steal_pct)} %"
         )
         return row
 
@@ -462,6 +468,23 @@ class Bench:
         return out
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, by kind (/proc/stat's first line), in ticks."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_pct(before: list[int], after: list[int]) -> float | None:
+    """The share of CPU time between two readings that the hypervisor took (steal, the
+    eighth field), where the kernel counts it."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])  # guest time is counted in user already
+    return 100 * (after[7] - before[7]) / total if total > 0 else None
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -490,9 +513,9 @@ def report(result: dict[str, Any]) -> bool:
         print(f"bound {s['must_cross_mib']:.0f} MiB / link = {bound:.2f} s\n")
         print(
             "| run | outcome | wall s | x bound | QEMU downtime ms | guest pause ms "
-            "| guest stall ms | work lost % | data MiB | iterations | pages |"
+            "| guest stall ms | work lost % | data MiB | iterations | pages | steal % |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for r in s["rows"]:
             rows[(key, r["run"])] = r
             r["x_bound"] = r["wall"] / bound
@@ -502,7 +525,7 @@ def report(result: dict[str, Any]) -> bool:
                 f"| {fmt(r['pause_ms'], '.0f')} | {fmt(r['stall_ms'], '.0f')} "
                 f"| {fmt(r['work_lost_pct'])} | {fmt(r['data_mib'], '.0f')} "
                 f"| {r['iterations'] if r['iterations'] is not None else '-'} "
-                f"| {'ok' if r['pages_ok'] else 'BAD'} |"
+                f"| {'ok' if r['pages_ok'] else 'BAD'} | {fmt(r.get('steal_pct'))} |"
             )
 
     def get(key: str, run: str) -> dict[str, Any] | None:
