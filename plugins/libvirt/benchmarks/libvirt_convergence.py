@@ -104,7 +104,7 @@ BARE_RUNS = ("libvirt defaults", "libvirt auto-converge", "libvirt post-copy aft
 #: A vmmove run whose caller allows post-copy (``allow_postcopy=True``): the default policy
 #: then chooses post-copy over throttling once pre-copy will not converge.
 ALLOWED = ", post-copy allowed"
-#: The idle ratio's two sides, each also run in one ABBA block after the idle rows.
+#: The idle ratio's two sides, also run in ABBA blocks after the idle rows (``--idle-blocks``).
 IDLE_PAIR = (BARE_RUNS[0], "vmmove balanced")
 
 
